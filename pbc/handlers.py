@@ -1,0 +1,59 @@
+"""Pyro effect handlers: local reparameterisation for the hierarchical ``w = z ⊙ w̃`` family.
+
+Local reparameterisation (Kingma, Salimans & Welling 2015; Louizos et al. 2017, §3.2) draws a
+layer's pre-activation instead of its weights.  With ``z`` drawn per example ``n`` and
+``w̃ ~ N(μ, σ²)`` elementwise, the pre-activation given ``z`` is Gaussian:
+
+* linear (groups = input units), ``x: (N, in)``, ``z: (N, in)``::
+
+      mean = (x ⊙ z) μᵀ + μ_b,    var = (x ⊙ z)² (σ²)ᵀ + σ_b²
+
+* conv (groups = output channels), ``z: (N, F)`` broadcast over ``(H', W')``::
+
+      mean = z ⊙ (conv(x, μ) + μ_b),    var = z² ⊙ (conv(x², σ²) + σ_b²)
+
+and ``out = mean + √var · ε``, ``ε ~ N(0, 1)``.  The layers of ``pbc.layers`` sample
+``z``, ``w`` and ``b`` as named sites and call the effectful ``layer_output``; this handler
+
+1. leaves the guide's ``L.z`` sites alone (their distributions give the KL),
+2. does not draw the guide's ``L.w``/``L.b`` (sites marked ``infer={"local_reparam": True}``):
+   their value becomes the conditional mean, and no weight is ever sampled,
+3. replaces ``layer_output`` by the draw above, using the guide's parameters of ``w̃`` and a
+   fresh per-example draw of ``z`` from ``q(z)``.
+
+TyXe's ``LocalReparameterizationMessenger`` is the precedent; this one adds the group scales.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro.poutine.messenger import Messenger
+
+_VAR_EPS = 1e-8  # keeps √var differentiable where a variance underflows to 0
+
+
+class LocalReparameterization(Messenger):
+    """Draw Bayesian layers' outputs from their Gaussian pre-activations (see module doc)."""
+
+    def _pyro_sample(self, msg):
+        if msg["value"] is None and not msg["is_observed"] and msg["infer"].get("local_reparam"):
+            msg["value"] = msg["fn"].mean
+
+    def _pyro_bayes_layer(self, msg):
+        layer, x = msg["args"][0], msg["args"][1]
+        msg["value"] = local_reparam_output(layer, x)
+
+
+def local_reparam_output(layer, x: torch.Tensor) -> torch.Tensor:
+    """One draw of ``layer``'s output for the batch ``x`` (``(N, ...)``), ``z`` per example."""
+    w_loc, w_var, b_loc, b_var = layer.variational_moments()
+    z = layer.q_scale.rsample_per_example(x.shape[0])  # (N, G)
+    if layer.groups_on_input:
+        xz = x * z
+        mean = layer.functional(xz, w_loc, b_loc)
+        var = layer.functional(xz * xz, w_var, b_var)
+    else:
+        z = z[:, :, None, None]  # (N, F, 1, 1)
+        mean = z * layer.functional(x, w_loc, b_loc)
+        var = (z * z) * layer.functional(x * x, w_var, b_var)
+    return mean + torch.sqrt(var + _VAR_EPS) * torch.randn_like(mean)

@@ -1,0 +1,98 @@
+"""Artefact I/O: atomic writes (temp file + rename) and safe loads.
+
+Every file pbc writes goes through :func:`atomic_write`, so a crash leaves either the old
+file or the new one, never half of one.  Every ``torch.load`` goes through
+:func:`load_torch`, which uses ``weights_only=True`` and turns a refused or corrupt file into
+a :class:`ArtefactError` naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class ArtefactError(Exception):
+    """A run directory or artefact that cannot be used: one line naming the file."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb"):
+    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def write_json(path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_jsonl(path, records: list[dict]) -> None:
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def read_json(path) -> dict:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtefactError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtefactError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_jsonl(path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise ArtefactError(f"{path}: not valid JSON lines ({e})") from None
+
+
+def save_torch(path, obj) -> None:
+    """``torch.save`` through a temporary file and an atomic rename."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getbuffer())
+
+
+def load_torch(path, map_location="cpu"):
+    """``torch.load(weights_only=True)``; refuses pickled objects with a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtefactError(f"{path}: not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "refused"
+        raise ArtefactError(f"{path}: refused to load (only tensors and plain data are "
+                            f"allowed): {first}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ArtefactError(f"{path}: unreadable checkpoint ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''})") from None

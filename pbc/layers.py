@@ -1,0 +1,175 @@
+"""Bayesian linear and convolutional layers as Pyro model/guide pairs.
+
+Generative process of one layer named ``L`` with ``G`` groups (paper eqs. 8–13)::
+
+    z   ~ p(z)                   site "L.z"   (G,)         group scales (prior object)
+    w   = z ⊙ w̃, w̃ ~ N(0, 1)     site "L.w"   weight shape (GroupScaledNormal, one event)
+    b   ~ N(0, 1)  (linear)      site "L.b"   (out,)
+    b   = z ⊙ b̃, b̃ ~ N(0, 1)     (conv: a pruned filter takes its bias with it)
+    out = layer_output(L, x, w, b)            an effectful op that handlers may replace
+
+and the guide ``q(z) q(w̃) q(b̃)`` with ``q(w̃) = N(μ, σ²)``, ``q(b̃) = N(μ_b, σ_b²)``.  Groups
+are the *input units* of a linear layer and the *output channels* of a convolution.
+
+``forward(x)`` is the model half; ``guide()`` the guide half.  Under
+:class:`pbc.handlers.LocalReparameterization` the guide does not draw ``w`` or ``b`` and the
+model's ``layer_output`` is drawn from the Gaussian pre-activation instead.
+
+Parameters live in the module (Pyro's ``module_local_params`` style).  Hot paths read them
+through ``self._parameters`` / ``self._modules``: on a ``PyroModule`` plain attribute access
+of an ``nn.Parameter`` emits a ``param`` message per access, which would cost more than the
+arithmetic of a small layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.nn import PyroModule
+from pyro.poutine.runtime import effectful
+from torch import nn
+
+from pbc.priors import GroupPrior, GroupScaledNormal
+
+
+@effectful(type="bayes_layer")
+def layer_output(layer: BayesLayer, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+    """The layer's deterministic map ``x ↦ f(x; w, b)``; an effect that handlers may replace."""
+    return layer.functional(x, weight, bias)
+
+
+class BayesLayer(PyroModule):
+    """Shared body of :class:`BayesLinear` and :class:`BayesConv2d`.
+
+    Parameters
+    ----------
+    name : str
+        Site prefix, e.g. ``"fc1"`` gives sites ``fc1.z``, ``fc1.w``, ``fc1.b``.
+    weight_shape : tuple of int
+        ``(out, in)`` or ``(out, in, k, k)``.
+    prior : GroupPrior
+        The family of the group scales; its ``guide(G)`` supplies ``q(z)``.
+    """
+
+    groups_on_input: bool = True
+
+    def __init__(self, name: str, weight_shape: tuple[int, ...], prior: GroupPrior):
+        super().__init__()
+        self.site = name
+        self.prior = prior
+        out_features, fan_in = weight_shape[0], math.prod(weight_shape[1:])
+        self.n_groups = weight_shape[1] if self.groups_on_input else weight_shape[0]
+        self.w_loc = nn.Parameter(torch.randn(weight_shape) / math.sqrt(fan_in))
+        self.w_logvar = nn.Parameter(torch.empty(weight_shape).normal_(-9.0, 1e-2))
+        self.b_loc = nn.Parameter(torch.zeros(out_features))
+        self.b_logvar = nn.Parameter(torch.empty(out_features).normal_(-9.0, 1e-2))
+        self.scale_guide = prior.guide(self.n_groups)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def functional(self, x, weight, bias):
+        raise NotImplementedError
+
+    def group_view(self, z: torch.Tensor) -> torch.Tensor:
+        """Lay ``z`` (``(..., G)``) along the weight's group dimension."""
+        raise NotImplementedError
+
+    @property
+    def q_scale(self) -> nn.Module:
+        """The variational module of ``z`` (see ``pbc.guides``)."""
+        return self._modules["scale_guide"]
+
+    def variational_moments(self):
+        """``(μ, σ²)`` of ``w̃`` and of ``b̃`` — four tensors of the weight and bias shapes."""
+        p = self._parameters
+        return p["w_loc"], p["w_logvar"].exp(), p["b_loc"], p["b_logvar"].exp()
+
+    def _bias_dist(self, loc, scale, z):
+        if self.groups_on_input:
+            # event dim: output units (out,)
+            return dist.Normal(loc, scale).to_event(1)
+        return GroupScaledNormal(loc, scale, z)
+
+    # -- model and guide ----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Model half: sample ``z``, ``w | z``, ``b`` from the prior and apply the layer."""
+        p = self._parameters
+        w_like, b_like = p["w_loc"], p["b_loc"]
+        z = self.prior.sample_scales(self.site, self.n_groups, w_like)
+        zero, one = w_like.new_zeros(()), w_like.new_ones(())
+        w_shape, b_shape = w_like.shape, b_like.shape
+        w = pyro.sample(
+            f"{self.site}.w",
+            GroupScaledNormal(zero.expand(w_shape), one.expand(w_shape), self.group_view(z)),
+        )
+        b = pyro.sample(
+            f"{self.site}.b", self._bias_dist(zero.expand(b_shape), one.expand(b_shape), z)
+        )
+        return layer_output(self, x, w, b)
+
+    def guide(self) -> None:
+        """Guide half: ``z ~ q(z)``, then ``w̃ ~ N(μ, σ²)``, ``b̃ ~ N(μ_b, σ_b²)``."""
+        p = self._parameters
+        z = self.q_scale.sample(self.site)
+        deferred = {"local_reparam": True}
+        w_scale, b_scale = (0.5 * p["w_logvar"]).exp(), (0.5 * p["b_logvar"]).exp()
+        pyro.sample(
+            f"{self.site}.w", GroupScaledNormal(p["w_loc"], w_scale, self.group_view(z)),
+            infer=deferred,
+        )
+        pyro.sample(f"{self.site}.b", self._bias_dist(p["b_loc"], b_scale, z), infer=deferred)
+
+    # -- posterior summaries --------------------------------------------------------------------
+    @torch.no_grad()
+    def posterior_mean(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E[w], E[b])``: ``E[z]·μ`` (eq. 9) and ``μ_b`` (``E[z]·μ_b`` for a conv)."""
+        w_loc, _, b_loc, _ = self.variational_moments()
+        z = self.q_scale.mean()
+        bias = b_loc if self.groups_on_input else z * b_loc
+        return self.group_view(z) * w_loc, bias.clone()
+
+    @torch.no_grad()
+    def load_point_estimate(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Start the posterior means from a deterministic net's weights (``z`` stays ≈ 1)."""
+        self._parameters["w_loc"].copy_(weight)
+        if bias is not None:
+            self._parameters["b_loc"].copy_(bias)
+
+
+class BayesLinear(BayesLayer):
+    """Bayesian ``nn.Linear``; groups are input units.  ``x: (N, in) → (N, out)``."""
+
+    groups_on_input = True
+
+    def __init__(self, name: str, in_features: int, out_features: int, prior: GroupPrior):
+        super().__init__(name, (out_features, in_features), prior)
+        self.in_features, self.out_features = in_features, out_features
+
+    def functional(self, x, weight, bias):
+        return F.linear(x, weight, bias)
+
+    def group_view(self, z):
+        return z.unsqueeze(-2)  # (..., 1, in)
+
+
+class BayesConv2d(BayesLayer):
+    """Bayesian ``nn.Conv2d``; groups are output channels.  ``x: (N, C, H, W) → (N, F, H', W')``."""
+
+    groups_on_input = False
+
+    def __init__(
+        self, name: str, in_channels: int, out_channels: int, kernel_size: int,
+        prior: GroupPrior, padding: int = 0,
+    ):
+        super().__init__(name, (out_channels, in_channels, kernel_size, kernel_size), prior)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.padding = kernel_size, padding
+
+    def functional(self, x, weight, bias):
+        return F.conv2d(x, weight, bias, padding=self.padding)
+
+    def group_view(self, z):
+        return z[..., None, None, None]  # (..., F, 1, 1, 1)

@@ -1,0 +1,242 @@
+"""Prior families for group scales ``z`` and weights ``w | z``, with closed-form KL terms.
+
+Bayesian compression (Louizos, Ullrich & Welling 2017) puts a scale ``z_g`` on each group of
+weights (an input unit of a linear layer, an output channel of a convolution) and writes the
+weights non-centred::
+
+    w = z ⊙ w̃,    w̃ ~ N(0, 1)          (prior, both families)
+    w = z ⊙ w̃,    w̃ ~ N(μ, σ²)         (variational posterior, both families)
+
+so ``KL(q(w | z) ‖ p(w | z)) = KL(N(μ, σ²) ‖ N(0, 1))`` whatever ``z`` is (paper eq. 9).
+The families differ in the prior on ``z``:
+
+* :class:`GroupNormalJeffreys` (BC-GNJ): ``p(z) ∝ 1/|z|``, ``q(z) = N(μ_z, σ_z²)``; the KL uses
+  the approximation of Molchanov et al. (2017) in the dropout rate ``α = σ_z² / μ_z²``.
+* :class:`GroupHorseshoe` (BC-GHS): ``z_g = s · z̃_g`` with ``s ~ C⁺(0, τ0)``, ``z̃_g ~ C⁺(0, 1)``,
+  each half-Cauchy written as ``√(a·b)``, ``a ~ Gamma(½, rate r)``, ``b ~ InvGamma(½, 1)``
+  (``r = 1/τ0²`` for ``s``, ``1`` for ``z̃``); ``q`` is log-normal for every factor.
+
+The closed forms are registered with :func:`torch.distributions.kl.register_kl`, so
+``kl_divergence(guide_fn, model_fn)`` finds them; ``tests/test_priors.py`` checks each
+against Monte Carlo.  A prior object emits the model's sample sites; its variational
+partner (``pbc.guides``) emits the guide's.  No ``nn`` code lives here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch.distributions import constraints
+from torch.distributions.kl import register_kl
+
+# Molchanov et al. (2017), eq. 14: −KL ≈ k1·σ(k2 + k3·log α) − ½·softplus(−log α) − k1.
+K1, K2, K3 = 0.63576, 1.87320, 1.48695
+
+
+# ---------------------------------------------------------------------------- distributions
+class GroupScaledNormal(TorchDistribution):
+    """``w = z ⊙ w̃`` with ``w̃ ~ N(loc, scale²)`` elementwise; the whole tensor is one event.
+
+    Parameters
+    ----------
+    loc, scale : Tensor, shape ``S`` (the weight shape, e.g. ``(out, in)``)
+        Mean and standard deviation of the unscaled weights ``w̃``.
+    z : Tensor, broadcastable to ``S``
+        The group scales laid out along the group dimension, e.g. ``z[None, :]`` for the
+        input units of a linear layer or ``z[:, None, None, None]`` for conv filters.
+
+    ``log_prob`` is that of ``N(z·loc, (|z|·scale)²)``.  Its KL against another
+    ``GroupScaledNormal`` *with the same* ``z`` does not depend on ``z`` and is computed on
+    ``(loc, scale)`` alone, which stays finite when a group scale goes to zero.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    has_rsample = True
+
+    def __init__(self, loc, scale, z, validate_args=None):
+        self.loc, self.scale, self.z = loc, scale, z
+        super().__init__(torch.Size(), loc.shape, validate_args=validate_args)
+
+    @property
+    def support(self):
+        """Every element of the event is real."""
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    @property
+    def mean(self):
+        return self.z * self.loc
+
+    @property
+    def variance(self):
+        return (self.z * self.scale).pow(2).expand(self.event_shape)
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape) + self.event_shape
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.z * (self.loc + self.scale * eps)
+
+    def log_prob(self, value):
+        scale = self.z.abs() * self.scale
+        lp = dist.Normal(self.z * self.loc, scale).log_prob(value)
+        return lp.reshape(lp.shape[: lp.dim() - len(self.event_shape)] + (-1,)).sum(-1)
+
+    def expand(self, batch_shape, _instance=None):
+        if torch.Size(batch_shape) != torch.Size():
+            raise NotImplementedError("GroupScaledNormal is a single event; it has no batch shape")
+        return self
+
+
+class ImproperLogUniform(TorchDistribution):
+    """The improper scale-invariant (Jeffreys) prior ``p(z) ∝ 1/|z|``, elementwise.
+
+    It has no sampler; in SVI its site is always replayed from the guide.  ``log_prob`` is
+    ``−log|z|`` (unnormalised).
+    """
+
+    arg_constraints = {}
+    support = constraints.real
+
+    def __init__(self, batch_shape, validate_args=None):
+        super().__init__(torch.Size(batch_shape), torch.Size(), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return ImproperLogUniform(batch_shape)
+
+    def sample(self, sample_shape=torch.Size()):
+        raise NotImplementedError("the log-uniform prior is improper and cannot be sampled")
+
+    def log_prob(self, value):
+        return -value.abs().log()
+
+
+# ---------------------------------------------------------------------------- closed-form KLs
+def neg_kl_log_uniform(log_alpha: torch.Tensor) -> torch.Tensor:
+    """Molchanov et al.'s approximation of ``−KL(N(μ, αμ²) ‖ p ∝ 1/|z|)``, elementwise."""
+    return K1 * torch.sigmoid(K2 + K3 * log_alpha) - 0.5 * F.softplus(-log_alpha) - K1
+
+
+def log_alpha_of(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Dropout rate ``log α = log σ² − log μ²`` of ``N(μ, σ²)`` (eps keeps it finite at μ = 0)."""
+    return 2.0 * scale.log() - torch.log(loc.pow(2) + 1e-8)
+
+
+@register_kl(torch.distributions.Normal, ImproperLogUniform)
+def _kl_normal_log_uniform(q, p):
+    return -neg_kl_log_uniform(log_alpha_of(q.loc, q.scale))
+
+
+@register_kl(GroupScaledNormal, GroupScaledNormal)
+def _kl_group_scaled_normal(q, p):
+    """``Σ KL(N(μq, σq²) ‖ N(μp, σp²))`` over the event; the shared ``z`` cancels (eq. 9)."""
+    var_ratio = (q.scale / p.scale).pow(2)
+    t = ((q.loc - p.loc) / p.scale).pow(2)
+    kl = 0.5 * (var_ratio + t - 1.0 - var_ratio.log())
+    return kl.expand(q.event_shape).sum()
+
+
+def _lognormal_entropy_terms(q):
+    """``(μ, σ², −½(1 + log 2πσ²))`` of a log-normal ``q`` (the entropy of ``log x``, negated)."""
+    var = q.scale.pow(2)
+    return q.loc, var, -0.5 * (1.0 + torch.log(2 * math.pi * var))
+
+
+@register_kl(torch.distributions.LogNormal, torch.distributions.Gamma)
+def _kl_lognormal_gamma(q, p):
+    """KL(LN(μ,σ²) ‖ Gamma(k, rate r)) = −k log r + lnΓ(k) − kμ + r·e^{μ+σ²/2} − ½(1 + log 2πσ²)."""
+    mu, var, neg_h = _lognormal_entropy_terms(q)
+    k, r = p.concentration, p.rate
+    return -k * r.log() + torch.lgamma(k) - k * mu + r * torch.exp(mu + var / 2) + neg_h
+
+
+@register_kl(torch.distributions.LogNormal, torch.distributions.InverseGamma)
+def _kl_lognormal_inverse_gamma(q, p):
+    """KL(LN(μ,σ²) ‖ InvGamma(k, r)) = −k log r + lnΓ(k) + kμ + r·e^{−μ+σ²/2} − ½(1 + log 2πσ²)."""
+    mu, var, neg_h = _lognormal_entropy_terms(q)
+    k, r = p.concentration, p.rate
+    return -k * r.log() + torch.lgamma(k) + k * mu + r * torch.exp(-mu + var / 2) + neg_h
+
+
+# ---------------------------------------------------------------------------- prior objects
+class GroupPrior:
+    """A prior family on group scales.  Subclasses emit the model's ``z`` sites.
+
+    ``sample_scales(layer, n_groups, like)`` returns ``z`` of shape ``(n_groups,)``;
+    ``guide(n_groups)`` builds the matching variational module (``pbc.guides``).
+    """
+
+    name: str = ""
+
+    def sample_scales(self, layer: str, n_groups: int, like: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def guide(self, n_groups: int):
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return {"name": self.name}
+
+
+class GroupNormalJeffreys(GroupPrior):
+    """BC-GNJ: ``p(z_g) ∝ 1/|z_g|`` (paper eq. 8); site ``<layer>.z`` of shape ``(G,)``."""
+
+    name = "gnj"
+
+    def sample_scales(self, layer, n_groups, like):
+        # event dim: groups (G,)
+        return pyro.sample(f"{layer}.z", ImproperLogUniform((n_groups,)).to_event(1))
+
+    def guide(self, n_groups):
+        from pbc.guides import NormalScaleGuide
+
+        return NormalScaleGuide(n_groups)
+
+
+class GroupHorseshoe(GroupPrior):
+    """BC-GHS: ``z_g = s·z̃_g``, ``s ~ C⁺(0, τ0)``, ``z̃_g ~ C⁺(0, 1)`` (paper eqs. 10–13).
+
+    Sites: ``<layer>.sa``/``<layer>.sb`` (scalars) for ``s = √(sa·sb)`` and
+    ``<layer>.za``/``<layer>.zb`` (``(G,)``) for ``z̃ = √(za·zb)``, with
+    ``sa ~ Gamma(½, rate 1/τ0²)``, ``sb ~ InvGamma(½, 1)``, ``za ~ Gamma(½, 1)``,
+    ``zb ~ InvGamma(½, 1)``; deterministic ``<layer>.s`` and ``<layer>.z``.
+    """
+
+    name = "ghs"
+
+    def __init__(self, tau0: float = 1e-5):
+        if not tau0 > 0:
+            raise ValueError(f"tau0 must be positive, got {tau0}")
+        self.tau0 = float(tau0)
+
+    def sample_scales(self, layer, n_groups, like):
+        half = like.new_tensor(0.5)
+        one = like.new_tensor(1.0)
+        sa = pyro.sample(f"{layer}.sa", dist.Gamma(half, one / self.tau0**2))
+        sb = pyro.sample(f"{layer}.sb", dist.InverseGamma(half, one))
+        # event dim: groups (G,)
+        za = pyro.sample(f"{layer}.za", dist.Gamma(half, one).expand([n_groups]).to_event(1))
+        zb = pyro.sample(f"{layer}.zb", dist.InverseGamma(half, one).expand([n_groups]).to_event(1))
+        s = pyro.deterministic(f"{layer}.s", torch.sqrt(sa * sb))
+        return pyro.deterministic(f"{layer}.z", s * torch.sqrt(za * zb), event_dim=1)
+
+    def guide(self, n_groups):
+        from pbc.guides import HorseshoeScaleGuide
+
+        return HorseshoeScaleGuide(n_groups, self.tau0)
+
+    def config(self):
+        return {"name": self.name, "tau0": self.tau0}
+
+
+PRIORS = {"gnj": GroupNormalJeffreys, "ghs": GroupHorseshoe}
+
+
+def make_prior(name: str, tau0: float = 1e-5) -> GroupPrior:
+    """Build a prior by its short name (``gnj`` or ``ghs``; ``tau0`` is the horseshoe's)."""
+    if name not in PRIORS:
+        raise ValueError(f"unknown prior {name!r}; choose from {sorted(PRIORS)}")
+    return GroupHorseshoe(tau0) if name == "ghs" else GroupNormalJeffreys()
