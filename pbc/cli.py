@@ -1,0 +1,149 @@
+"""``pbc`` command line: parse, build a config, call the library.  No logic lives here.
+
+Exit status: 0 success; 1 a data or artefact problem, or a diverged run (one line on stderr);
+2 bad arguments (one line); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pbc.data import DATASETS, DataError
+from pbc.io import ArtefactError
+from pbc.models import ARCHITECTURES
+
+
+class UsageError(Exception):
+    """A bad argument combination found after parsing: exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
+    from pbc.train import PRIOR_CHOICES
+
+    p.add_argument("--model", choices=sorted(ARCHITECTURES), default="lenet300")
+    if with_prior:
+        p.add_argument("--prior", choices=PRIOR_CHOICES, default="gnj",
+                       help="group scale prior; 'none' trains a plain deterministic net")
+    p.add_argument("--data", choices=DATASETS, default="fashion-mnist")
+    p.add_argument("--data-dir", help="directory holding the dataset files")
+    p.add_argument("--download", action="store_true", help="download missing data (online)")
+    p.add_argument("--epochs", type=_positive_int, default=30)
+    p.add_argument("--batch-size", type=_positive_int, default=100)
+    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--subset", type=_positive_int, help="train on the first N examples only")
+    p.add_argument("--init-from", help="start the means from a deterministic run (dir or .pt)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--tau0", type=_positive_float, default=1e-5, help="horseshoe global scale")
+    p.add_argument("--kl-warmup", type=_nonnegative_int, default=0,
+                   help="epochs of linear KL annealing (0: none)")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", required=True, help="run directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pbc", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_args(sub.add_parser("train", help="train a Bayesian (or plain) network"), True)
+    _add_train_args(sub.add_parser("pretrain", help="train a plain network (= --prior none)"),
+                    False)
+    demo = sub.add_parser("demo", help="the main job end to end on the default data")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--data-dir")
+    demo.add_argument("--epochs", type=_positive_int, default=5)
+    demo.add_argument("--pretrain-epochs", type=_positive_int, default=2)
+    demo.add_argument("--threads", type=_positive_int)
+    return parser
+
+
+def _train_config(args, prior: str):
+    from pbc.train import TrainConfig
+
+    return TrainConfig(
+        out=args.out, model=args.model, prior=prior, data=args.data, data_dir=args.data_dir,
+        download=args.download, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, device=args.device, subset=args.subset, init_from=args.init_from,
+        resume=args.resume, tau0=args.tau0, kl_warmup=args.kl_warmup, threads=args.threads,
+        progress=not args.no_progress)
+
+
+def run(args) -> int:
+    if args.command in ("train", "pretrain"):
+        from pbc.train import train
+
+        config = _train_config(args, "none" if args.command == "pretrain" else args.prior)
+        try:
+            config.validate()
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        result = train(config)
+        last = result.metrics[-1] if result.metrics else {}
+        print(f"{result.out}: {len(result.metrics)} epochs, "
+              f"test error {last.get('test_error', float('nan')):.4f}")
+        return 0
+    if args.command == "demo":
+        from pbc.demo import run_demo
+
+        run_demo(args.out, data_dir=args.data_dir, epochs=args.epochs,
+                 pretrain_epochs=args.pretrain_epochs, threads=args.threads)
+        return 0
+    raise UsageError(f"unknown command {args.command!r}")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pbc.train import TrainingDiverged
+
+    try:
+        return run(args)
+    except UsageError as e:
+        if args.debug:
+            raise
+        parser.exit(2, f"pbc: error: {e}\n")
+    except (DataError, ArtefactError, TrainingDiverged) as e:
+        if args.debug:
+            raise
+        print(f"pbc: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pbc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
