@@ -29,8 +29,15 @@ from tqdm.auto import tqdm
 
 from pbc.data import load_dataset
 from pbc.infer import LN2, MeanFieldELBO, classification_error
-from pbc.io import ArtefactError, load_torch, read_json, read_jsonl, save_torch, write_json, \
-    write_jsonl
+from pbc.io import (
+    ArtefactError,
+    load_torch,
+    read_json,
+    read_jsonl,
+    save_torch,
+    write_json,
+    write_jsonl,
+)
 from pbc.models import ARCHITECTURES, Architecture, BayesNet, build_network, make_architecture
 from pbc.priors import PRIORS, make_prior
 

@@ -1,0 +1,79 @@
+"""The ``pbc`` command line: smoke runs on generated data, argument errors, data errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pbc.cli import main
+
+
+def _train_args(idx_dir, out, *extra):
+    return ["train", "--data", "fashion-mnist", "--data-dir", str(idx_dir), "--subset", "60",
+            "--batch-size", "30", "--epochs", "1", "--threads", "1", "--no-progress",
+            "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("model,prior", [("lenet300", "gnj"), ("lenet5", "ghs")])
+def test_train_smoke(idx_dir, tmp_path, capsys, model, prior):
+    out = tmp_path / f"{model}-{prior}"
+    assert main(_train_args(idx_dir, out, "--model", model, "--prior", prior)) == 0
+    assert "test error" in capsys.readouterr().out
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1]
+    assert json.loads((out / "config.json").read_text())["config"]["model"] == model
+
+
+def test_pretrain_then_init_from(idx_dir, tmp_path):
+    assert main(["pretrain", *_train_args(idx_dir, tmp_path / "pre")[1:]]) == 0
+    assert main(_train_args(idx_dir, tmp_path / "bc", "--init-from", str(tmp_path / "pre"))) == 0
+    cfg = json.loads((tmp_path / "pre" / "config.json").read_text())["config"]
+    assert cfg["prior"] == "none"
+
+
+def test_resume_continues(idx_dir, tmp_path):
+    out = tmp_path / "r"
+    assert main(_train_args(idx_dir, out)) == 0
+    args = _train_args(idx_dir, out, "--resume")
+    args[args.index("--epochs") + 1] = "2"
+    assert main(args) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("bad", [
+    ["--model", "resnet"], ["--prior", "laplace"], ["--data", "svhn"], ["--epochs", "-1"],
+    ["--epochs", "zero"], ["--lr", "0"], ["--batch-size", "0"], ["--kl-warmup", "-2"],
+])
+def test_bad_arguments_exit_2(idx_dir, tmp_path, capsys, bad):
+    with pytest.raises(SystemExit) as e:
+        main(_train_args(idx_dir, tmp_path / "x", *bad))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("pbc") and "error" in err[-1]
+
+
+def test_cuda_requested_without_cuda_exits_2(idx_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        main(_train_args(idx_dir, tmp_path / "x", "--device", "cuda"))
+    assert e.value.code == 2 and "CUDA" in capsys.readouterr().err
+
+
+def test_missing_data_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PBC_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    code = main(["train", "--data", "mnist", "--data-dir", str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "x"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert len(err.splitlines()) == 1 and "train-images-idx3-ubyte" in err
+    assert "Traceback" not in err
+
+
+def test_console_script_entry_point(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pbc.cli", "train", "--model", "nope",
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -1,0 +1,105 @@
+"""Training loop: determinism, resume, divergence, initialisation from a plain run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pbc.infer import ELBOTerms, MeanFieldELBO
+from pbc.io import ArtefactError, load_torch
+from pbc.train import TrainConfig, TrainingDiverged, train
+
+TIMING = ("seconds", "eval_seconds")
+
+
+def _config(idx_dir, out, **kw):
+    base = dict(out=str(out), model="lenet300", prior="gnj", data="fashion-mnist",
+                data_dir=str(idx_dir), epochs=2, batch_size=50, subset=150, seed=3,
+                progress=False, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _strip(metrics):
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in metrics]
+
+
+def test_artefacts_and_metric_fields(idx_dir, tmp_path):
+    res = train(_config(idx_dir, tmp_path / "run", epochs=1))
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt"):
+        assert (tmp_path / "run" / name).is_file()
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["config"]["prior"] == "gnj" and cfg["config"]["seed"] == 3
+    assert cfg["environment"]["torch"] == torch.__version__
+    assert cfg["arch"]["name"] == "lenet300" and cfg["dataset"]["train"] == 150
+    (m,) = res.metrics
+    assert set(m) >= {"epoch", "elbo", "expected_loglik", "kl", "kl_bits", "train_error",
+                      "test_error", "seconds"}
+    assert m["kl_bits"] == pytest.approx(m["kl"] / 0.6931471805599453)
+    assert m["elbo"] == pytest.approx(m["expected_loglik"] - m["kl"], rel=1e-6)
+
+
+def test_same_seed_same_metrics(idx_dir, tmp_path):
+    a = train(_config(idx_dir, tmp_path / "a"))
+    b = train(_config(idx_dir, tmp_path / "b"))
+    assert _strip(a.metrics) == _strip(b.metrics)
+    c = train(_config(idx_dir, tmp_path / "c", seed=4))
+    assert _strip(c.metrics) != _strip(a.metrics)
+
+
+@pytest.mark.parametrize("prior", ["gnj", "ghs", "none"])
+def test_resume_matches_uninterrupted(idx_dir, tmp_path, prior):
+    full = train(_config(idx_dir, tmp_path / "full", prior=prior, epochs=3))
+    train(_config(idx_dir, tmp_path / "part", prior=prior, epochs=1))
+    resumed = train(_config(idx_dir, tmp_path / "part", prior=prior, epochs=3, resume=True))
+    assert _strip(resumed.metrics) == _strip(full.metrics)
+    sa = load_torch(tmp_path / "full" / "checkpoint.pt")["model"]
+    sb = load_torch(tmp_path / "part" / "checkpoint.pt")["model"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_refuses_changed_settings(idx_dir, tmp_path):
+    train(_config(idx_dir, tmp_path / "r", epochs=1))
+    with pytest.raises(ArtefactError, match="prior"):
+        train(_config(idx_dir, tmp_path / "r", epochs=2, prior="ghs", resume=True))
+
+
+def test_resume_without_checkpoint_is_an_error(idx_dir, tmp_path):
+    with pytest.raises(ArtefactError, match="not found"):
+        train(_config(idx_dir, tmp_path / "empty", resume=True))
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(idx_dir, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    train(_config(idx_dir, out, epochs=1))
+    before = (out / "checkpoint.pt").read_bytes()
+    real = MeanFieldELBO.forward
+
+    def poisoned(self, *args, **kwargs):
+        t = real(self, *args, **kwargs)
+        return ELBOTerms(t.loss * float("nan"), t.expected_loglik, t.kl)
+
+    monkeypatch.setattr(MeanFieldELBO, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, step 1"):
+        train(_config(idx_dir, out, epochs=3, resume=True))
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert load_torch(out / "checkpoint.pt")["epoch"] == 1
+
+
+def test_init_from_plain_run_sets_the_means(idx_dir, tmp_path):
+    plain = train(_config(idx_dir, tmp_path / "plain", prior="none", epochs=1))
+    bayes = train(_config(idx_dir, tmp_path / "bc", init_from=str(plain.out), epochs=1, lr=1e-12))
+    # with a vanishing learning rate the means stay at the plain weights (z ≈ 1 at init)
+    w_plain = plain.net.state_dict()["fc1.weight"]
+    w_bayes = bayes.net.body.fc1.w_loc.detach()
+    assert torch.allclose(w_bayes, w_plain, atol=1e-6)
+    with pytest.raises(ArtefactError, match="deterministic run"):
+        train(_config(idx_dir, tmp_path / "bc2", init_from=str(bayes.out), epochs=1))
+
+
+def test_plain_training_learns_the_toy_task(idx_dir, tmp_path):
+    res = train(_config(idx_dir, tmp_path / "learn", prior="none", epochs=8, subset=None,
+                        lr=3e-3))
+    assert res.metrics[-1]["test_error"] < 0.3  # chance is 0.9
