@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(sub.add_parser("train", help="train a Bayesian (or plain) network"), True)
     _add_train_args(sub.add_parser("pretrain", help="train a plain network (= --prior none)"),
                     False)
+    an = sub.add_parser("analyse", help="posterior analysis of a trained run (ArviZ)")
+    an.add_argument("run_dir")
+    an.add_argument("--draws", type=_positive_int, default=1000,
+                    help="posterior draws of z (split into 4 chains)")
+    an.add_argument("--thresholds", help="per-layer thresholds, e.g. fc1=3,fc2=2.5")
+    an.add_argument("--no-figures", action="store_true")
     demo = sub.add_parser("demo", help="the main job end to end on the default data")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--data-dir")
@@ -114,6 +120,25 @@ def run(args) -> int:
         last = result.metrics[-1] if result.metrics else {}
         print(f"{result.out}: {len(result.metrics)} epochs, "
               f"test error {last.get('test_error', float('nan')):.4f}")
+        return 0
+    if args.command == "analyse":
+        from pbc.analysis import analyse, parse_thresholds
+
+        if args.draws % 4:
+            raise UsageError(f"--draws must be a multiple of 4 (4 chains), got {args.draws}")
+        try:
+            thresholds = parse_thresholds(args.thresholds)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        result = analyse(args.run_dir, draws=args.draws, thresholds=thresholds,
+                         figures=not args.no_figures)
+        for r in result.values():
+            row = r.row
+            print(f"{row['layer']}: {row['groups_kept']}/{row['groups_total']} groups, "
+                  f"{row['weights_kept']}/{row['weights_total']} weights, "
+                  f"{row['bits']} bits (t={row['significand_bits']}, "
+                  f"e={row['exponent_bits']}), threshold {row['threshold']:.3g} "
+                  f"({row['threshold_method']})")
         return 0
     if args.command == "demo":
         from pbc.demo import run_demo

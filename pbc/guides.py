@@ -6,8 +6,10 @@ Each is an ``nn.Module`` holding its own parameters (never Pyro's global param s
 * ``rsample_per_example(n)`` — ``n`` independent draws of ``z``, shape ``(n, G)``, used by
   local reparameterisation (``pbc.handlers``) to sample ``z`` per example;
 * ``mean()`` — ``E_q[z]``, shape ``(G,)``, used for posterior-mean weights;
+* ``variance()`` — ``Var_q[z]``, shape ``(G,)``;
 * ``log_z_moments()`` — mean and variance of ``log|z|`` under ``q`` (exact for GHS, where
-  ``log z`` is Gaussian; for GNJ the delta-method value at ``E[z]``), used by the analysis.
+  ``log z`` is Gaussian; for GNJ the delta-method value at ``E[z]``), used by the analysis;
+* ``draws(n)`` — ``{"z": (n, G)}`` (and ``{"s": (n,)}`` for GHS) independent posterior draws.
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ class NormalScaleGuide(nn.Module):
 
     def mean(self) -> torch.Tensor:
         return self.loc
+
+    def variance(self) -> torch.Tensor:
+        return self.logvar.exp()
+
+    @torch.no_grad()
+    def draws(self, n: int) -> dict[str, torch.Tensor]:
+        return {"z": self.rsample_per_example(n)}
 
     def log_alpha(self) -> torch.Tensor:
         """Group dropout rates ``log α_g = log σ_g² − log μ_g²``, shape ``(G,)``."""
@@ -113,15 +122,27 @@ class HorseshoeScaleGuide(nn.Module):
         t_mean, t_var = self.log_ztilde_moments()
         return s_mean + t_mean, s_var + t_var
 
-    def rsample_per_example(self, n: int) -> torch.Tensor:
-        """``z = exp(log s + log z̃)`` with ``s`` drawn once per example, ``z̃`` per group."""
+    def _rsample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, s)`` of shapes ``(n, G)`` and ``(n,)``: ``s`` once per draw, ``z̃`` per group."""
         s_mean, s_var = self.log_s_moments()
         t_mean, t_var = self.log_ztilde_moments()
-        like = self.za_loc
+        like = t_mean
         log_s = s_mean + s_var.sqrt() * torch.randn(n, 1, dtype=like.dtype, device=like.device)
         eps = torch.randn(n, self.n_groups, dtype=like.dtype, device=like.device)
-        return torch.exp(log_s + t_mean + t_var.sqrt() * eps)
+        return torch.exp(log_s + t_mean + t_var.sqrt() * eps), torch.exp(log_s[:, 0])
+
+    def rsample_per_example(self, n: int) -> torch.Tensor:
+        return self._rsample(n)[0]
 
     def mean(self) -> torch.Tensor:
         mean, var = self.log_z_moments()
         return torch.exp(mean + 0.5 * var)
+
+    def variance(self) -> torch.Tensor:
+        mean, var = self.log_z_moments()
+        return torch.expm1(var) * torch.exp(2 * mean + var)
+
+    @torch.no_grad()
+    def draws(self, n: int) -> dict[str, torch.Tensor]:
+        z, s = self._rsample(n)
+        return {"z": z, "s": s}

@@ -24,21 +24,32 @@ class ArtefactError(Exception):
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb"):
-    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``."""
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to ``path``; on success rename it over ``path``.
+
+    For writers that want a file name (netCDF, ``torch.save``); on failure the temporary file
+    is removed and ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb"):
+    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text(path, text: str) -> None:

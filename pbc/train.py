@@ -132,6 +132,24 @@ def posterior_mean_network(net: torch.nn.Module, arch: Architecture) -> torch.nn
     return plain
 
 
+def load_run(run_dir) -> tuple[TrainConfig, Architecture, torch.nn.Module, dict]:
+    """Rebuild a trained run: its config, architecture, network (eval mode) and checkpoint."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ArtefactError(f"{run}: no such run directory")
+    saved = read_json(run / CONFIG)
+    ckpt = load_torch(run / CHECKPOINT)
+    try:
+        config = TrainConfig(**saved["config"])
+        arch = Architecture.from_dict(saved["arch"])
+        net = build(config, arch)
+        net.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise ArtefactError(f"{run}: config.json and checkpoint.pt do not match "
+                            f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return config, arch, net.eval(), ckpt
+
+
 def load_point_estimate(path: str) -> dict[str, torch.Tensor]:
     """The plain state dict of a ``prior="none"`` run (a run directory or its checkpoint)."""
     p = Path(path)

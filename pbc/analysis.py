@@ -1,0 +1,232 @@
+"""The ``analyse`` stage: posterior → ArviZ InferenceData, group and layer tables, figures.
+
+The only module that imports ArviZ.  Numbers come from :mod:`pbc.posterior`; this module
+adapts them (xarray/ArviZ, pandas) and writes, into the run directory:
+
+* ``posterior.nc`` — group ``posterior``: draws of every ``<layer>.z`` (and ``<layer>.s`` for
+  the horseshoe) from ``q``, as ``chains × draws`` with a named dimension ``<layer>_group``;
+  group ``posterior_moments``: per-weight ``<layer>.w_mean`` / ``<layer>.w_var`` (E[w],
+  Var[w]) and per-group ``<layer>.score`` / ``<layer>.kept``.  Opens in plain ArviZ.
+* ``groups.csv`` — one row per group; ``layers.csv`` — one row per layer (kept counts, bit
+  precision, threshold and how it was chosen);
+* ``figures/`` — score histograms with thresholds, forest plots of ``z``, global scales
+  (GHS), weight mean-vs-variance scatter.
+
+Draws from ``q`` are independent, so they are split into chains only to let ``az.summary``
+report R-hat and ESS, which for iid draws should read ≈1 and ≈ the number of draws.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pbc import report
+from pbc.io import ArtefactError, atomic_path, atomic_write, write_json
+from pbc.posterior import (
+    LayerPosterior,
+    Threshold,
+    bit_precision,
+    find_threshold,
+    kept_weight_mask,
+    layer_moments,
+    propagate_masks,
+)
+from pbc.train import load_run
+
+POSTERIOR, GROUPS, LAYERS, ANALYSIS = "posterior.nc", "groups.csv", "layers.csv", "analysis.json"
+
+
+def _arviz():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # 0.x announces the 1.x refactor
+        import arviz as az
+    return az
+
+
+def arviz_major() -> int:
+    return int(_arviz().__version__.split(".")[0])
+
+
+def to_inference_data(posterior: dict[str, np.ndarray], moments: dict[str, tuple], dims: dict,
+                      attrs: dict):
+    """Build InferenceData (ArviZ 0.x) or a DataTree (ArviZ 1.x) with ``from_dict``.
+
+    ``posterior``: name → array ``(chains, draws, *shape)``; ``moments``: name →
+    ``(dims, array)`` for the ``posterior_moments`` group; ``dims``: posterior var → dims.
+    """
+    import xarray as xr
+
+    az = _arviz()
+    moments_ds = xr.Dataset({k: (d, v) for k, (d, v) in moments.items()}, attrs=attrs)
+    if arviz_major() >= 1:
+        tree = az.from_dict({"posterior": posterior}, dims=dims)
+        tree["posterior_moments"] = xr.DataTree(moments_ds)
+        tree["posterior"].attrs.update(attrs)
+        return tree
+    idata = az.from_dict(posterior=posterior, dims=dims, attrs=attrs)
+    idata.add_groups({"posterior_moments": moments_ds})
+    return idata
+
+
+def write_netcdf(data, path: Path) -> None:
+    """Write InferenceData / DataTree to netCDF through a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        data.to_netcdf(str(tmp))
+
+
+def read_posterior(path):
+    """Open ``posterior.nc`` with plain ArviZ."""
+    return _arviz().from_netcdf(str(path))
+
+
+def summary(data, var_names=None) -> pd.DataFrame:
+    """``az.summary`` of the posterior draws (mean, sd, intervals, ESS, R-hat)."""
+    return _arviz().summary(data, var_names=var_names)
+
+
+@dataclass
+class LayerAnalysis:
+    post: LayerPosterior
+    threshold: Threshold
+    in_mask: np.ndarray
+    out_mask: np.ndarray
+    groups_kept_mask: np.ndarray
+    row: dict
+
+
+def parse_thresholds(text: str | None) -> dict[str, float]:
+    """``"fc1=3,fc2=2.5"`` → ``{"fc1": 3.0, "fc2": 2.5}``; ValueError with a reason."""
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"bad --thresholds entry {part!r}; expected LAYER=NUMBER") from None
+    return out
+
+
+def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None = None,
+            figures: bool = True, seed: int = 0) -> dict[str, LayerAnalysis]:
+    """Run the analyse stage on a trained run directory; returns per-layer results."""
+    run = Path(run_dir)
+    config, arch, net, _ = load_run(run)
+    if config.prior == "none":
+        raise ArtefactError(f"{run}: a deterministic run (prior 'none') has no posterior")
+    thresholds = dict(thresholds or {})
+    layers = {layer.site: layer for layer in net.bayes_layers()}
+    unknown = set(thresholds) - set(layers)
+    if unknown:
+        raise ValueError(f"--thresholds names unknown layers {sorted(unknown)}; "
+                         f"layers are {list(layers)}")
+    posts = {name: layer_moments(layer) for name, layer in layers.items()}
+    chosen = {}
+    for name, post in posts.items():
+        chosen[name] = (Threshold(thresholds[name], "given", math.nan) if name in thresholds
+                        else find_threshold(post.score))
+    masks = propagate_masks(arch, {n: posts[n].score <= chosen[n].value for n in posts})
+    result = {name: _layer_result(posts[name], chosen[name], *masks[name], config.prior)
+              for name in posts}
+
+    torch.manual_seed(seed)
+    posterior, moments, dims = {}, {}, {}
+    for name, layer in layers.items():
+        for var, value in layer.q_scale.draws(draws).items():
+            arr = value.cpu().double().numpy()
+            posterior[f"{name}.{var}"] = arr.reshape(chains, draws // chains, *arr.shape[1:])
+            if var == "z":
+                dims[f"{name}.z"] = [f"{name}_group"]
+        post, res = posts[name], result[name]
+        wdims = [f"{name}_out", f"{name}_in"] + ([f"{name}_kh", f"{name}_kw"]
+                                                 if post.kind == "conv" else [])
+        moments[f"{name}.w_mean"] = (wdims, post.w_mean)
+        moments[f"{name}.w_var"] = (wdims, post.w_var)
+        moments[f"{name}.score"] = ([f"{name}_group"], post.score)
+        moments[f"{name}.kept"] = ([f"{name}_group"], res.groups_kept_mask.astype(np.int8))
+    attrs = {"prior": config.prior, "model": config.model, "data": config.data,
+             "score": "log_alpha" if config.prior == "gnj" else "-E[log z]"}
+    write_netcdf(to_inference_data(posterior, moments, dims, attrs), run / POSTERIOR)
+
+    _write_csv(pd.DataFrame(_group_rows(result)), run / GROUPS)
+    _write_csv(pd.DataFrame([r.row for r in result.values()]), run / LAYERS)
+    write_json(run / ANALYSIS, {"draws": draws, "chains": chains, "prior": config.prior,
+                                "thresholds": {n: r.row["threshold"] for n, r in result.items()},
+                                "histograms": {n: _histogram(r.post.score)
+                                               for n, r in result.items()}})
+    if figures:
+        _figures(run, result, config.prior)
+    return result
+
+
+def _layer_result(post, threshold, in_mask, out_mask, prior) -> LayerAnalysis:
+    keep_w = kept_weight_mask(post.kind, post.w_mean.shape, in_mask, out_mask)
+    groups_mask = in_mask if post.kind == "linear" else out_mask
+    bits = bit_precision(post.w_mean[keep_w], post.w_var[keep_w])
+    row = {"layer": post.name, "kind": post.kind, "groups_total": int(groups_mask.size),
+           "groups_kept": int(groups_mask.sum()), "in_kept": int(in_mask.sum()),
+           "out_kept": int(out_mask.sum()), "weights_total": int(post.w_mean.size),
+           "weights_kept": int(keep_w.sum()), **bits, "threshold": threshold.value,
+           "threshold_on": "log_alpha" if prior == "gnj" else "-E[log z]",
+           "threshold_method": threshold.method, "separation": threshold.separation}
+    return LayerAnalysis(post, threshold, in_mask, out_mask, groups_mask, row)
+
+
+def _group_rows(result: dict[str, LayerAnalysis]) -> list[dict]:
+    rows = []
+    for name, r in result.items():
+        p = r.post
+        for i in range(p.z_mean.size):
+            rows.append({"layer": name, "index": i, "z_mean": p.z_mean[i], "z_var": p.z_var[i],
+                         "log_alpha": p.log_alpha[i] if p.log_alpha is not None else math.nan,
+                         "e_log_z": p.e_log_z[i], "log_mode": p.log_mode[i],
+                         "score": p.score[i], "kept": bool(r.groups_kept_mask[i])})
+    return rows
+
+
+def _histogram(scores: np.ndarray, bins: int = 60) -> dict:
+    counts, edges = np.histogram(scores, bins=bins)
+    return {"counts": counts.tolist(), "edges": edges.tolist()}
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_write(path, "w") as f:
+        frame.to_csv(f, index=False)
+
+
+def _log_abs(x):
+    return np.log(np.abs(x))
+
+
+def _figures(run: Path, result: dict[str, LayerAnalysis], prior: str) -> None:
+    fig_dir = run / "figures"
+    score_label = "log α" if prior == "gnj" else "−E[log z]"
+    report.score_histograms({n: (r.post.score, r.threshold.value) for n, r in result.items()},
+                            score_label, fig_dir / "scores.png")
+    report.weight_scatter({n: (r.post.w_mean, r.post.w_var,
+                               kept_weight_mask(r.post.kind, r.post.w_mean.shape, r.in_mask,
+                                                r.out_mask)) for n, r in result.items()},
+                          fig_dir / "weights.png")
+    data = read_posterior(run / POSTERIOR)
+    az = _arviz()
+    for name, r in result.items():
+        order = np.argsort(r.post.score)
+        pick = order[np.linspace(0, order.size - 1, min(24, order.size)).round().astype(int)]
+        axes = az.plot_forest(data, var_names=[f"{name}.z"], coords={f"{name}_group": pick},
+                              combined=True, transform=_log_abs, figsize=(6, 7))
+        report.save_axes(axes, fig_dir / f"forest_{name}.png",
+                         title=f"{name}: log |z|, 24 groups across the score range")
+    if prior == "ghs":
+        axes = az.plot_posterior(data, var_names=[f"{n}.s" for n in result],
+                                 transform=_log_abs, figsize=(3.2 * len(result), 2.8))
+        report.save_axes(axes, fig_dir / "global_scales.png", title="log s per layer")

@@ -1,0 +1,175 @@
+"""Numeric core of the posterior analysis (torch and numpy; no ArviZ, no xarray).
+
+* :func:`layer_moments` — per-group and per-weight posterior moments of one layer:
+  ``E[w] = E[z]·μ`` and ``Var[w] = Var[z]·(μ² + σ²) + E[z]²·σ²`` (DESIGN §4, paper eq. 9).
+* :func:`prune_score` — what a threshold acts on: ``log α`` for GNJ (prune when ``≥ t``), and
+  ``−E[log z]`` for GHS (prune small scales), so "larger means prunable" for both.
+* :func:`find_threshold` — the gap between the two modes of a bimodal sample (Otsu split,
+  then the middle of the widest empty run between the two class means).
+* :func:`propagate_masks` — group masks → consistent input/output unit masks per layer.
+* :func:`bit_precision` — significand and exponent bits of a layer (DESIGN §5.3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pbc.guides import NormalScaleGuide
+from pbc.models import Architecture
+
+
+@dataclass
+class LayerPosterior:
+    """Posterior summaries of one Bayesian layer (numpy arrays on the CPU)."""
+
+    name: str
+    kind: str                   # "linear" | "conv"
+    z_mean: np.ndarray          # (G,)  E[z]
+    z_var: np.ndarray           # (G,)  Var[z]
+    e_log_z: np.ndarray         # (G,)  E[log|z|]
+    log_mode: np.ndarray        # (G,)  log of the posterior mode of z (GHS; GNJ: log|μ|)
+    log_alpha: np.ndarray | None  # (G,) GNJ dropout rates, None for GHS
+    w_mean: np.ndarray          # weight shape, E[w]
+    w_var: np.ndarray           # weight shape, Var[w]
+
+    @property
+    def score(self) -> np.ndarray:
+        return prune_score(self)
+
+
+@torch.no_grad()
+def layer_moments(layer) -> LayerPosterior:
+    """Posterior moments of a :class:`pbc.layers.BayesLayer`."""
+    w_loc, w_var, _, _ = layer.variational_moments()
+    q = layer.q_scale
+    z_mean, z_var = q.mean(), q.variance()
+    e_log, v_log = q.log_z_moments()
+    zm, zv = layer.group_view(z_mean), layer.group_view(z_var)
+    w_mean = zm * w_loc
+    w_var_total = zv * (w_loc.pow(2) + w_var) + zm.pow(2) * w_var
+    gnj = isinstance(q, NormalScaleGuide)
+    log_mode = z_mean.abs().log() if gnj else e_log - v_log
+
+    def np_(t):
+        return t.detach().cpu().double().numpy()
+
+    return LayerPosterior(
+        name=layer.site, kind="linear" if layer.groups_on_input else "conv",
+        z_mean=np_(z_mean), z_var=np_(z_var), e_log_z=np_(e_log), log_mode=np_(log_mode),
+        log_alpha=np_(q.log_alpha()) if gnj else None,
+        w_mean=np_(w_mean), w_var=np_(w_var_total))
+
+
+def prune_score(post: LayerPosterior) -> np.ndarray:
+    """``log α`` (GNJ) or ``−E[log z]`` (GHS): groups with a score above the threshold go."""
+    return post.log_alpha if post.log_alpha is not None else -post.e_log_z
+
+
+@dataclass
+class Threshold:
+    value: float           # prune when score > value
+    method: str            # how it was chosen
+    separation: float      # Ashman's D between the two modes (nan when not computed)
+
+
+def find_threshold(scores: np.ndarray, min_separation: float = 2.0) -> Threshold:
+    """Split a bimodal sample of prune scores at the gap between its modes.
+
+    Otsu's split (maximum between-class variance over the sorted sample) names the two
+    modes; when they are well separated (Ashman's ``D = √2·|m1 − m2| / √(s1² + s2²) ≥
+    min_separation``) the threshold is the midpoint of the widest empty run between
+    consecutive sorted values lying between the two class means.  A sample that is not
+    clearly bimodal keeps everything (threshold above its maximum, method ``"unimodal"``).
+    """
+    x = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    n = x.size
+    keep_all = Threshold(float(x[-1]) + 1.0 if n else math.inf, "unimodal", math.nan)
+    if n < 4 or x[-1] - x[0] < 1e-12:
+        return keep_all
+    csum, csq = np.cumsum(x), np.cumsum(x * x)
+    k = np.arange(1, n)                       # left class = x[:k]
+    m1 = csum[:-1] / k
+    m2 = (csum[-1] - csum[:-1]) / (n - k)
+    between = k * (n - k) * (m1 - m2) ** 2
+    i = int(np.argmax(between))
+    kk = i + 1
+    left, right = x[:kk], x[kk:]
+    s = math.sqrt(left.var() + right.var())
+    d = math.sqrt(2.0) * abs(right.mean() - left.mean()) / s if s > 0 else math.inf
+    if d < min_separation:
+        return Threshold(keep_all.value, "unimodal", d)
+    lo, hi = np.searchsorted(x, left.mean()), np.searchsorted(x, right.mean(), side="right")
+    seg = x[max(lo - 1, 0):hi]
+    gaps = np.diff(seg)
+    j = int(np.argmax(gaps))
+    return Threshold(float(0.5 * (seg[j] + seg[j + 1])), "otsu+widest-gap", d)
+
+
+def propagate_masks(arch: Architecture, group_masks: dict[str, np.ndarray]
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Consistent ``(in_mask, out_mask)`` per weighted layer from per-group keep masks.
+
+    Groups are input units of linear layers and output channels of convolutions.  A unit
+    goes from a layer's outputs when the next layer no longer reads it, and from a layer's
+    inputs when the previous layer no longer produces it; a flatten maps channel ``c`` to the
+    ``c·P … c·P + P − 1`` inputs of the next linear layer (``P`` spatial positions).
+    """
+    specs = arch.weighted_layers()
+    ins = [np.ones(s.in_size, bool) for s in specs]
+    outs = [np.ones(s.out_size, bool) for s in specs]
+    for i, s in enumerate(specs):
+        g = np.asarray(group_masks[s.name], bool)
+        if s.kind == "linear":
+            ins[i] &= g
+        else:
+            outs[i] &= g
+    for _ in range(2):  # forward then backward; a second sweep settles chains of removals
+        for i in range(1, len(specs)):
+            ins[i] &= np.repeat(outs[i - 1], specs[i].in_size // specs[i - 1].out_size)
+        for i in range(len(specs) - 1, 0, -1):
+            per = specs[i].in_size // specs[i - 1].out_size
+            outs[i - 1] &= ins[i].reshape(specs[i - 1].out_size, per).any(axis=1)
+    return {s.name: (ins[i], outs[i]) for i, s in enumerate(specs)}
+
+
+def kept_weight_mask(kind: str, shape: tuple[int, ...], in_mask, out_mask) -> np.ndarray:
+    """Boolean mask of the weights that survive structured pruning, of the weight's shape."""
+    m = np.outer(out_mask, in_mask)
+    return np.broadcast_to(m[:, :, None, None], shape) if kind == "conv" else m
+
+
+MAX_SIGNIFICAND_BITS = 23  # float32
+
+
+def significand_bits(spread: float) -> int:
+    """Fewest significand bits ``t`` whose unit round-off ``2^−t`` lies below ``spread``."""
+    if not spread > 0:
+        return MAX_SIGNIFICAND_BITS
+    t = math.floor(-math.log2(spread)) + 1
+    return int(min(max(t, 1), MAX_SIGNIFICAND_BITS))
+
+
+def exponent_bits(weights: np.ndarray, t: int) -> int:
+    """Bits to index the binary exponents ``⌊log2|w|⌋`` of the weights that remain nonzero at
+    significand precision ``t`` (``|w| ≥ 2^−t``); at least 1.  Defined for any magnitude."""
+    w = np.abs(np.asarray(weights, dtype=np.float64).ravel())
+    w = w[w >= 2.0 ** -t]
+    if w.size == 0:
+        return 1
+    e = np.floor(np.log2(w))
+    span = int(e.max() - e.min()) + 1
+    return max(1, math.ceil(math.log2(span))) if span > 1 else 1
+
+
+def bit_precision(w_mean_kept: np.ndarray, w_var_kept: np.ndarray) -> dict:
+    """Significand bits from the layer's mean posterior variance (the paper's rule), exponent
+    bits from the range of binary exponents, one sign bit."""
+    mean_var = float(np.mean(w_var_kept)) if w_var_kept.size else math.nan
+    t = significand_bits(mean_var)
+    e = exponent_bits(w_mean_kept, t)
+    return {"mean_var_kept": mean_var, "significand_bits": t, "exponent_bits": e,
+            "bits": 1 + e + t}

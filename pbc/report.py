@@ -1,0 +1,82 @@
+"""Figures from saved numbers: the only module that imports matplotlib.
+
+Functions here draw what they are given; they never train, sample or compute statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pbc.io import atomic_path  # noqa: E402
+
+
+def save_figure(fig, path: Path, dpi: int = 130) -> Path:
+    """Save ``fig`` as PNG (atomic write) and close it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def save_axes(axes, path: Path, title: str | None = None) -> Path:
+    """Save the figure that ``axes`` (an Axes or an array of them, e.g. from ArviZ) belong to."""
+    ax = np.asarray(axes).ravel()[0]
+    fig = ax.figure
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def _grid(n: int, width: float = 3.4, height: float = 2.6):
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    return fig, axes.ravel()
+
+
+def score_histograms(layers: dict[str, tuple[np.ndarray, float]], label: str, path: Path):
+    """Per layer: histogram of the groups' prune scores with the threshold as a red line."""
+    fig, axes = _grid(len(layers))
+    for ax, (name, (scores, threshold)) in zip(axes, layers.items()):
+        ax.hist(scores, bins=50, color="#4c72b0")
+        if math.isfinite(threshold) and threshold <= np.max(scores) + 1:
+            ax.axvline(threshold, color="#c44e52", lw=1.5, label=f"t = {threshold:.2f}")
+            ax.legend(fontsize=7, frameon=False)
+        kept = int(np.sum(scores <= threshold))
+        ax.set_title(f"{name}: {kept}/{len(scores)} groups kept", fontsize=9)
+        ax.set_xlabel(label, fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def weight_scatter(layers: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path,
+                   max_points: int = 20000):
+    """Per layer: log10|E[w]| against log10 Var[w], kept weights dark, pruned light."""
+    fig, axes = _grid(len(layers))
+    rng = np.random.default_rng(0)
+    for ax, (name, (mean, var, kept)) in zip(axes, layers.items()):
+        m, v, k = (np.asarray(a).ravel() for a in (mean, var, kept))
+        idx = rng.choice(m.size, size=min(max_points, m.size), replace=False)
+        m, v, k = np.abs(m[idx]) + 1e-12, v[idx] + 1e-30, k[idx]
+        ax.scatter(np.log10(m[~k]), np.log10(v[~k]), s=1, alpha=0.3, color="#bbbbbb",
+                   label="pruned", rasterized=True)
+        ax.scatter(np.log10(m[k]), np.log10(v[k]), s=1, alpha=0.5, color="#4c72b0",
+                   label="kept", rasterized=True)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("log10 |E[w]|", fontsize=8)
+        ax.set_ylabel("log10 Var[w]", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, frameon=False, markerscale=6)
+    fig.tight_layout()
+    return save_figure(fig, path)
