@@ -90,7 +90,7 @@ def find_threshold(scores: np.ndarray, min_separation: float = 2.0) -> Threshold
     keep_all = Threshold(float(x[-1]) + 1.0 if n else math.inf, "unimodal", math.nan)
     if n < 4 or x[-1] - x[0] < 1e-12:
         return keep_all
-    csum, csq = np.cumsum(x), np.cumsum(x * x)
+    csum = np.cumsum(x)
     k = np.arange(1, n)                       # left class = x[:k]
     m1 = csum[:-1] / k
     m2 = (csum[-1] - csum[:-1]) / (n - k)

@@ -47,7 +47,7 @@ def _grid(n: int, width: float = 3.4, height: float = 2.6):
 def score_histograms(layers: dict[str, tuple[np.ndarray, float]], label: str, path: Path):
     """Per layer: histogram of the groups' prune scores with the threshold as a red line."""
     fig, axes = _grid(len(layers))
-    for ax, (name, (scores, threshold)) in zip(axes, layers.items()):
+    for ax, (name, (scores, threshold)) in zip(axes, layers.items(), strict=False):
         ax.hist(scores, bins=50, color="#4c72b0")
         if math.isfinite(threshold) and threshold <= np.max(scores) + 1:
             ax.axvline(threshold, color="#c44e52", lw=1.5, label=f"t = {threshold:.2f}")
@@ -65,7 +65,7 @@ def weight_scatter(layers: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     """Per layer: log10|E[w]| against log10 Var[w], kept weights dark, pruned light."""
     fig, axes = _grid(len(layers))
     rng = np.random.default_rng(0)
-    for ax, (name, (mean, var, kept)) in zip(axes, layers.items()):
+    for ax, (name, (mean, var, kept)) in zip(axes, layers.items(), strict=False):
         m, v, k = (np.asarray(a).ravel() for a in (mean, var, kept))
         idx = rng.choice(m.size, size=min(max_points, m.size), replace=False)
         m, v, k = np.abs(m[idx]) + 1e-12, v[idx] + 1e-30, k[idx]
