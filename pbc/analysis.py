@@ -91,6 +91,10 @@ def summary(data, var_names=None) -> pd.DataFrame:
     return _arviz().summary(data, var_names=var_names)
 
 
+class ThresholdError(ValueError):
+    """``--thresholds`` names a layer the run does not have, or is malformed."""
+
+
 @dataclass
 class LayerAnalysis:
     post: LayerPosterior
@@ -113,7 +117,7 @@ def parse_thresholds(text: str | None) -> dict[str, float]:
                 raise ValueError
             out[name.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"bad --thresholds entry {part!r}; expected LAYER=NUMBER") from None
+            raise ThresholdError(f"bad --thresholds entry {part!r}; expected LAYER=NUMBER") from None
     return out
 
 
@@ -128,7 +132,7 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
     layers = {layer.site: layer for layer in net.bayes_layers()}
     unknown = set(thresholds) - set(layers)
     if unknown:
-        raise ValueError(f"--thresholds names unknown layers {sorted(unknown)}; "
+        raise ThresholdError(f"--thresholds names unknown layers {sorted(unknown)}; "
                          f"layers are {list(layers)}")
     posts = {name: layer_moments(layer) for name, layer in layers.items()}
     chosen = {}

@@ -122,16 +122,16 @@ def run(args) -> int:
               f"test error {last.get('test_error', float('nan')):.4f}")
         return 0
     if args.command == "analyse":
-        from pbc.analysis import analyse, parse_thresholds
+        from pbc.analysis import ThresholdError, analyse, parse_thresholds
 
         if args.draws % 4:
             raise UsageError(f"--draws must be a multiple of 4 (4 chains), got {args.draws}")
         try:
-            thresholds = parse_thresholds(args.thresholds)
-        except ValueError as e:
+            result = analyse(args.run_dir, draws=args.draws,
+                             thresholds=parse_thresholds(args.thresholds),
+                             figures=not args.no_figures)
+        except ThresholdError as e:
             raise UsageError(str(e)) from None
-        result = analyse(args.run_dir, draws=args.draws, thresholds=thresholds,
-                         figures=not args.no_figures)
         for r in result.values():
             row = r.row
             print(f"{row['layer']}: {row['groups_kept']}/{row['groups_total']} groups, "

@@ -18,7 +18,7 @@ File layout (all integers little-endian, fixed width; ``f32`` is IEEE float32 LE
       u32   L, number of layer sections (at most 4096)
     layer section, L times
       u16   N, length of the name;   N B  name, UTF-8
-      u8    D, number of dimensions; D x u32  shape
+      u8    D, number of dimensions (1..8); D x u32  shape (at most 2**28 elements)
       u8    index_bits (1..16)
       u32   K, codebook size (1..65536);   K x f32  codebook (codebook[0] == 0)
       u32   B, bias length;                B x f32  bias
@@ -417,7 +417,7 @@ def _check_layers(layers: list[PackedLayer]) -> list[PackedLayer]:
         if name in names:
             raise ValueError(f"duplicate layer name {name!r}")
         names.add(name)
-        if (not 1 <= len(shape) <= MAX_NDIM or min(shape) < 0
+        if (not 1 <= len(shape) <= MAX_NDIM or min(shape) < 0 or max(shape) >= 1 << 32
                 or math.prod(shape) > MAX_LAYER_ELEMENTS):
             raise ValueError(f"{name}: bad shape {shape} (at most {MAX_LAYER_ELEMENTS} elements)")
         _check_index_bits(layer.index_bits, ValueError)

@@ -76,36 +76,37 @@ class Threshold:
     separation: float      # Ashman's D between the two modes (nan when not computed)
 
 
-def find_threshold(scores: np.ndarray, min_separation: float = 2.0) -> Threshold:
+def find_threshold(scores: np.ndarray, min_separation: float = 3.0,
+                   min_gap: float = 0.5) -> Threshold:
     """Split a bimodal sample of prune scores at the gap between its modes.
 
-    Otsu's split (maximum between-class variance over the sorted sample) names the two
-    modes; when they are well separated (Ashman's ``D = √2·|m1 − m2| / √(s1² + s2²) ≥
-    min_separation``) the threshold is the midpoint of the widest empty run between
-    consecutive sorted values lying between the two class means.  A sample that is not
-    clearly bimodal keeps everything (threshold above its maximum, method ``"unimodal"``).
+    Otsu's split (maximum between-class variance over the sorted sample) names two classes.
+    The sample counts as bimodal when the classes are well separated — Ashman's
+    ``D = √2·|m1 − m2| / √(s1² + s2²) ≥ min_separation`` (a Gaussian split this way gives
+    D ≈ 2.7) — *and* the widest empty run between consecutive sorted values lying between
+    the class means is at least ``min_gap`` pooled class standard deviations (a uniform
+    sample has D ≈ 3.5 but no empty run).  The threshold is the middle of that run.  A
+    sample that is not bimodal keeps everything (threshold above its maximum).
     """
     x = np.sort(np.asarray(scores, dtype=np.float64).ravel())
     n = x.size
-    keep_all = Threshold(float(x[-1]) + 1.0 if n else math.inf, "unimodal", math.nan)
     if n < 4 or x[-1] - x[0] < 1e-12:
-        return keep_all
+        return Threshold(float(x[-1]) + 1.0 if n else math.inf, "unimodal", math.nan)
+    keep_all = float(x[-1]) + 1.0
     csum = np.cumsum(x)
     k = np.arange(1, n)                       # left class = x[:k]
     m1 = csum[:-1] / k
     m2 = (csum[-1] - csum[:-1]) / (n - k)
-    between = k * (n - k) * (m1 - m2) ** 2
-    i = int(np.argmax(between))
-    kk = i + 1
+    kk = int(np.argmax(k * (n - k) * (m1 - m2) ** 2)) + 1
     left, right = x[:kk], x[kk:]
-    s = math.sqrt(left.var() + right.var())
-    d = math.sqrt(2.0) * abs(right.mean() - left.mean()) / s if s > 0 else math.inf
-    if d < min_separation:
-        return Threshold(keep_all.value, "unimodal", d)
+    pooled = math.sqrt(0.5 * (left.var() + right.var()))
+    d = abs(right.mean() - left.mean()) / pooled if pooled > 0 else math.inf
     lo, hi = np.searchsorted(x, left.mean()), np.searchsorted(x, right.mean(), side="right")
     seg = x[max(lo - 1, 0):hi]
     gaps = np.diff(seg)
     j = int(np.argmax(gaps))
+    if d < min_separation or gaps[j] < min_gap * pooled:
+        return Threshold(keep_all, "unimodal", d)
     return Threshold(float(0.5 * (seg[j] + seg[j + 1])), "otsu+widest-gap", d)
 
 
