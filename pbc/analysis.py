@@ -117,7 +117,8 @@ def parse_thresholds(text: str | None) -> dict[str, float]:
                 raise ValueError
             out[name.strip()] = float(value)
         except ValueError:
-            raise ThresholdError(f"bad --thresholds entry {part!r}; expected LAYER=NUMBER") from None
+            raise ThresholdError(
+                f"bad --thresholds entry {part!r}; expected LAYER=NUMBER") from None
     return out
 
 
