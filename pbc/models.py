@@ -1,9 +1,9 @@
-"""Named architectures, their plain-torch builder, and their Bayesian counterpart.
+"""The Bayesian counterpart of the named architectures of :mod:`pbc.architectures`.
 
-An :class:`Architecture` is a plain record (JSON-able) of layer specs.  The same record builds
+The same :class:`~pbc.architectures.Architecture` record builds
 
-* :func:`build_network` — a plain ``nn.Sequential`` (torch only; deterministic training,
-  posterior-mean evaluation, and later the compressed export), and
+* :func:`~pbc.architectures.build_network` — a plain ``nn.Sequential`` (torch only;
+  deterministic training, posterior-mean evaluation, the compressed export), and
 * :class:`BayesNet` — the same layers with :class:`~pbc.layers.BayesLinear` /
   :class:`~pbc.layers.BayesConv2d` in place of ``Linear`` / ``Conv2d``, plus ``model`` and
   ``guide`` callables with a shared signature.
@@ -14,132 +14,25 @@ Layer names are stable (``conv1``, ``fc1`` …) and are the Pyro site prefixes.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pbc.architectures import (  # noqa: F401  (re-exported: the named architectures)
+    ARCHITECTURES,
+    Architecture,
+    LayerSpec,
+    build_network,
+    lenet5,
+    lenet300,
+    make_architecture,
+    plain_layer,
+    vgg16,
+)
 from pbc.layers import BayesConv2d, BayesLayer, BayesLinear
 from pbc.priors import GroupPrior
-
-WEIGHTED = ("linear", "conv")
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One layer: ``kind`` in linear | conv | relu | maxpool | flatten | batchnorm."""
-
-    kind: str
-    name: str
-    in_size: int = 0
-    out_size: int = 0
-    kernel: int = 0
-    padding: int = 0
-
-
-@dataclass(frozen=True)
-class Architecture:
-    name: str
-    input_shape: tuple[int, int, int]  # (C, H, W)
-    layers: tuple[LayerSpec, ...]
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "input_shape": list(self.input_shape),
-                "layers": [asdict(s) for s in self.layers]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Architecture:
-        return cls(d["name"], tuple(d["input_shape"]), tuple(LayerSpec(**s) for s in d["layers"]))
-
-    def weighted_layers(self) -> list[LayerSpec]:
-        return [s for s in self.layers if s.kind in WEIGHTED]
-
-
-def _fc(name, n_in, n_out):
-    return LayerSpec("linear", name, n_in, n_out)
-
-
-def _conv(name, c_in, c_out, k, padding=0):
-    return LayerSpec("conv", name, c_in, c_out, k, padding)
-
-
-def lenet300(input_shape=(1, 28, 28), num_classes=10) -> Architecture:
-    """LeNet-300-100: 784-300-100-10 with ReLU."""
-    n = input_shape[0] * input_shape[1] * input_shape[2]
-    return Architecture("lenet300", tuple(input_shape), (
-        LayerSpec("flatten", "flatten"),
-        _fc("fc1", n, 300), LayerSpec("relu", "relu1"),
-        _fc("fc2", 300, 100), LayerSpec("relu", "relu2"),
-        _fc("fc3", 100, num_classes),
-    ))
-
-
-def lenet5(input_shape=(1, 28, 28), num_classes=10) -> Architecture:
-    """LeNet-5-Caffe: conv 20@5×5 → max-pool → conv 50@5×5 → max-pool → fc 500 → ReLU → fc."""
-    c, h, _ = input_shape
-    side = ((h - 4) // 2 - 4) // 2
-    return Architecture("lenet5", tuple(input_shape), (
-        _conv("conv1", c, 20, 5), LayerSpec("maxpool", "pool1", kernel=2),
-        _conv("conv2", 20, 50, 5), LayerSpec("maxpool", "pool2", kernel=2),
-        LayerSpec("flatten", "flatten"),
-        _fc("fc1", 50 * side * side, 500), LayerSpec("relu", "relu1"),
-        _fc("fc2", 500, num_classes),
-    ))
-
-
-VGG16_CHANNELS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
-                  512, 512, 512, "M", 512, 512, 512, "M")
-
-
-def vgg16(input_shape=(3, 32, 32), num_classes=10) -> Architecture:
-    """VGG-16 for CIFAR-10: 13 conv 3×3 with batch norm and ReLU — (2×64)-(2×128)-(3×256)-
-    (6×512), a max-pool after each block — then fc 512 → ReLU → fc ``num_classes``."""
-    layers, c_in, i, p = [], input_shape[0], 0, 0
-    for c in VGG16_CHANNELS:
-        if c == "M":
-            p += 1
-            layers.append(LayerSpec("maxpool", f"pool{p}", kernel=2))
-            continue
-        i += 1
-        layers += [_conv(f"conv{i}", c_in, c, 3, padding=1),
-                   LayerSpec("batchnorm", f"bn{i}", c, c), LayerSpec("relu", f"relu{i}")]
-        c_in = c
-    side = input_shape[1] // 32
-    layers += [LayerSpec("flatten", "flatten"), _fc("fc1", 512 * side * side, 512),
-               LayerSpec("relu", "relu_fc1"), _fc("fc2", 512, num_classes)]
-    return Architecture("vgg16", tuple(input_shape), tuple(layers))
-
-
-ARCHITECTURES = {"lenet300": lenet300, "lenet5": lenet5, "vgg16": vgg16}
-
-
-def make_architecture(name: str, input_shape, num_classes: int = 10) -> Architecture:
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; choose from {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[name](tuple(input_shape), num_classes)
-
-
-def _plain_layer(spec: LayerSpec) -> nn.Module:
-    if spec.kind == "linear":
-        return nn.Linear(spec.in_size, spec.out_size)
-    if spec.kind == "conv":
-        return nn.Conv2d(spec.in_size, spec.out_size, spec.kernel, padding=spec.padding)
-    if spec.kind == "relu":
-        return nn.ReLU()
-    if spec.kind == "maxpool":
-        return nn.MaxPool2d(spec.kernel)
-    if spec.kind == "flatten":
-        return nn.Flatten()
-    if spec.kind == "batchnorm":
-        return nn.BatchNorm2d(spec.out_size)
-    raise ValueError(f"unknown layer kind {spec.kind!r}")
-
-
-def build_network(arch: Architecture) -> nn.Sequential:
-    """The plain torch network of ``arch``; state-dict keys are ``<layer>.weight`` etc."""
-    return nn.Sequential(OrderedDict((s.name, _plain_layer(s)) for s in arch.layers))
 
 
 class BayesNet(nn.Module):
@@ -163,7 +56,7 @@ class BayesNet(nn.Module):
                 mods.append((s.name, BayesConv2d(s.name, s.in_size, s.out_size, s.kernel,
                                                  prior, padding=s.padding)))
             else:
-                mods.append((s.name, _plain_layer(s)))
+                mods.append((s.name, plain_layer(s)))
         self.body = nn.Sequential(OrderedDict(mods))
         self._bayes = [m for m in self.body if isinstance(m, BayesLayer)]
 

@@ -93,6 +93,17 @@ def test_kl_lognormal_inverse_gamma_matches_monte_carlo(mu, sigma, k, r):
     assert closed == pytest.approx(design, rel=1e-10, abs=1e-10)
 
 
+def test_lognormal_gamma_kl_is_accurate_in_float32_at_paper_tau0():
+    """τ0 = 1e-5 (the paper's) makes the rate 1e10; float32 must still get the KL right."""
+    tau0 = 1e-5
+    mu, sigma = 2 * math.log(tau0) + 0.1, math.exp(-4.5)
+    kls = [kl_divergence(dist.LogNormal(torch.tensor(mu, dtype=dt), torch.tensor(sigma, dtype=dt)),
+                         dist.Gamma(torch.tensor(0.5, dtype=dt), torch.tensor(tau0**-2, dtype=dt)))
+           for dt in (torch.float32, torch.float64)]
+    assert torch.isfinite(kls[0])
+    assert kls[0].item() == pytest.approx(kls[1].item(), rel=1e-4)
+
+
 def test_lognormal_kls_broadcast_elementwise():
     """Batched parameters give the elementwise KLs (the za/zb sites are vectors)."""
     mu, sigma = _t([0.1, -0.3, 0.7]), _t([0.5, 1.1, 0.2])
@@ -255,8 +266,8 @@ def test_horseshoe_factors_reproduce_half_cauchy():
     """sqrt(sa·sb) with the model's own Gamma/InvGamma sites is C⁺(0, τ0) (rate, not scale)."""
     tau0, n_groups = 1e-2, 2
     prior = GroupHorseshoe(tau0)
-    tr = poutine.trace(prior.sample_scales).get_trace("L", n_groups, torch.zeros((),
-                                                                               dtype=torch.float64))
+    like = torch.zeros((), dtype=torch.float64)
+    tr = poutine.trace(prior.sample_scales).get_trace("L", n_groups, like)
     assert set(tr.stochastic_nodes) == {"L.sa", "L.sb", "L.za", "L.zb"}
     assert tr.nodes["L.z"]["value"].shape == (n_groups,)
     torch.manual_seed(7)

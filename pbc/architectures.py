@@ -1,0 +1,149 @@
+"""Named architectures as plain records, and the plain-torch network they build.
+
+An :class:`Architecture` is a JSON-able record of layer specs.  :func:`build_network` turns
+it into an ``nn.Sequential`` whose state-dict keys are ``<layer>.weight`` etc.  This module
+imports torch only (never Pyro): exported, compressed networks are rebuilt from it.
+
+Layer kinds: ``linear``, ``conv``, ``relu``, ``maxpool``, ``flatten``, ``batchnorm`` and
+``select`` (keeps ``out_size`` of ``in_size`` input units, by an index buffer; compressed
+networks use it where structured pruning removes single inputs of a linear layer).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+WEIGHTED = ("linear", "conv")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer: ``kind`` in linear | conv | relu | maxpool | flatten | batchnorm."""
+
+    kind: str
+    name: str
+    in_size: int = 0
+    out_size: int = 0
+    kernel: int = 0
+    padding: int = 0
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    layers: tuple[LayerSpec, ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "input_shape": list(self.input_shape),
+                "layers": [asdict(s) for s in self.layers]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Architecture:
+        return cls(d["name"], tuple(d["input_shape"]), tuple(LayerSpec(**s) for s in d["layers"]))
+
+    def weighted_layers(self) -> list[LayerSpec]:
+        return [s for s in self.layers if s.kind in WEIGHTED]
+
+
+def _fc(name, n_in, n_out):
+    return LayerSpec("linear", name, n_in, n_out)
+
+
+def _conv(name, c_in, c_out, k, padding=0):
+    return LayerSpec("conv", name, c_in, c_out, k, padding)
+
+
+def lenet300(input_shape=(1, 28, 28), num_classes=10) -> Architecture:
+    """LeNet-300-100: 784-300-100-10 with ReLU."""
+    n = input_shape[0] * input_shape[1] * input_shape[2]
+    return Architecture("lenet300", tuple(input_shape), (
+        LayerSpec("flatten", "flatten"),
+        _fc("fc1", n, 300), LayerSpec("relu", "relu1"),
+        _fc("fc2", 300, 100), LayerSpec("relu", "relu2"),
+        _fc("fc3", 100, num_classes),
+    ))
+
+
+def lenet5(input_shape=(1, 28, 28), num_classes=10) -> Architecture:
+    """LeNet-5-Caffe: conv 20@5×5 → max-pool → conv 50@5×5 → max-pool → fc 500 → ReLU → fc."""
+    c, h, _ = input_shape
+    side = ((h - 4) // 2 - 4) // 2
+    return Architecture("lenet5", tuple(input_shape), (
+        _conv("conv1", c, 20, 5), LayerSpec("maxpool", "pool1", kernel=2),
+        _conv("conv2", 20, 50, 5), LayerSpec("maxpool", "pool2", kernel=2),
+        LayerSpec("flatten", "flatten"),
+        _fc("fc1", 50 * side * side, 500), LayerSpec("relu", "relu1"),
+        _fc("fc2", 500, num_classes),
+    ))
+
+
+VGG16_CHANNELS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                  512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def vgg16(input_shape=(3, 32, 32), num_classes=10) -> Architecture:
+    """VGG-16 for CIFAR-10: 13 conv 3×3 with batch norm and ReLU — (2×64)-(2×128)-(3×256)-
+    (6×512), a max-pool after each block — then fc 512 → ReLU → fc ``num_classes``."""
+    layers, c_in, i, p = [], input_shape[0], 0, 0
+    for c in VGG16_CHANNELS:
+        if c == "M":
+            p += 1
+            layers.append(LayerSpec("maxpool", f"pool{p}", kernel=2))
+            continue
+        i += 1
+        layers += [_conv(f"conv{i}", c_in, c, 3, padding=1),
+                   LayerSpec("batchnorm", f"bn{i}", c, c), LayerSpec("relu", f"relu{i}")]
+        c_in = c
+    side = input_shape[1] // 32
+    layers += [LayerSpec("flatten", "flatten"), _fc("fc1", 512 * side * side, 512),
+               LayerSpec("relu", "relu_fc1"), _fc("fc2", 512, num_classes)]
+    return Architecture("vgg16", tuple(input_shape), tuple(layers))
+
+
+ARCHITECTURES = {"lenet300": lenet300, "lenet5": lenet5, "vgg16": vgg16}
+
+
+def make_architecture(name: str, input_shape, num_classes: int = 10) -> Architecture:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name](tuple(input_shape), num_classes)
+
+
+class SelectUnits(nn.Module):
+    """Keep the input units listed in the ``index`` buffer: ``(N, in) → (N, len(index))``."""
+
+    def __init__(self, in_size: int, out_size: int):
+        super().__init__()
+        self.in_size = in_size
+        self.register_buffer("index", torch.arange(out_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(1, self.index)
+
+
+def plain_layer(spec: LayerSpec) -> nn.Module:
+    if spec.kind == "linear":
+        return nn.Linear(spec.in_size, spec.out_size)
+    if spec.kind == "conv":
+        return nn.Conv2d(spec.in_size, spec.out_size, spec.kernel, padding=spec.padding)
+    if spec.kind == "relu":
+        return nn.ReLU()
+    if spec.kind == "maxpool":
+        return nn.MaxPool2d(spec.kernel)
+    if spec.kind == "flatten":
+        return nn.Flatten()
+    if spec.kind == "batchnorm":
+        return nn.BatchNorm2d(spec.out_size)
+    if spec.kind == "select":
+        return SelectUnits(spec.in_size, spec.out_size)
+    raise ValueError(f"unknown layer kind {spec.kind!r}")
+
+
+def build_network(arch: Architecture) -> nn.Sequential:
+    """The plain torch network of ``arch``; state-dict keys are ``<layer>.weight`` etc."""
+    return nn.Sequential(OrderedDict((s.name, plain_layer(s)) for s in arch.layers))
