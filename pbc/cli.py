@@ -18,6 +18,13 @@ class UsageError(Exception):
     """A bad argument combination found after parsing: exit status 2."""
 
 
+def _usage_errors():
+    """Library errors that mean "wrong arguments or stage order": exit status 2."""
+    from pbc.compress import MissingStage
+
+    return (UsageError, MissingStage)
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -87,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="posterior draws of z (split into 4 chains)")
     an.add_argument("--thresholds", help="per-layer thresholds, e.g. fc1=3,fc2=2.5")
     an.add_argument("--no-figures", action="store_true")
+    co = sub.add_parser("compress", help="prune, quantise and pack an analysed run")
+    co.add_argument("run_dir")
+    ev = sub.add_parser("evaluate", help="test error of a compressed network (.pbcz or .pt)")
+    ev.add_argument("model", help="model.pbcz, pruned.pt or quantised.pt")
+    ev.add_argument("--data", choices=DATASETS, default="fashion-mnist")
+    ev.add_argument("--data-dir")
     demo = sub.add_parser("demo", help="the main job end to end on the default data")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--data-dir")
@@ -140,6 +153,30 @@ def run(args) -> int:
                   f"e={row['exponent_bits']}), threshold {row['threshold']:.3g} "
                   f"({row['threshold_method']})")
         return 0
+    if args.command == "compress":
+        from pbc.compress import compress
+
+        r = compress(args.run_dir)
+        e, rates = r["error"], r["rates"]
+        for row in r["layers"]:
+            print(f"{row['name']}: {row['in_kept']}→{row['out_kept']} units, "
+                  f"{row['weights_kept']}/{row['weights_total']} weights, {row['bits']} bits")
+        print(f"error: full {e['full']:.4f}, pruned {e['pruned']:.4f}, "
+              f"quantised {e['quantised']:.4f}, packed {e['packed']:.4f}")
+        print(f"rates: pruning {rates['pruning']:.1f}x, fast prediction "
+              f"{rates['fast_prediction']:.1f}x, max compression {rates['max_compression']:.1f}x;"
+              f" packed file {r['packed_bytes']} bytes")
+        return 0
+    if args.command == "evaluate":
+        from pbc.data import load_dataset
+        from pbc.export import load_compressed
+        from pbc.infer import classification_error
+
+        net = load_compressed(args.model)
+        data = load_dataset(args.data, args.data_dir)
+        print(f"{args.model}: test error {classification_error(net, data.test_x, data.test_y):.4f}"
+              f" on {data.name} ({data.test_x.shape[0]} images)")
+        return 0
     if args.command == "demo":
         from pbc.demo import run_demo
 
@@ -156,7 +193,7 @@ def main(argv=None) -> int:
 
     try:
         return run(args)
-    except UsageError as e:
+    except _usage_errors() as e:
         if args.debug:
             raise
         parser.exit(2, f"pbc: error: {e}\n")

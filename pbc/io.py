@@ -19,6 +19,10 @@ from pathlib import Path
 import torch
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class ArtefactError(Exception):
     """A run directory or artefact that cannot be used: one line naming the file."""
 
@@ -34,6 +38,7 @@ def atomic_path(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artefacts get the usual mode
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -1,0 +1,244 @@
+"""The ``compress`` stage: posterior → pruned, quantised plain networks and a packed file.
+
+Reads a trained and analysed run (``checkpoint.pt``, ``analysis.json`` thresholds) and writes
+
+* ``pruned.pt`` — the structured export: pruned units and channels physically removed
+  (a ``select`` layer picks single kept inputs of a linear layer), holding ``E[w]``
+  (DESIGN §5.1–5.2, the network of the paper's Table 1);
+* ``quantised.pt`` — the same at each layer's posterior bit precision: fixed point with step
+  ``2^−t`` (``t`` significand bits, §5.3);
+* ``model.pbcz`` — the quantised net packed as relative-index CSR (5-bit indices for linear
+  layers, 8-bit for convolutions) with Huffman-coded value and index streams (§5.4);
+* ``compression.json`` — per-layer sizes and bits, errors, rates, byte counts.
+
+Size conventions (all rates have the weights of the original 32-bit network as numerator,
+biases excluded from both sides, as in the paper):
+
+* ``pruning`` = |w| / |w kept|;
+* ``fast_prediction`` = 32·|w| / Σ_l |w kept|_l · bits_l  (dense pruned layers, bits = 1 + e + t);
+* ``max_compression`` = 32·|w| / 8·Σ_l (Huffman value bytes + Huffman index bytes +
+  4·codebook entries) — the weights' share of the packed file.
+* ``file_bytes`` is the whole packed file; ``accounted_bytes`` = header + Σ per-layer parts
+  (weights, index, codebook, float32 biases, Huffman tables, section fields) equals it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pbc import codec
+from pbc.architectures import Architecture, LayerSpec, build_network
+from pbc.data import load_dataset
+from pbc.export import load_packed, packed_meta, save_export
+from pbc.infer import classification_error
+from pbc.io import ArtefactError, read_json, write_json
+from pbc.posterior import bit_precision, kept_weight_mask, layer_moments, propagate_masks
+from pbc.train import load_run, posterior_mean_network
+
+INDEX_BITS = {"linear": 5, "conv": 8}     # relative-index bits of the CSR streams
+KMEANS_BITS = {"linear": 5, "conv": 8}    # Deep Compression's codebook sizes (2^bits)
+PRUNED, QUANTISED, PACKED, COMPRESSION = "pruned.pt", "quantised.pt", "model.pbcz", \
+    "compression.json"
+
+
+class MissingStage(ArtefactError):
+    """A stage's input artefact is absent (e.g. ``compress`` before ``analyse``)."""
+
+
+@dataclass
+class Structured:
+    """A structurally pruned network: its architecture and plain state dict."""
+
+    arch: Architecture
+    state: dict[str, torch.Tensor]
+    weighted: list[str]          # names of the weighted layers, in order
+
+
+def structured_export(arch: Architecture, state: dict[str, torch.Tensor],
+                      masks: dict[str, tuple[np.ndarray, np.ndarray]]) -> Structured:
+    """Remove pruned units/channels from ``state`` (a ``build_network(arch)`` state dict).
+
+    ``masks[name] = (in_mask, out_mask)`` as from :func:`pbc.posterior.propagate_masks`.
+    """
+    specs, out, weighted = [], {}, []
+    alive = None                      # mask of the units the previous layers still produce
+    prev_out = None                   # out-size of the previous weighted layer
+    for s in arch.layers:
+        if s.kind in ("linear", "conv"):
+            in_m, out_m = masks[s.name]
+            if alive is None:
+                avail = np.ones(s.in_size, bool)
+            else:
+                avail = np.repeat(alive, s.in_size // prev_out)
+            if np.any(in_m & ~avail):
+                raise ValueError(f"{s.name}: input mask keeps units the previous layer removed")
+            in_t, out_t = torch.from_numpy(in_m), torch.from_numpy(out_m)
+            if s.kind == "linear" and not in_m[avail].all():
+                index = torch.from_numpy(np.flatnonzero(in_m[avail]))
+                sel = f"{s.name}_select"
+                specs.append(LayerSpec("select", sel, int(avail.sum()), int(index.numel())))
+                out[f"{sel}.index"] = index
+            w = state[f"{s.name}.weight"][out_t][:, in_t]
+            out[f"{s.name}.weight"] = w.contiguous()
+            out[f"{s.name}.bias"] = state[f"{s.name}.bias"][out_t].contiguous()
+            specs.append(LayerSpec(s.kind, s.name, int(in_m.sum()), int(out_m.sum()),
+                                   s.kernel, s.padding))
+            weighted.append(s.name)
+            alive, prev_out = out_m, s.out_size
+        elif s.kind == "batchnorm":
+            keep = torch.from_numpy(alive)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                out[f"{s.name}.{key}"] = state[f"{s.name}.{key}"][keep].clone()
+            out[f"{s.name}.num_batches_tracked"] = state[f"{s.name}.num_batches_tracked"]
+            specs.append(LayerSpec("batchnorm", s.name, int(alive.sum()), int(alive.sum())))
+        else:
+            specs.append(s)
+    return Structured(Architecture(arch.name + "-pruned", arch.input_shape, tuple(specs)),
+                      out, weighted)
+
+
+def fixed_point_codes(w: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Round ``w`` to multiples of ``δ = 2^−t``; return ``(codes, codebook)``.
+
+    ``codebook[0] = 0`` and ``codebook[codes] == round(w/δ)·δ`` exactly (float32).
+    """
+    step = 2.0 ** -t
+    q = (np.floor(w.astype(np.float64) / step + 0.5) * step).astype(np.float32)
+    values = np.unique(q[q != 0])
+    codebook = np.concatenate([[0.0], values]).astype(np.float32)
+    codes = np.zeros(q.shape, np.int64)
+    nz = q != 0
+    codes[nz] = np.searchsorted(values, q[nz]) + 1
+    return codes, codebook
+
+
+def kmeans_codes(w: np.ndarray, bits: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer k-means weight sharing (scipy), ``2^bits`` centroids, linear initialisation
+    between min and max as in Deep Compression; exact zeros keep code 0."""
+    from scipy.cluster.vq import kmeans2
+
+    flat = w.astype(np.float64).ravel()
+    nz = flat != 0
+    k = int(min(2**bits, max(1, np.unique(flat[nz]).size)))
+    if nz.sum() == 0:
+        return np.zeros(w.shape, np.int64), np.zeros(1, np.float32)
+    init = np.linspace(flat[nz].min(), flat[nz].max(), k)[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # an empty cluster just goes unused
+        centroids, labels = kmeans2(flat[nz][:, None], init, minit="matrix", iter=30, seed=seed)
+    codes = np.zeros(flat.shape, np.int64)
+    codes[nz] = labels + 1
+    codebook = np.concatenate([[0.0], centroids[:, 0]]).astype(np.float32)
+    return codes.reshape(w.shape), codebook
+
+
+def _with_weights(structured: Structured, weights: dict[str, torch.Tensor]) -> dict:
+    state = dict(structured.state)
+    state.update(weights)
+    return state
+
+
+def _network(arch: Architecture, state: dict) -> torch.nn.Module:
+    net = build_network(arch)
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
+    """Run the compress stage on an analysed run; returns the ``compression.json`` record."""
+    run = Path(run_dir)
+    config, arch, net, _ = load_run(run)
+    if config.prior == "none":
+        raise ArtefactError(f"{run}: a deterministic run (prior 'none') has no posterior")
+    if not (run / "analysis.json").is_file():
+        raise MissingStage(f"{run}: no analysis.json; run `pbc analyse {run}` first")
+    thresholds = read_json(run / "analysis.json")["thresholds"]
+    posts = {layer.site: layer_moments(layer) for layer in net.bayes_layers()}
+    masks = propagate_masks(arch, {n: p.score <= thresholds[n] for n, p in posts.items()})
+    full = posterior_mean_network(net, arch).cpu().eval()
+    structured = structured_export(arch, full.state_dict(), masks)
+
+    layers, fixed_w, kmeans_w, packed = [], {}, {}, []
+    for name in structured.weighted:
+        post, (in_m, out_m) = posts[name], masks[name]
+        keep = kept_weight_mask(post.kind, post.w_mean.shape, in_m, out_m)
+        bits = bit_precision(post.w_mean[keep], post.w_var[keep])
+        w = structured.state[f"{name}.weight"].numpy()
+        codes, codebook = fixed_point_codes(w, bits["significand_bits"])
+        fixed_w[f"{name}.weight"] = torch.from_numpy(codebook[codes])
+        kb = (kmeans_bits or {}).get(name, KMEANS_BITS[post.kind])
+        k_codes, k_book = kmeans_codes(w, kb)
+        kmeans_w[f"{name}.weight"] = torch.from_numpy(k_book[k_codes])
+        packed.append(codec.PackedLayer(
+            name=name, shape=tuple(w.shape), codes=codes, codebook=codebook,
+            bias=structured.state[f"{name}.bias"].numpy().astype(np.float32),
+            index_bits=INDEX_BITS[post.kind]))
+        layers.append({"name": name, "kind": post.kind,
+                       "groups_total": int(post.z_mean.size),
+                       "groups_kept": int((in_m if post.kind == "linear" else out_m).sum()),
+                       "in_kept": int(in_m.sum()), "out_kept": int(out_m.sum()),
+                       "weights_total": int(post.w_mean.size), "weights_kept": int(w.size),
+                       "threshold": thresholds[name], **bits,
+                       "codebook_size": int(codebook.size),
+                       "nonzero_quantised": int((codes != 0).sum()),
+                       "kmeans_bits": kb})
+
+    pruned_net = _network(structured.arch, structured.state)
+    quant_state = _with_weights(structured, fixed_w)
+    quant_net = _network(structured.arch, quant_state)
+    kmeans_net = _network(structured.arch, _with_weights(structured, kmeans_w))
+    save_export(run / PRUNED, structured.arch, structured.state)
+    save_export(run / QUANTISED, structured.arch, quant_state)
+    extra = {k: v for k, v in structured.state.items()
+             if k.rsplit(".", 1)[0] not in structured.weighted}
+    meta = packed_meta(structured.arch, extra, {"run": str(run), "prior": config.prior,
+                                                "model": config.model, "data": config.data})
+    file_bytes = codec.write_pbcz(run / PACKED, packed, meta)
+    decoded = load_packed(run / PACKED)
+
+    data = load_dataset(config.data, config.data_dir)
+    x, y = data.test_x, data.test_y
+    same, max_diff = _compare(quant_net, decoded, x)
+    sizes = codec.size_report(packed, meta)
+    record = {
+        "run": str(run), "prior": config.prior, "model": config.model, "data": config.data,
+        "layers": layers,
+        "error": {"full": classification_error(full, x, y),
+                  "pruned": classification_error(pruned_net, x, y),
+                  "quantised": classification_error(quant_net, x, y),
+                  "kmeans": classification_error(kmeans_net, x, y),
+                  "packed": classification_error(decoded, x, y)},
+        "rates": _rates(layers, sizes),
+        "packed_bytes": file_bytes, "header_bytes": codec.header_bytes(meta),
+        "accounted_bytes": sizes["total_bytes"] + codec.header_bytes(meta),
+        "size_parts": sizes["layers"],
+        "packed_matches_quantised": {"same_argmax": same, "max_abs_logit_diff": max_diff},
+        "conventions": __doc__.split("Size conventions")[1].strip(),
+    }
+    write_json(run / COMPRESSION, record)
+    return record
+
+
+def _rates(layers: list[dict], sizes: dict) -> dict:
+    n_w = sum(r["weights_total"] for r in layers)
+    n_kept = sum(r["weights_kept"] for r in layers)
+    fast_bits = sum(r["weights_kept"] * r["bits"] for r in layers)
+    weight_bytes = sum(p["values_bytes"] + p["index_bytes"] + p["codebook_bytes"]
+                       for p in sizes["layers"].values())
+    return {"pruning": n_w / n_kept, "fast_prediction": 32 * n_w / fast_bits,
+            "max_compression": 32 * n_w / (8 * weight_bytes)}
+
+
+@torch.no_grad()
+def _compare(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor, batch: int = 2000):
+    same, diff = True, 0.0
+    for i in range(0, x.shape[0], batch):
+        la, lb = a(x[i:i + batch]), b(x[i:i + batch])
+        same &= bool(torch.equal(la.argmax(-1), lb.argmax(-1)))
+        diff = max(diff, float((la - lb).abs().max()))
+    return same, diff
