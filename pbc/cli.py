@@ -74,6 +74,8 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--init-from", help="start the means from a deterministic run (dir or .pt)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--tau0", type=_positive_float, default=1e-5, help="horseshoe global scale")
+    p.add_argument("--max-weight-var", type=_positive_float, default=0.04,
+                   help="upper bound on the posterior variance of w̃ (Louizos et al.'s clip_var)")
     p.add_argument("--kl-warmup", type=_nonnegative_int, default=0,
                    help="epochs of linear KL annealing (0: none)")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
@@ -116,7 +118,8 @@ def _train_config(args, prior: str):
         out=args.out, model=args.model, prior=prior, data=args.data, data_dir=args.data_dir,
         download=args.download, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         seed=args.seed, device=args.device, subset=args.subset, init_from=args.init_from,
-        resume=args.resume, tau0=args.tau0, kl_warmup=args.kl_warmup, threads=args.threads,
+        resume=args.resume, tau0=args.tau0, kl_warmup=args.kl_warmup,
+        max_weight_var=args.max_weight_var, threads=args.threads,
         progress=not args.no_progress)
 
 

@@ -132,6 +132,17 @@ class BayesLayer(PyroModule):
         return self.group_view(z) * w_loc, bias.clone()
 
     @torch.no_grad()
+    def clip_variances(self, max_var: float) -> None:
+        """Project ``σ²`` of ``w̃`` and ``b̃`` onto ``(0, max_var]`` (after an optimiser step).
+
+        Louizos et al.'s reference code does this (``clip_var``): it bounds the weight noise
+        that the KL term ``½(σ² − 1 − log σ²)`` would otherwise drive towards ``σ² = 1``.
+        """
+        limit = math.log(max_var)
+        self._parameters["w_logvar"].clamp_(max=limit)
+        self._parameters["b_logvar"].clamp_(max=limit)
+
+    @torch.no_grad()
     def load_point_estimate(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """Start the posterior means from a deterministic net's weights (``z`` stays ≈ 1)."""
         self._parameters["w_loc"].copy_(weight)

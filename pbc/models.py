@@ -79,6 +79,12 @@ class BayesNet(nn.Module):
         for layer in self._bayes:
             layer.guide()
 
+    def clip_variances(self, max_var: float | None) -> None:
+        """Bound every layer's weight variance ``σ²`` by ``max_var`` (no-op for ``None``)."""
+        if max_var is not None:
+            for layer in self._bayes:
+                layer.clip_variances(max_var)
+
     @torch.no_grad()
     def posterior_mean_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict for :func:`build_network` holding ``E[w]``, ``E[b]`` (and BN state)."""

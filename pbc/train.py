@@ -68,6 +68,7 @@ class TrainConfig:
     init_from: str | None = None
     resume: bool = False
     tau0: float = 1e-5
+    max_weight_var: float | None = 0.04
     kl_warmup: int = 0
     threads: int | None = None
     progress: bool = True
@@ -89,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"subset must be at least 1, got {self.subset}")
         if not self.tau0 > 0:
             raise ValueError(f"tau0 must be positive, got {self.tau0}")
+        if self.max_weight_var is not None and not self.max_weight_var > 0:
+            raise ValueError(f"max_weight_var must be positive, got {self.max_weight_var}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
 
@@ -271,6 +274,8 @@ def _train_epoch(config, net, elbo, optim, x, y, n, epoch) -> dict:
                 f"the last good checkpoint (epoch {epoch}) is kept in {config.out}")
         loss.backward()
         optim.step()
+        if bayes:
+            net.clip_variances(config.max_weight_var)
         sums["loss"] += loss.item()
         if bayes:
             sums["expected_loglik"] += terms.expected_loglik.item()
