@@ -42,6 +42,7 @@ from pbc.models import ARCHITECTURES, Architecture, BayesNet, build_network, mak
 from pbc.priors import PRIORS, make_prior
 
 PRIOR_CHOICES = ("none", *PRIORS)
+LR_SCHEDULES = ("cosine", "constant")
 CHECKPOINT, CONFIG, METRICS = "checkpoint.pt", "config.json", "metrics.jsonl"
 
 
@@ -62,6 +63,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 100
     lr: float = 1e-3
+    lr_schedule: str = "cosine"
     seed: int = 0
     device: str = "cpu"
     subset: int | None = None
@@ -82,6 +84,9 @@ class TrainConfig:
         for field in ("epochs", "batch_size"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; choose from "
+                             f"{list(LR_SCHEDULES)}")
         if self.kl_warmup < 0:
             raise ValueError(f"kl_warmup must be ≥ 0, got {self.kl_warmup}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -170,16 +175,28 @@ def kl_weight(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
     return min(1.0, (epoch + (step + 1) / steps) / config.kl_warmup)
 
 
+def learning_rate(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
+    """``lr`` (constant) or ``lr·½(1 + cos(π·progress))`` over the whole run (cosine)."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    progress = (epoch + step / steps) / config.epochs
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def _start(config: TrainConfig, out: Path, net, optim) -> tuple[int, list[dict]]:
     """Restore a checkpoint when resuming; return (completed epochs, metrics so far)."""
     if not config.resume:
         return 0, []
     ckpt = load_torch(out / CHECKPOINT)
     saved = read_json(out / CONFIG)["config"]
-    for key in ("model", "prior", "data", "batch_size", "seed", "subset", "tau0"):
+    for key in ("model", "prior", "data", "batch_size", "seed", "subset", "tau0", "lr",
+                "lr_schedule", "max_weight_var"):
         if saved.get(key) != getattr(config, key):
             raise ArtefactError(f"{out}: cannot resume: {key} was {saved.get(key)!r}, "
                                 f"now {getattr(config, key)!r}")
+    if config.lr_schedule == "cosine" and saved.get("epochs") != config.epochs:
+        raise ArtefactError(f"{out}: cannot resume: the cosine schedule was planned for "
+                            f"{saved.get('epochs')} epochs, now {config.epochs}")
     net.load_state_dict(ckpt["model"])
     optim.load_state_dict(ckpt["optim"])
     torch.set_rng_state(ckpt["rng"])
@@ -262,6 +279,8 @@ def _train_epoch(config, net, elbo, optim, x, y, n, epoch) -> dict:
         idx_dev = idx.to(x.device)
         xb, yb = x[idx_dev], y[idx_dev]
         optim.zero_grad(set_to_none=True)
+        for group in optim.param_groups:
+            group["lr"] = learning_rate(config, epoch, step, len(batches))
         if bayes:
             beta = kl_weight(config, epoch, step, len(batches))
             terms = elbo(net.model, net.guide, xb, yb, subsample=idx_dev, size=n, kl_weight=beta)

@@ -36,8 +36,8 @@ def test_pretrain_then_init_from(idx_dir, tmp_path):
 
 def test_resume_continues(idx_dir, tmp_path):
     out = tmp_path / "r"
-    assert main(_train_args(idx_dir, out)) == 0
-    args = _train_args(idx_dir, out, "--resume")
+    assert main(_train_args(idx_dir, out, "--lr-schedule", "constant")) == 0
+    args = _train_args(idx_dir, out, "--resume", "--lr-schedule", "constant")
     args[args.index("--epochs") + 1] = "2"
     assert main(args) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

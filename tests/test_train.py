@@ -49,10 +49,27 @@ def test_same_seed_same_metrics(idx_dir, tmp_path):
     assert _strip(c.metrics) != _strip(a.metrics)
 
 
+def _interrupt_at_epoch(monkeypatch, stop_epoch):
+    """Make training raise KeyboardInterrupt when it starts epoch ``stop_epoch`` (0-based)."""
+    import pbc.train as t
+
+    real = t._train_epoch
+
+    def epoch_or_interrupt(config, net, elbo, optim, x, y, n, epoch):
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+        return real(config, net, elbo, optim, x, y, n, epoch)
+
+    monkeypatch.setattr(t, "_train_epoch", epoch_or_interrupt)
+
+
 @pytest.mark.parametrize("prior", ["gnj", "ghs", "none"])
-def test_resume_matches_uninterrupted(idx_dir, tmp_path, prior):
+def test_resume_matches_uninterrupted(idx_dir, tmp_path, prior, monkeypatch):
     full = train(_config(idx_dir, tmp_path / "full", prior=prior, epochs=3))
-    train(_config(idx_dir, tmp_path / "part", prior=prior, epochs=1))
+    with monkeypatch.context() as m:
+        _interrupt_at_epoch(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train(_config(idx_dir, tmp_path / "part", prior=prior, epochs=3))
     resumed = train(_config(idx_dir, tmp_path / "part", prior=prior, epochs=3, resume=True))
     assert _strip(resumed.metrics) == _strip(full.metrics)
     sa = load_torch(tmp_path / "full" / "checkpoint.pt")["model"]
