@@ -83,6 +83,12 @@ def test_resume_refuses_changed_settings(idx_dir, tmp_path):
         train(_config(idx_dir, tmp_path / "r", epochs=2, prior="ghs", resume=True))
 
 
+def test_resume_refuses_to_stretch_a_cosine_schedule(idx_dir, tmp_path):
+    train(_config(idx_dir, tmp_path / "c", epochs=1))
+    with pytest.raises(ArtefactError, match="cosine schedule"):
+        train(_config(idx_dir, tmp_path / "c", epochs=2, resume=True))
+
+
 def test_resume_without_checkpoint_is_an_error(idx_dir, tmp_path):
     with pytest.raises(ArtefactError, match="not found"):
         train(_config(idx_dir, tmp_path / "empty", resume=True))
@@ -90,7 +96,7 @@ def test_resume_without_checkpoint_is_an_error(idx_dir, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(idx_dir, tmp_path, monkeypatch):
     out = tmp_path / "nan"
-    train(_config(idx_dir, out, epochs=1))
+    train(_config(idx_dir, out, epochs=1, lr_schedule="constant"))
     before = (out / "checkpoint.pt").read_bytes()
     real = MeanFieldELBO.forward
 
@@ -100,7 +106,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(idx_dir, tmp_path, monk
 
     monkeypatch.setattr(MeanFieldELBO, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match=r"epoch 2, step 1"):
-        train(_config(idx_dir, out, epochs=3, resume=True))
+        train(_config(idx_dir, out, epochs=3, resume=True, lr_schedule="constant"))
     assert (out / "checkpoint.pt").read_bytes() == before
     assert load_torch(out / "checkpoint.pt")["epoch"] == 1
 
