@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", help="model.pbcz, pruned.pt or quantised.pt")
     ev.add_argument("--data", choices=DATASETS, default="fashion-mnist")
     ev.add_argument("--data-dir")
+    be = sub.add_parser("bench", help="time dense vs compressed forward passes")
+    be.add_argument("run_dir")
+    be.add_argument("--batch", type=_positive_int, default=8192)
+    be.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    be.add_argument("--threads", type=_positive_int, help="torch CPU threads (recorded)")
+    be.add_argument("--repeats", type=_positive_int, default=20)
+    be.add_argument("--warmup", type=_nonnegative_int, default=3)
     demo = sub.add_parser("demo", help="the main job end to end on the default data")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--data-dir")
@@ -182,6 +189,22 @@ def run(args) -> int:
         data = load_dataset(args.data, args.data_dir)
         print(f"{args.model}: test error {classification_error(net, data.test_x, data.test_y):.4f}"
               f" on {data.name} ({data.test_x.shape[0]} images)")
+        return 0
+    if args.command == "bench":
+        from pbc.bench import bench
+
+        if args.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UsageError("device 'cuda' requested but CUDA is not available")
+        r = bench(args.run_dir, batch=args.batch, device=args.device, threads=args.threads,
+                  repeats=args.repeats, warmup=args.warmup)
+        print(f"{r['device_name']} ({r['device']}, {r['threads']} threads), batch {r['batch']}:")
+        for v in r["variants"]:
+            energy = f", {v['energy_j']:.3f} J" if v["energy_j"] is not None else ""
+            print(f"  {v['name']:>9}: {v['median_s'] * 1e3:8.2f} ms  speed-up "
+                  f"{v['speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x){energy}")
         return 0
     if args.command == "demo":
         from pbc.demo import run_demo

@@ -80,3 +80,33 @@ def weight_scatter(layers: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
         ax.legend(fontsize=7, frameon=False, markerscale=6)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def bench_chart(record: dict, path: Path):
+    """Bar chart of forward-pass time per variant (median, IQR whiskers), the measured and
+    ideal (FLOP-ratio) speed-ups written above each bar; energy per batch where measured."""
+    rows = record["variants"]
+    names = [r["name"] for r in rows]
+    med = np.array([r["median_s"] for r in rows]) * 1e3
+    lo = med - np.array([r["spread"]["q25"] for r in rows]) * 1e3
+    hi = np.array([r["spread"]["q75"] for r in rows]) * 1e3 - med
+    energy = [r.get("energy_j") for r in rows]
+    panels = 2 if any(e is not None for e in energy) else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.2), squeeze=False)
+    ax = axes[0, 0]
+    ax.bar(names, med, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], color="#4c72b0", capsize=3)
+    for i, r in enumerate(rows):
+        ax.text(i, med[i], f"{r['speedup']:.2f}x\n(ideal {r['ideal_speedup']:.1f}x)",
+                ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel("ms per batch", fontsize=8)
+    ax.set_ylim(0, med.max() * 1.35)
+    ax.set_title(f"{record['model']} {record['prior']}: batch {record['batch']}, "
+                 f"{record['device']} ({record['threads']} threads)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if panels == 2:
+        ax2 = axes[0, 1]
+        ax2.bar(names, [e or 0.0 for e in energy], color="#55a868")
+        ax2.set_ylabel("J per batch (NVML)", fontsize=8)
+        ax2.tick_params(labelsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
