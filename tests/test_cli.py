@@ -77,3 +77,14 @@ def test_console_script_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pbc.cli", "train", "--model", "nope",
                            "--out", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_demo_runs_every_stage_on_generated_data(idx_dir, tmp_path, capsys):
+    assert main(["demo", "--data-dir", str(idx_dir), "--epochs", "1", "--pretrain-epochs", "1",
+                 "--threads", "1", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "[4/4]" in out and "max compression" in out
+    run = tmp_path / "demo" / "gnj"
+    for name in ("metrics.jsonl", "posterior.nc", "layers.csv", "compression.json",
+                 "model.pbcz"):
+        assert (run / name).is_file()
