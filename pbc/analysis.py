@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from pbc import report
-from pbc.io import ArtefactError, atomic_path, atomic_write, write_json
+from pbc.io import StageError, atomic_path, atomic_write, write_json
 from pbc.posterior import (
     LayerPosterior,
     Threshold,
@@ -128,7 +128,7 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
     run = Path(run_dir)
     config, arch, net, _ = load_run(run)
     if config.prior == "none":
-        raise ArtefactError(f"{run}: a deterministic run (prior 'none') has no posterior")
+        raise StageError(f"{run}: a deterministic run (prior 'none') has no posterior")
     thresholds = dict(thresholds or {})
     layers = {layer.site: layer for layer in net.bayes_layers()}
     unknown = set(thresholds) - set(layers)

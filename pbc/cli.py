@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pbc.data import DATASETS, DataError
 from pbc.io import ArtefactError
@@ -20,9 +21,9 @@ class UsageError(Exception):
 
 def _usage_errors():
     """Library errors that mean "wrong arguments or stage order": exit status 2."""
-    from pbc.compress import MissingStage
+    from pbc.io import StageError
 
-    return (UsageError, MissingStage)
+    return (UsageError, StageError)
 
 
 def _positive_int(text: str) -> int:
@@ -185,6 +186,8 @@ def run(args) -> int:
         from pbc.export import load_compressed
         from pbc.infer import classification_error
 
+        if not Path(args.model).is_file():
+            raise UsageError(f"{args.model}: no such file")
         net = load_compressed(args.model)
         data = load_dataset(args.data, args.data_dir)
         print(f"{args.model}: test error {classification_error(net, data.test_x, data.test_y):.4f}"

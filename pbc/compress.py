@@ -36,7 +36,7 @@ from pbc.architectures import Architecture, LayerSpec, build_network
 from pbc.data import load_dataset
 from pbc.export import load_packed, packed_meta, save_export
 from pbc.infer import classification_error
-from pbc.io import ArtefactError, read_json, write_json
+from pbc.io import StageError, read_json, write_json
 from pbc.posterior import bit_precision, kept_weight_mask, layer_moments, propagate_masks
 from pbc.train import load_run, posterior_mean_network
 
@@ -46,7 +46,7 @@ PRUNED, QUANTISED, PACKED, COMPRESSION = "pruned.pt", "quantised.pt", "model.pbc
     "compression.json"
 
 
-class MissingStage(ArtefactError):
+class MissingStage(StageError):
     """A stage's input artefact is absent (e.g. ``compress`` before ``analyse``)."""
 
 
@@ -154,7 +154,7 @@ def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
     run = Path(run_dir)
     config, arch, net, _ = load_run(run)
     if config.prior == "none":
-        raise ArtefactError(f"{run}: a deterministic run (prior 'none') has no posterior")
+        raise StageError(f"{run}: a deterministic run (prior 'none') has no posterior")
     if not (run / "analysis.json").is_file():
         raise MissingStage(f"{run}: no analysis.json; run `pbc analyse {run}` first")
     thresholds = read_json(run / "analysis.json")["thresholds"]

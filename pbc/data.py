@@ -40,6 +40,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from pbc.io import atomic_write
+
 DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10")
 NUM_CLASSES = 10
 SYSTEM_DATA_DIR = pathlib.Path("/usr/share/datasets")
@@ -277,7 +279,8 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     path = pathlib.Path(path)
     if path.name.endswith(".gz"):
         blob = gzip.compress(blob, mtime=0)
-    path.write_bytes(blob)
+    with atomic_write(path) as f:
+        f.write(blob)
 
 
 def _load_idx_split(name: str, d: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -399,7 +402,7 @@ def write_cifar_batches(directory: str | os.PathLike, train: tuple[np.ndarray, n
     for fname, x, y in parts:
         batch = {b"batch_label": fname.encode(), b"data": x,
                  b"labels": [int(v) for v in np.asarray(y)]}
-        with open(directory / fname, "wb") as f:
+        with atomic_write(directory / fname) as f:
             pickle.dump(batch, f, protocol=2)
 
 

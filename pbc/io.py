@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,10 @@ os.umask(_UMASK)
 
 class ArtefactError(Exception):
     """A run directory or artefact that cannot be used: one line naming the file."""
+
+
+class StageError(ArtefactError):
+    """A stage run out of order or on the wrong kind of run (the CLI exits with 2)."""
 
 
 @contextlib.contextmanager
@@ -40,6 +45,8 @@ def atomic_path(path: str | os.PathLike):
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artefacts get the usual mode
     try:
         yield Path(tmp)
+        with open(tmp, "rb+") as f:  # the content reaches the disk before the rename
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -105,7 +112,8 @@ def load_torch(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "refused"
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch colours its message
+        first = text.splitlines()[0] if text else "refused"
         raise ArtefactError(f"{path}: refused to load (only tensors and plain data are "
                             f"allowed): {first}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:

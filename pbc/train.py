@@ -31,6 +31,7 @@ from pbc.data import load_dataset
 from pbc.infer import LN2, MeanFieldELBO, classification_error
 from pbc.io import (
     ArtefactError,
+    StageError,
     load_torch,
     read_json,
     read_jsonl,
@@ -144,7 +145,10 @@ def load_run(run_dir) -> tuple[TrainConfig, Architecture, torch.nn.Module, dict]
     """Rebuild a trained run: its config, architecture, network (eval mode) and checkpoint."""
     run = Path(run_dir)
     if not run.is_dir():
-        raise ArtefactError(f"{run}: no such run directory")
+        raise StageError(f"{run}: no such run directory")
+    if not (run / CONFIG).is_file() or not (run / CHECKPOINT).is_file():
+        raise StageError(f"{run}: no trained run here (no {CONFIG} and {CHECKPOINT}); "
+                         f"run `pbc train --out {run}` first")
     saved = read_json(run / CONFIG)
     ckpt = load_torch(run / CHECKPOINT)
     try:
@@ -288,9 +292,11 @@ def _train_epoch(config, net, elbo, optim, x, y, n, epoch) -> dict:
         else:
             loss = F.cross_entropy(net(xb), yb)
         if not torch.isfinite(loss):
+            kept = (f"the last good checkpoint (epoch {epoch}) is kept in {config.out}"
+                    if epoch > 0 else "no checkpoint was written")
             raise TrainingDiverged(
                 f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-                f"the last good checkpoint (epoch {epoch}) is kept in {config.out}")
+                f"{kept}")
         loss.backward()
         optim.step()
         if bayes:
