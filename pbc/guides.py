@@ -23,6 +23,10 @@ from torch import nn
 
 from pbc.priors import log_alpha_of
 
+# Under local reparameterisation the layer draws z per example itself (pbc.handlers), so the
+# guide's global draw of z is not needed: the handler gives these sites a placeholder value.
+DEFERRED = {"local_reparam": True}
+
 
 def _normal_param(shape, mean: float, std: float) -> nn.Parameter:
     return nn.Parameter(torch.empty(shape).normal_(mean, std))
@@ -45,7 +49,8 @@ class NormalScaleGuide(nn.Module):
 
     def sample(self, layer: str) -> torch.Tensor:
         # event dim: groups (G,)
-        return pyro.sample(f"{layer}.z", dist.Normal(self.loc, self.scale()).to_event(1))
+        return pyro.sample(f"{layer}.z", dist.Normal(self.loc, self.scale()).to_event(1),
+                           infer=DEFERRED)
 
     def rsample_per_example(self, n: int) -> torch.Tensor:
         eps = torch.randn(n, self.n_groups, dtype=self.loc.dtype, device=self.loc.device)
@@ -97,11 +102,14 @@ class HorseshoeScaleGuide(nn.Module):
         return dist.LogNormal(loc, torch.exp(0.5 * logvar))
 
     def sample(self, layer: str) -> torch.Tensor:
-        sa = pyro.sample(f"{layer}.sa", self._lognormal(self.sa_loc, self.sa_logvar))
-        sb = pyro.sample(f"{layer}.sb", self._lognormal(self.sb_loc, self.sb_logvar))
+        ln = self._lognormal
+        sa = pyro.sample(f"{layer}.sa", ln(self.sa_loc, self.sa_logvar), infer=DEFERRED)
+        sb = pyro.sample(f"{layer}.sb", ln(self.sb_loc, self.sb_logvar), infer=DEFERRED)
         # event dim: groups (G,)
-        za = pyro.sample(f"{layer}.za", self._lognormal(self.za_loc, self.za_logvar).to_event(1))
-        zb = pyro.sample(f"{layer}.zb", self._lognormal(self.zb_loc, self.zb_logvar).to_event(1))
+        za = pyro.sample(f"{layer}.za", ln(self.za_loc, self.za_logvar).to_event(1),
+                         infer=DEFERRED)
+        zb = pyro.sample(f"{layer}.zb", ln(self.zb_loc, self.zb_logvar).to_event(1),
+                         infer=DEFERRED)
         s = pyro.deterministic(f"{layer}.s", torch.sqrt(sa * sb))
         return pyro.deterministic(f"{layer}.z", s * torch.sqrt(za * zb), event_dim=1)
 

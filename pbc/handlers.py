@@ -15,10 +15,11 @@ layer's pre-activation instead of its weights.  With ``z`` drawn per example ``n
 and ``out = mean + √var · ε``, ``ε ~ N(0, 1)``.  The layers of ``pbc.layers`` sample
 ``z``, ``w`` and ``b`` as named sites and call the effectful ``layer_output``; this handler
 
-1. leaves the guide's ``L.z`` sites alone (their distributions give the KL),
-2. does not draw the guide's ``L.w``/``L.b`` (sites marked ``infer={"local_reparam": True}``):
-   their value becomes the conditional mean, and no weight is ever sampled,
-3. replaces ``layer_output`` by the draw above, using the guide's parameters of ``w̃`` and a
+1. does not draw the guide's sites marked ``infer={"local_reparam": True}`` — the global
+   ``L.z`` (or its horseshoe factors), ``L.w`` and ``L.b``: each gets its distribution's
+   mean as a placeholder value (the ELBO needs only their distributions, for the KL), so
+   no weight is ever sampled;
+2. replaces ``layer_output`` by the draw above, using the guide's parameters of ``w̃`` and a
    fresh per-example draw of ``z`` from ``q(z)``.
 
 TyXe's ``LocalReparameterizationMessenger`` is the precedent; this one adds the group scales.
@@ -37,7 +38,8 @@ class LocalReparameterization(Messenger):
 
     def _pyro_sample(self, msg):
         if msg["value"] is None and not msg["is_observed"] and msg["infer"].get("local_reparam"):
-            msg["value"] = msg["fn"].mean
+            with torch.no_grad():  # a placeholder: nothing differentiates through it
+                msg["value"] = msg["fn"].mean
 
     def _pyro_bayes_layer(self, msg):
         layer, x = msg["args"][0], msg["args"][1]

@@ -24,6 +24,7 @@ partner (``pbc.guides``) emits the guide's.  No ``nn`` code lives here.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pyro
@@ -49,6 +50,11 @@ class GroupScaledNormal(TorchDistribution):
     z : Tensor, broadcastable to ``S``
         The group scales laid out along the group dimension, e.g. ``z[None, :]`` for the
         input units of a linear layer or ``z[:, None, None, None]`` for conv filters.
+    logvar : Tensor, shape ``S``, optional
+        ``log scale²`` in place of ``scale`` (the guide's parameterisation: the KL then
+        needs neither ``exp`` nor ``log`` of the full weight tensor).
+    standard : bool
+        Marks the prior ``loc = 0, scale = 1`` (see :meth:`standard_prior`).
 
     ``log_prob`` is that of ``N(z·loc, (|z|·scale)²)``.  Its KL against another
     ``GroupScaledNormal`` *with the same* ``z`` does not depend on ``z`` and is computed on
@@ -58,9 +64,24 @@ class GroupScaledNormal(TorchDistribution):
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     has_rsample = True
 
-    def __init__(self, loc, scale, z, validate_args=None):
-        self.loc, self.scale, self.z = loc, scale, z
+    def __init__(self, loc, scale=None, z=1.0, validate_args=None, *, logvar=None,
+                 standard=False):
+        if (scale is None) == (logvar is None):
+            raise ValueError("GroupScaledNormal takes exactly one of scale and logvar")
+        self.loc, self._scale, self.logvar, self.z = loc, scale, logvar, z
+        self.standard = standard
         super().__init__(torch.Size(), loc.shape, validate_args=validate_args)
+
+    @classmethod
+    def standard_prior(cls, shape, z, like: torch.Tensor) -> GroupScaledNormal:
+        """``w = z ⊙ w̃``, ``w̃ ~ N(0, 1)``, with ``loc``/``scale`` as expanded scalars."""
+        shape = torch.Size(shape)
+        return cls(like.new_zeros(()).expand(shape), like.new_ones(()).expand(shape), z,
+                   standard=True)
+
+    @property
+    def scale(self):
+        return self._scale if self._scale is not None else torch.exp(0.5 * self.logvar)
 
     @property
     def support(self):
@@ -132,7 +153,15 @@ def _kl_normal_log_uniform(q, p):
 
 @register_kl(GroupScaledNormal, GroupScaledNormal)
 def _kl_group_scaled_normal(q, p):
-    """``Σ KL(N(μq, σq²) ‖ N(μp, σp²))`` over the event; the shared ``z`` cancels (eq. 9)."""
+    """``Σ KL(N(μq, σq²) ‖ N(μp, σp²))`` over the event; the shared ``z`` cancels (eq. 9).
+
+    Against the standard prior this is ``½ Σ (σ² + μ² − 1 − log σ²)``, computed from
+    ``log σ²`` directly when ``q`` carries it.
+    """
+    if p.standard:
+        log_var = q.logvar if q.logvar is not None else 2.0 * q.scale.log()
+        kl = 0.5 * (log_var.exp() + q.loc * q.loc - 1.0 - log_var)
+        return kl.expand(q.event_shape).sum()
     var_ratio = (q.scale / p.scale).pow(2)
     t = ((q.loc - p.loc) / p.scale).pow(2)
     kl = 0.5 * (var_ratio + t - 1.0 - var_ratio.log())
@@ -181,6 +210,11 @@ class GroupPrior:
         return {"name": self.name}
 
 
+@functools.lru_cache(maxsize=64)
+def _log_uniform(n_groups: int):
+    return ImproperLogUniform((n_groups,)).to_event(1)
+
+
 class GroupNormalJeffreys(GroupPrior):
     """BC-GNJ: ``p(z_g) ∝ 1/|z_g|`` (paper eq. 8); site ``<layer>.z`` of shape ``(G,)``."""
 
@@ -188,7 +222,7 @@ class GroupNormalJeffreys(GroupPrior):
 
     def sample_scales(self, layer, n_groups, like):
         # event dim: groups (G,)
-        return pyro.sample(f"{layer}.z", ImproperLogUniform((n_groups,)).to_event(1))
+        return pyro.sample(f"{layer}.z", _log_uniform(n_groups))
 
     def guide(self, n_groups):
         from pbc.guides import NormalScaleGuide
@@ -211,15 +245,27 @@ class GroupHorseshoe(GroupPrior):
         if not tau0 > 0:
             raise ValueError(f"tau0 must be positive, got {tau0}")
         self.tau0 = float(tau0)
+        self._cache = {}
+
+    def _priors(self, n_groups: int, like: torch.Tensor):
+        """The four factor priors, built once per (G, dtype, device): they have no parameters
+        to learn, and building an InverseGamma costs more than sampling from it."""
+        key = (n_groups, like.dtype, like.device)
+        if key not in self._cache:
+            half, one = like.new_tensor(0.5), like.new_tensor(1.0)
+            self._cache[key] = (
+                dist.Gamma(half, one / self.tau0**2), dist.InverseGamma(half, one),
+                # event dim: groups (G,)
+                dist.Gamma(half, one).expand([n_groups]).to_event(1),
+                dist.InverseGamma(half, one).expand([n_groups]).to_event(1))
+        return self._cache[key]
 
     def sample_scales(self, layer, n_groups, like):
-        half = like.new_tensor(0.5)
-        one = like.new_tensor(1.0)
-        sa = pyro.sample(f"{layer}.sa", dist.Gamma(half, one / self.tau0**2))
-        sb = pyro.sample(f"{layer}.sb", dist.InverseGamma(half, one))
-        # event dim: groups (G,)
-        za = pyro.sample(f"{layer}.za", dist.Gamma(half, one).expand([n_groups]).to_event(1))
-        zb = pyro.sample(f"{layer}.zb", dist.InverseGamma(half, one).expand([n_groups]).to_event(1))
+        p_sa, p_sb, p_za, p_zb = self._priors(n_groups, like)
+        sa = pyro.sample(f"{layer}.sa", p_sa)
+        sb = pyro.sample(f"{layer}.sb", p_sb)
+        za = pyro.sample(f"{layer}.za", p_za)
+        zb = pyro.sample(f"{layer}.zb", p_zb)
         s = pyro.deterministic(f"{layer}.s", torch.sqrt(sa * sb))
         return pyro.deterministic(f"{layer}.z", s * torch.sqrt(za * zb), event_dim=1)
 
