@@ -12,8 +12,9 @@ and the guide ``q(z) q(w̃) q(b̃)`` with ``q(w̃) = N(μ, σ²)``, ``q(b̃) = N
 are the *input units* of a linear layer and the *output channels* of a convolution.
 
 ``forward(x)`` is the model half; ``guide()`` the guide half.  Under
-:class:`pbc.handlers.LocalReparameterization` the guide does not draw ``w`` or ``b`` and the
-model's ``layer_output`` is drawn from the Gaussian pre-activation instead.
+:class:`pbc.handlers.LocalReparameterization` the guide draws none of ``z``, ``w``, ``b``
+(only their distributions enter the KL) and the model's ``layer_output`` is drawn from the
+Gaussian pre-activation, with ``z`` drawn per example.
 
 Parameters live in the module (Pyro's ``module_local_params`` style).  Hot paths read them
 through ``self._parameters`` / ``self._modules``: on a ``PyroModule`` plain attribute access
