@@ -2,7 +2,7 @@
 
 pretrain a plain LeNet-300-100 → train it under the group normal-Jeffreys prior from the
 pretrained means → analyse the posterior (ArviZ) → compress (prune, quantise, pack) →
-evaluate the packed file.  Each stage writes its artefacts into the run directory, so any
+time dense against compressed forward passes on the CPU.  Each stage writes its artefacts into the run directory, so any
 stage can be rerun alone with the matching ``pbc`` command.
 """
 
@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pbc.analysis import analyse
+from pbc.bench import bench
 from pbc.compress import compress
 from pbc.train import TrainConfig, train
 
-STAGES = 4
+STAGES = 5
 
 
 def _stage(i: int, text: str) -> None:
@@ -47,4 +48,8 @@ def run_demo(out: str = "runs/demo", data_dir: str | None = None, epochs: int = 
           f"{e['full']:.4f}, pruned {e['pruned']:.4f}, quantised and packed {e['packed']:.4f}; "
           f"pruning {rates['pruning']:.1f}x, fast prediction {rates['fast_prediction']:.1f}x, "
           f"max compression {rates['max_compression']:.1f}x ({rec['packed_bytes']} bytes)")
+    _stage(5, f"bench dense vs compressed (CPU, batch 2048) → {run / 'bench.json'}")
+    for v in bench(run, batch=2048, repeats=10, threads=threads)["variants"]:
+        print(f"      {v['name']:>9}: {v['median_s'] * 1e3:7.2f} ms, speed-up "
+              f"{v['speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x)")
     return rec
