@@ -22,23 +22,19 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from pbc import report
 from pbc.io import StageError, atomic_path, atomic_write, write_json
-from pbc.posterior import (
-    LayerPosterior,
-    Threshold,
-    bit_precision,
-    find_threshold,
-    kept_weight_mask,
-    layer_moments,
-    propagate_masks,
-)
-from pbc.train import load_run
+
+if TYPE_CHECKING:
+    from pbc.posterior import LayerPosterior, Threshold
+
+# The ArviZ adapter (to_inference_data … summary) needs neither torch nor Pyro, so that it
+# can be checked against either ArviZ major version on its own; the stage imports them.
 
 POSTERIOR, GROUPS, LAYERS, ANALYSIS = "posterior.nc", "groups.csv", "layers.csv", "analysis.json"
 
@@ -55,23 +51,26 @@ def arviz_major() -> int:
 
 
 def to_inference_data(posterior: dict[str, np.ndarray], moments: dict[str, tuple], dims: dict,
-                      attrs: dict):
+                      attrs: dict, coords: dict | None = None):
     """Build InferenceData (ArviZ 0.x) or a DataTree (ArviZ 1.x) with ``from_dict``.
 
     ``posterior``: name → array ``(chains, draws, *shape)``; ``moments``: name →
-    ``(dims, array)`` for the ``posterior_moments`` group; ``dims``: posterior var → dims.
+    ``(dims, array)`` for the ``posterior_moments`` group (left out when empty); ``dims``:
+    posterior var → dims; ``coords``: dim → labels.
     """
     import xarray as xr
 
     az = _arviz()
     moments_ds = xr.Dataset({k: (d, v) for k, (d, v) in moments.items()}, attrs=attrs)
     if arviz_major() >= 1:
-        tree = az.from_dict({"posterior": posterior}, dims=dims)
-        tree["posterior_moments"] = xr.DataTree(moments_ds)
+        tree = az.from_dict({"posterior": posterior}, dims=dims, coords=coords)
+        if moments:
+            tree["posterior_moments"] = xr.DataTree(moments_ds)
         tree["posterior"].attrs.update(attrs)
         return tree
-    idata = az.from_dict(posterior=posterior, dims=dims, attrs=attrs)
-    idata.add_groups({"posterior_moments": moments_ds})
+    idata = az.from_dict(posterior=posterior, dims=dims, coords=coords, attrs=attrs)
+    if moments:
+        idata.add_groups({"posterior_moments": moments_ds})
     return idata
 
 
@@ -125,6 +124,11 @@ def parse_thresholds(text: str | None) -> dict[str, float]:
 def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None = None,
             figures: bool = True, seed: int = 0) -> dict[str, LayerAnalysis]:
     """Run the analyse stage on a trained run directory; returns per-layer results."""
+    import torch
+
+    from pbc.posterior import Threshold, find_threshold, layer_moments, propagate_masks
+    from pbc.train import load_run
+
     run = Path(run_dir)
     config, arch, net, _ = load_run(run)
     if config.prior == "none":
@@ -170,11 +174,13 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
                                 "histograms": {n: _histogram(r.post.score)
                                                for n, r in result.items()}})
     if figures:
-        _figures(run, result, config.prior)
+        _figures(run, result, config.prior, posterior)
     return result
 
 
 def _layer_result(post, threshold, in_mask, out_mask, prior) -> LayerAnalysis:
+    from pbc.posterior import bit_precision, kept_weight_mask
+
     keep_w = kept_weight_mask(post.kind, post.w_mean.shape, in_mask, out_mask)
     groups_mask = in_mask if post.kind == "linear" else out_mask
     bits = bit_precision(post.w_mean[keep_w], post.w_var[keep_w])
@@ -209,11 +215,26 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(f, index=False)
 
 
-def _log_abs(x):
-    return np.log(np.abs(x))
+def _log_abs_data(arrays: dict[str, np.ndarray], dims: dict, coords: dict):
+    """InferenceData/DataTree of ``log|x|`` draws (ArviZ 1.x plots have no ``transform``)."""
+    logs = {f"log|{k}|": np.log(np.abs(v)) for k, v in arrays.items()}
+    return to_inference_data(logs, {}, {f"log|{k}|": d for k, d in dims.items()}, {},
+                             coords=coords)
 
 
-def _figures(run: Path, result: dict[str, LayerAnalysis], prior: str) -> None:
+def _save_arviz_plot(plot, path: Path, title: str) -> None:
+    """Save what an ArviZ plot returned: axes (0.x) or a PlotCollection (1.x)."""
+    if hasattr(plot, "savefig"):
+        with atomic_path(path) as tmp:
+            plot.savefig(tmp)
+    else:
+        report.save_axes(plot, path, title=title)
+
+
+def _figures(run: Path, result: dict[str, LayerAnalysis], prior: str,
+             posterior: dict[str, np.ndarray]) -> None:
+    from pbc.posterior import kept_weight_mask
+
     fig_dir = run / "figures"
     score_label = "log α" if prior == "gnj" else "−E[log z]"
     report.score_histograms({n: (r.post.score, r.threshold.value) for n, r in result.items()},
@@ -222,16 +243,20 @@ def _figures(run: Path, result: dict[str, LayerAnalysis], prior: str) -> None:
                                kept_weight_mask(r.post.kind, r.post.w_mean.shape, r.in_mask,
                                                 r.out_mask)) for n, r in result.items()},
                           fig_dir / "weights.png")
-    data = read_posterior(run / POSTERIOR)
     az = _arviz()
+    new_api = arviz_major() >= 1
     for name, r in result.items():
         order = np.argsort(r.post.score)
         pick = order[np.linspace(0, order.size - 1, min(24, order.size)).round().astype(int)]
-        axes = az.plot_forest(data, var_names=[f"{name}.z"], coords={f"{name}_group": pick},
-                              combined=True, transform=_log_abs, figsize=(6, 7))
-        report.save_axes(axes, fig_dir / f"forest_{name}.png",
-                         title=f"{name}: log |z|, 24 groups across the score range")
+        dim = f"{name}_group"
+        data = _log_abs_data({f"{name}.z": posterior[f"{name}.z"][..., pick]}, {f"{name}.z": [dim]},
+                             {dim: pick})
+        extra = {"backend": "matplotlib"} if new_api else {"figsize": (6, 7)}
+        plot = az.plot_forest(data, combined=True, **extra)
+        _save_arviz_plot(plot, fig_dir / f"forest_{name}.png",
+                         f"{name}: log |z|, 24 groups across the score range")
     if prior == "ghs":
-        axes = az.plot_posterior(data, var_names=[f"{n}.s" for n in result],
-                                 transform=_log_abs, figsize=(3.2 * len(result), 2.8))
-        report.save_axes(axes, fig_dir / "global_scales.png", title="log s per layer")
+        data = _log_abs_data({f"{n}.s": posterior[f"{n}.s"] for n in result}, {}, {})
+        plot = (az.plot_dist(data, backend="matplotlib") if new_api else
+                az.plot_posterior(data, figsize=(3.2 * len(result), 2.8)))
+        _save_arviz_plot(plot, fig_dir / "global_scales.png", "log s per layer")

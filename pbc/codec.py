@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pbc.io import atomic_write
+
 MAGIC = b"PBCZ"
 FORMAT_VERSION = 1
 MAX_META_BYTES = 1 << 20
@@ -329,8 +331,6 @@ def decode(data: bytes) -> tuple[dict, list[PackedLayer]]:
 
 def write_pbcz(path, layers: list[PackedLayer], meta: dict) -> int:
     """Write ``encode(layers, meta)`` to ``path`` atomically; return the bytes written."""
-    from pbc.io import atomic_write  # pbc.io imports torch; keep this module numpy-only
-
     data = encode(layers, meta)
     with atomic_write(path, "wb") as f:
         f.write(data)

@@ -2,8 +2,8 @@
 
 pretrain a plain LeNet-300-100 → train it under the group normal-Jeffreys prior from the
 pretrained means → analyse the posterior (ArviZ) → compress (prune, quantise, pack) →
-time dense against compressed forward passes on the CPU.  Each stage writes its artefacts into the run directory, so any
-stage can be rerun alone with the matching ``pbc`` command.
+time dense against compressed forward passes on the CPU.  Each stage writes its artefacts
+into the run directory, so any stage can be rerun alone with the matching ``pbc`` command.
 """
 
 from __future__ import annotations

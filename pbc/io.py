@@ -17,8 +17,6 @@ import re
 import tempfile
 from pathlib import Path
 
-import torch
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -40,7 +38,9 @@ def atomic_path(path: str | os.PathLike):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the temporary name keeps the suffix: writers that infer the format from it (savefig)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
+                               dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artefacts get the usual mode
     try:
@@ -98,6 +98,8 @@ def read_jsonl(path) -> list[dict]:
 
 def save_torch(path, obj) -> None:
     """``torch.save`` through a temporary file and an atomic rename."""
+    import torch  # here, not at the top: pbc.io serves torch-free readers too (codec, ArviZ)
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     with atomic_write(path, "wb") as f:
@@ -106,6 +108,8 @@ def save_torch(path, obj) -> None:
 
 def load_torch(path, map_location="cpu"):
     """``torch.load(weights_only=True)``; refuses pickled objects with a one-line error."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise ArtefactError(f"{path}: not found")
