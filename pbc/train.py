@@ -204,6 +204,8 @@ def _start(config: TrainConfig, out: Path, net, optim) -> tuple[int, list[dict]]
     net.load_state_dict(ckpt["model"])
     optim.load_state_dict(ckpt["optim"])
     torch.set_rng_state(ckpt["rng"])
+    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
     epoch = int(ckpt["epoch"])
     return epoch, [m for m in read_jsonl(out / METRICS) if m["epoch"] <= epoch]
 
@@ -264,7 +266,9 @@ def train(config: TrainConfig) -> TrainResult:
         write_jsonl(out / METRICS, metrics)
         save_torch(out / CHECKPOINT, {"epoch": epoch + 1, "prior": config.prior,
                                       "model": net.state_dict(), "optim": optim.state_dict(),
-                                      "rng": torch.get_rng_state()})
+                                      "rng": torch.get_rng_state(),
+                                      "cuda_rng": (torch.cuda.get_rng_state_all()
+                                                   if device.type == "cuda" else None)})
         if config.progress:
             tqdm.write(_summary(record))
     return TrainResult(out, metrics, net, arch)
