@@ -21,7 +21,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pbc.priors import log_alpha_of
+from pbc.priors import LogNormalFactor, log_alpha_of
 
 # Under local reparameterisation the layer draws z per example itself (pbc.handlers), so the
 # guide's global draw of z is not needed: the handler gives these sites a placeholder value.
@@ -99,7 +99,7 @@ class HorseshoeScaleGuide(nn.Module):
 
     @staticmethod
     def _lognormal(loc, logvar):
-        return dist.LogNormal(loc, torch.exp(0.5 * logvar))
+        return LogNormalFactor(loc, logvar)
 
     def sample(self, layer: str) -> torch.Tensor:
         ln = self._lognormal

@@ -168,26 +168,75 @@ def _kl_group_scaled_normal(q, p):
     return kl.expand(q.event_shape).sum()
 
 
-def _lognormal_entropy_terms(q):
-    """``(μ, σ², −½(1 + log 2πσ²))`` of a log-normal ``q`` (the entropy of ``log x``, negated)."""
-    var = q.scale.pow(2)
-    return q.loc, var, -0.5 * (1.0 + torch.log(2 * math.pi * var))
+class LogNormalFactor(TorchDistribution):
+    """``x = exp(y)``, ``y ~ N(loc, exp(logvar))`` elementwise: the guide of a horseshoe factor.
+
+    The same law as ``LogNormal(loc, exp(½·logvar))``, without the transformed-distribution
+    machinery (which costs more to build than a horseshoe layer's KL takes to compute) and
+    with its KLs taken from ``logvar`` directly.
+    """
+
+    arg_constraints = {"loc": constraints.real, "logvar": constraints.real}
+    support = constraints.positive
+    has_rsample = True
+
+    def __init__(self, loc, logvar, validate_args=None):
+        self.loc, self.logvar = loc, logvar
+        super().__init__(loc.shape, torch.Size(), validate_args=validate_args)
+
+    @property
+    def scale(self):
+        return torch.exp(0.5 * self.logvar)
+
+    @property
+    def mean(self):
+        return torch.exp(self.loc + 0.5 * self.logvar.exp())
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return torch.exp(self.loc + self.scale * eps)
+
+    def log_prob(self, value):
+        y = value.log()
+        return dist.Normal(self.loc, self.scale).log_prob(y) - y
+
+    def expand(self, batch_shape, _instance=None):
+        shape = torch.Size(batch_shape)
+        return LogNormalFactor(self.loc.expand(shape), self.logvar.expand(shape))
+
+
+def _kl_log_normal_gamma_family(mu, var, log_var, p, sign: float):
+    """KL of ``LN(μ, σ²)`` against ``Gamma(k, rate r)`` (``sign = +1``) or ``InvGamma(k, r)``
+    (``sign = −1``):  ``−k log r + lnΓ(k) − sign·kμ + r·e^{sign·μ + σ²/2} − ½(1 + log 2πσ²)``.
+    """
+    k, r = p.concentration, p.rate
+    return (-k * r.log() + torch.lgamma(k) - sign * k * mu + r * torch.exp(sign * mu + var / 2)
+            - 0.5 * (1.0 + math.log(2 * math.pi) + log_var))
 
 
 @register_kl(torch.distributions.LogNormal, torch.distributions.Gamma)
 def _kl_lognormal_gamma(q, p):
     """KL(LN(μ,σ²) ‖ Gamma(k, rate r)) = −k log r + lnΓ(k) − kμ + r·e^{μ+σ²/2} − ½(1 + log 2πσ²)."""
-    mu, var, neg_h = _lognormal_entropy_terms(q)
-    k, r = p.concentration, p.rate
-    return -k * r.log() + torch.lgamma(k) - k * mu + r * torch.exp(mu + var / 2) + neg_h
+    var = q.scale.pow(2)
+    return _kl_log_normal_gamma_family(q.loc, var, var.log(), p, 1.0)
 
 
 @register_kl(torch.distributions.LogNormal, torch.distributions.InverseGamma)
 def _kl_lognormal_inverse_gamma(q, p):
     """KL(LN(μ,σ²) ‖ InvGamma(k, r)) = −k log r + lnΓ(k) + kμ + r·e^{−μ+σ²/2} − ½(1 + log 2πσ²)."""
-    mu, var, neg_h = _lognormal_entropy_terms(q)
-    k, r = p.concentration, p.rate
-    return -k * r.log() + torch.lgamma(k) + k * mu + r * torch.exp(-mu + var / 2) + neg_h
+    var = q.scale.pow(2)
+    return _kl_log_normal_gamma_family(q.loc, var, var.log(), p, -1.0)
+
+
+@register_kl(LogNormalFactor, torch.distributions.Gamma)
+def _kl_factor_gamma(q, p):
+    return _kl_log_normal_gamma_family(q.loc, q.logvar.exp(), q.logvar, p, 1.0)
+
+
+@register_kl(LogNormalFactor, torch.distributions.InverseGamma)
+def _kl_factor_inverse_gamma(q, p):
+    return _kl_log_normal_gamma_family(q.loc, q.logvar.exp(), q.logvar, p, -1.0)
 
 
 # ---------------------------------------------------------------------------- prior objects

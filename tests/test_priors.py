@@ -304,3 +304,25 @@ def test_horseshoe_guide_starts_at_unit_scales():
     mean, var = guide.log_z_moments()
     assert mean.shape == (5,) and var.shape == (5,)
     assert mean.abs().max() < 0.05  # s = z̃ = 1 up to the N(·, 0.01²) jitter
+
+
+def test_log_normal_factor_matches_log_normal():
+    """The guide's light log-normal has the law, density, mean and KLs of LogNormal."""
+    from pbc.priors import LogNormalFactor
+
+    torch.manual_seed(0)
+    loc = torch.tensor([-23.0, 0.3, 2.0], dtype=torch.float64)
+    logvar = torch.tensor([-9.0, -1.0, 0.5], dtype=torch.float64)
+    q = LogNormalFactor(loc, logvar)
+    ref = dist.LogNormal(loc, torch.exp(0.5 * logvar))
+    x = ref.sample((5,))
+    torch.testing.assert_close(q.log_prob(x), ref.log_prob(x))
+    torch.testing.assert_close(q.mean, ref.mean)
+    half = torch.tensor(0.5, dtype=torch.float64)
+    for p in (dist.Gamma(half, torch.tensor(1e10, dtype=torch.float64)),
+              dist.Gamma(half, torch.ones((), dtype=torch.float64)),
+              dist.InverseGamma(half, torch.ones((), dtype=torch.float64))):
+        torch.testing.assert_close(kl_divergence(q, p), kl_divergence(ref, p))
+    draws = LogNormalFactor(loc[1:], logvar[1:]).rsample((200_000,))
+    torch.testing.assert_close(draws.log().mean(0), loc[1:], atol=0.01, rtol=0)
+    torch.testing.assert_close(draws.log().var(0), logvar[1:].exp(), atol=0, rtol=0.02)
