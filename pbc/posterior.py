@@ -77,7 +77,7 @@ class Threshold:
 
 
 def find_threshold(scores: np.ndarray, min_separation: float = 3.0,
-                   min_gap: float = 0.5) -> Threshold:
+                   min_gap: float = 0.5, min_log_gap: float = 2.0) -> Threshold:
     """Split a bimodal sample of prune scores at the gap between its modes.
 
     Otsu's split (maximum between-class variance over the sorted sample) names two classes.
@@ -85,8 +85,11 @@ def find_threshold(scores: np.ndarray, min_separation: float = 3.0,
     ``D = √2·|m1 − m2| / √(s1² + s2²) ≥ min_separation`` (a Gaussian split this way gives
     D ≈ 2.7) — *and* the widest empty run between consecutive sorted values lying between
     the class means is at least ``min_gap`` pooled class standard deviations (a uniform
-    sample has D ≈ 3.5 but no empty run).  The threshold is the middle of that run.  A
-    sample that is not bimodal keeps everything (threshold above its maximum).
+    sample has D ≈ 3.5 but no empty run) *and* at least ``min_log_gap`` in absolute terms:
+    the scores are logs (log α, −E[log z]), and two groups of scales less than e² apart are
+    not a keep/prune decision however few groups there are (a 20-filter layer can look
+    "bimodal" by chance).  The threshold is the middle of that run.  A sample that is not
+    bimodal keeps everything (threshold above its maximum).
     """
     x = np.sort(np.asarray(scores, dtype=np.float64).ravel())
     n = x.size
@@ -105,7 +108,7 @@ def find_threshold(scores: np.ndarray, min_separation: float = 3.0,
     seg = x[max(lo - 1, 0):hi]
     gaps = np.diff(seg)
     j = int(np.argmax(gaps))
-    if d < min_separation or gaps[j] < min_gap * pooled:
+    if d < min_separation or gaps[j] < max(min_gap * pooled, min_log_gap):
         return Threshold(keep_all, "unimodal", d)
     return Threshold(float(0.5 * (seg[j] + seg[j + 1])), "otsu+widest-gap", d)
 

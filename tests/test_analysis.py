@@ -184,3 +184,14 @@ def test_thresholds_override_and_cli(trained_run, capsys):
 def test_threshold_keeps_all_of_a_uniform_sample():
     x = np.random.default_rng(3).uniform(-5, 5, 800)
     assert find_threshold(x).method == "unimodal"
+
+
+def test_threshold_keeps_all_of_a_small_sample_without_a_real_gap():
+    """Twenty conv filters whose scales differ by less than e² are not two modes, even when
+    Otsu's split of so few values looks well separated (seen on a GHS LeNet-5 run)."""
+    x = np.array([0.47, 0.57, 0.66, 0.69, 0.73, 0.80, 0.80, 0.84, 0.84, 0.88,
+                  0.95, 0.95, 1.00, 1.02, 1.02, 1.06, 1.10, 1.10, 1.12, 1.20])
+    assert find_threshold(x).method == "unimodal"
+    # the same layer with three filters switched off (scores ≫) is split between the modes
+    t = find_threshold(np.concatenate([x, [9.0, 10.5, 11.0]]))
+    assert t.method == "otsu+widest-gap" and 1.2 < t.value < 9.0
