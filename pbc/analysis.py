@@ -126,7 +126,7 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
     """Run the analyse stage on a trained run directory; returns per-layer results."""
     import torch
 
-    from pbc.posterior import Threshold, find_threshold, layer_moments, propagate_masks
+    from pbc.posterior import Threshold, find_threshold, layer_moments, structured_masks
     from pbc.train import load_run
 
     run = Path(run_dir)
@@ -144,7 +144,7 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
     for name, post in posts.items():
         chosen[name] = (Threshold(thresholds[name], "given", math.nan) if name in thresholds
                         else find_threshold(post.score))
-    masks = propagate_masks(arch, {n: posts[n].score <= chosen[n].value for n in posts})
+    masks = structured_masks(arch, posts, {n: t.value for n, t in chosen.items()})
     result = {name: _layer_result(posts[name], chosen[name], *masks[name], config.prior)
               for name in posts}
 

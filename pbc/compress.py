@@ -37,7 +37,7 @@ from pbc.data import load_dataset
 from pbc.export import load_packed, packed_meta, save_export
 from pbc.infer import classification_error
 from pbc.io import StageError, read_json, write_json
-from pbc.posterior import bit_precision, kept_weight_mask, layer_moments, propagate_masks
+from pbc.posterior import bit_precision, kept_weight_mask, layer_moments, structured_masks
 from pbc.train import load_run, posterior_mean_network
 
 INDEX_BITS = {"linear": 5, "conv": 8}     # relative-index bits of the CSR streams
@@ -159,7 +159,7 @@ def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
         raise MissingStage(f"{run}: no analysis.json; run `pbc analyse {run}` first")
     thresholds = read_json(run / "analysis.json")["thresholds"]
     posts = {layer.site: layer_moments(layer) for layer in net.bayes_layers()}
-    masks = propagate_masks(arch, {n: p.score <= thresholds[n] for n, p in posts.items()})
+    masks = structured_masks(arch, posts, thresholds)
     full = posterior_mean_network(net, arch).cpu().eval()
     structured = structured_export(arch, full.state_dict(), masks)
 

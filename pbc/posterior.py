@@ -140,6 +140,12 @@ def propagate_masks(arch: Architecture, group_masks: dict[str, np.ndarray]
     return {s.name: (ins[i], outs[i]) for i, s in enumerate(specs)}
 
 
+def structured_masks(arch: Architecture, posts: dict[str, LayerPosterior],
+                     thresholds: dict[str, float]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Keep the groups whose prune score is ``≤`` their layer's threshold, then propagate."""
+    return propagate_masks(arch, {n: p.score <= thresholds[n] for n, p in posts.items()})
+
+
 def kept_weight_mask(kind: str, shape: tuple[int, ...], in_mask, out_mask) -> np.ndarray:
     """Boolean mask of the weights that survive structured pruning, of the weight's shape."""
     m = np.outer(out_mask, in_mask)
