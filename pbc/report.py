@@ -31,7 +31,7 @@ def save_axes(axes, path: Path, title: str | None = None) -> Path:
     ax = np.asarray(axes).ravel()[0]
     fig = ax.figure
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.03)  # above the panels' own titles
     return save_figure(fig, path)
 
 
