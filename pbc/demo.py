@@ -43,13 +43,13 @@ def run_demo(out: str = "runs/demo", data_dir: str | None = None, epochs: int = 
               f"{row['bits']} bits")
     _stage(4, f"compress → {run / 'model.pbcz'}, compression.json")
     rec = compress(run)
+    _stage(5, f"bench dense vs compressed (CPU, batch 2048) → {run / 'bench.json'}")
+    for v in bench(run, batch=2048, repeats=10, threads=threads)["variants"]:
+        print(f"      {v['name']:>9}: {v['median_s'] * 1e3:7.2f} ms, speed-up "
+              f"{v['speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x)")
     e, rates = rec["error"], rec["rates"]
     print(f"done: test error plain {pre.metrics[-1]['test_error']:.4f}; BC-GNJ full "
           f"{e['full']:.4f}, pruned {e['pruned']:.4f}, quantised and packed {e['packed']:.4f}; "
           f"pruning {rates['pruning']:.1f}x, fast prediction {rates['fast_prediction']:.1f}x, "
           f"max compression {rates['max_compression']:.1f}x ({rec['packed_bytes']} bytes)")
-    _stage(5, f"bench dense vs compressed (CPU, batch 2048) → {run / 'bench.json'}")
-    for v in bench(run, batch=2048, repeats=10, threads=threads)["variants"]:
-        print(f"      {v['name']:>9}: {v['median_s'] * 1e3:7.2f} ms, speed-up "
-              f"{v['speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x)")
     return rec
