@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pbc.architectures import Architecture, build_network
 from pbc.export import load_export
 from pbc.io import ArtefactError, read_json, write_json
 
@@ -131,11 +130,12 @@ def energy_per_batch(net, x, meter: NvmlEnergy, min_seconds: float = 2.0) -> flo
     return (meter.joules() - e0) / n
 
 
-def variants(run: Path, arch: Architecture, full_state: dict) -> dict[str, nn.Module]:
-    dense = build_network(arch)
-    dense.load_state_dict(full_state)
-    quantised = load_export(run / "quantised.pt")
-    return {"dense": dense.eval(), "pruned": load_export(run / "pruned.pt"),
+def variants(run: Path, dense: nn.Module) -> dict[str, nn.Module]:
+    """The four timed networks; ``dense`` is the posterior-mean net of the original shape."""
+    from pbc.compress import PRUNED, QUANTISED
+
+    quantised = load_export(run / QUANTISED)
+    return {"dense": dense.eval(), "pruned": load_export(run / PRUNED),
             "quantised": quantised, "csr": to_csr(quantised).eval()}
 
 
@@ -143,11 +143,11 @@ def bench(run_dir, batch: int = 8192, device: str = "cpu", threads: int | None =
           repeats: int = 20, warmup: int = 3) -> dict:
     """Time every variant of a compressed run; write ``bench.json`` and a bar chart."""
     from pbc import report
+    from pbc.compress import QUANTISED, MissingStage
     from pbc.train import load_run, posterior_mean_network
 
     run = Path(run_dir)
-    if not (run / "quantised.pt").is_file():
-        from pbc.compress import MissingStage
+    if not (run / QUANTISED).is_file():
 
         raise MissingStage(f"{run}: no compressed network; run `pbc compress {run}` first")
     if threads:
@@ -156,8 +156,8 @@ def bench(run_dir, batch: int = 8192, device: str = "cpu", threads: int | None =
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ArtefactError("device 'cuda' requested but CUDA is not available")
     config, arch, net, _ = load_run(run)
-    full = posterior_mean_network(net, arch).cpu().state_dict()
-    nets = {k: v.to(dev) for k, v in variants(run, arch, full).items()}
+    dense = posterior_mean_network(net, arch).cpu()
+    nets = {k: v.to(dev) for k, v in variants(run, dense).items()}
     x = torch.rand(batch, *arch.input_shape, device=dev)
     meter = NvmlEnergy(dev) if dev.type == "cuda" else None
     rows = []
