@@ -102,19 +102,28 @@ def structured_export(arch: Architecture, state: dict[str, torch.Tensor],
                       out, weighted)
 
 
-def fixed_point_codes(w: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
-    """Round ``w`` to multiples of ``δ = 2^−t``; return ``(codes, codebook)``.
+def fixed_point_codes(w: np.ndarray, t: int,
+                      max_codes: int = codec.MAX_K) -> tuple[np.ndarray, np.ndarray, int]:
+    """Round ``w`` to multiples of ``δ = 2^−t``; return ``(codes, codebook, t)``.
 
-    ``codebook[0] = 0`` and ``codebook[codes] == round(w/δ)·δ`` exactly (float32).
+    ``codebook[0] = 0`` and ``codebook[codes] == round(w/δ)·δ`` exactly (float32).  When a
+    near-deterministic posterior asks for so many bits that the codebook would exceed
+    ``max_codes`` entries (the packed format's limit), ``t`` is lowered until it fits; the
+    returned ``t`` is the one used.
     """
-    step = 2.0 ** -t
-    q = (np.floor(w.astype(np.float64) / step + 0.5) * step).astype(np.float32)
-    values = np.unique(q[q != 0])
+    w64 = w.astype(np.float64)
+    while True:
+        step = 2.0 ** -t
+        q = (np.floor(w64 / step + 0.5) * step).astype(np.float32)
+        values = np.unique(q[q != 0])
+        if values.size < max_codes or t <= 1:
+            break
+        t -= 1
     codebook = np.concatenate([[0.0], values]).astype(np.float32)
     codes = np.zeros(q.shape, np.int64)
     nz = q != 0
     codes[nz] = np.searchsorted(values, q[nz]) + 1
-    return codes, codebook
+    return codes, codebook, t
 
 
 def kmeans_codes(w: np.ndarray, bits: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +178,7 @@ def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
         keep = kept_weight_mask(post.kind, post.w_mean.shape, in_m, out_m)
         bits = bit_precision(post.w_mean[keep], post.w_var[keep])
         w = structured.state[f"{name}.weight"].numpy()
-        codes, codebook = fixed_point_codes(w, bits["significand_bits"])
+        codes, codebook, t_used = fixed_point_codes(w, bits["significand_bits"])
         fixed_w[f"{name}.weight"] = torch.from_numpy(codebook[codes])
         kb = (kmeans_bits or {}).get(name, KMEANS_BITS[post.kind])
         k_codes, k_book = kmeans_codes(w, kb)
@@ -184,7 +193,7 @@ def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
                        "in_kept": int(in_m.sum()), "out_kept": int(out_m.sum()),
                        "weights_total": int(post.w_mean.size), "weights_kept": int(w.size),
                        "threshold": thresholds[name], **bits,
-                       "codebook_size": int(codebook.size),
+                       "codebook_size": int(codebook.size), "codebook_significand_bits": t_used,
                        "nonzero_quantised": int((codes != 0).sum()),
                        "kmeans_bits": kb})
 

@@ -80,16 +80,22 @@ class HorseshoeScaleGuide(nn.Module):
 
     ``q(sa), q(sb), q(za_g), q(zb_g)`` are log-normal, so ``log z_g = ½(log sa + log sb +
     log za_g + log zb_g)`` is Gaussian with mean ``½ Σ μ`` and variance ``¼ Σ σ²``.
-    Initialised with ``s = z̃ = 1``: ``μ_sa = log τ0² = −μ_sb``, ``μ_za = μ_zb = 0``, and
-    ``log σ² = −9`` for every factor.
+    Initialised with ``s = init_scale`` and ``z̃ = 1``: ``μ_sa = log τ0²``,
+    ``μ_sb = 2 log init_scale − log τ0²``, ``μ_za = μ_zb = 0``, and ``log σ² = −9`` for every
+    factor.  ``init_scale`` is the layer's weight scale, so ``w̃ = w / z`` starts at ``O(1)``
+    against its ``N(0, 1)`` prior.  Starting at ``s = 1`` instead leaves ``w̃`` as small as
+    the weights (≈ 0.03); its KL then gains almost nothing when a group shrinks, and on
+    Fashion-MNIST lenet5 no group was pruned in 30 epochs.
     """
 
-    def __init__(self, n_groups: int, tau0: float):
+    def __init__(self, n_groups: int, tau0: float, init_scale: float = 1.0):
         super().__init__()
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be positive, got {init_scale}")
         self.n_groups = n_groups
         log_tau2 = 2.0 * math.log(tau0)
         self.sa_loc = _normal_param((), log_tau2, 1e-2)
-        self.sb_loc = _normal_param((), -log_tau2, 1e-2)
+        self.sb_loc = _normal_param((), 2.0 * math.log(init_scale) - log_tau2, 1e-2)
         self.sa_logvar = _normal_param((), -9.0, 1e-2)
         self.sb_logvar = _normal_param((), -9.0, 1e-2)
         self.za_loc = _normal_param((n_groups,), 0.0, 1e-2)

@@ -71,11 +71,13 @@ class BayesLayer(PyroModule):
         self.prior = prior
         out_features, fan_in = weight_shape[0], math.prod(weight_shape[1:])
         self.n_groups = weight_shape[1] if self.groups_on_input else weight_shape[0]
-        self.w_loc = nn.Parameter(torch.randn(weight_shape) / math.sqrt(fan_in))
+        self.scale_guide = prior.guide(self.n_groups, init_scale=1.0 / math.sqrt(fan_in))
+        # w = z·w̃ starts with the usual 1/√fan_in weights whatever z starts at
+        w_init = torch.randn(weight_shape) / math.sqrt(fan_in)
+        self.w_loc = nn.Parameter(w_init / self.group_view(self.q_scale.mean().detach()))
         self.w_logvar = nn.Parameter(torch.empty(weight_shape).normal_(-9.0, 1e-2))
         self.b_loc = nn.Parameter(torch.zeros(out_features))
         self.b_logvar = nn.Parameter(torch.empty(out_features).normal_(-9.0, 1e-2))
-        self.scale_guide = prior.guide(self.n_groups)
 
     # -- helpers ------------------------------------------------------------------------------
     def functional(self, x, weight, bias):
@@ -148,10 +150,12 @@ class BayesLayer(PyroModule):
 
     @torch.no_grad()
     def load_point_estimate(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """Start the posterior means from a deterministic net's weights (``z`` stays ≈ 1)."""
-        self._parameters["w_loc"].copy_(weight)
+        """Start the posterior means from a deterministic net's weights: ``μ = w / E[z]``
+        (and ``μ_b = b / E[z]`` for a conv), so that :meth:`posterior_mean` returns them."""
+        z = self.q_scale.mean()
+        self._parameters["w_loc"].copy_(weight / self.group_view(z))
         if bias is not None:
-            self._parameters["b_loc"].copy_(bias)
+            self._parameters["b_loc"].copy_(bias if self.groups_on_input else bias / z)
 
 
 class BayesLinear(BayesLayer):

@@ -244,7 +244,9 @@ class GroupPrior:
     """A prior family on group scales.  Subclasses emit the model's ``z`` sites.
 
     ``sample_scales(layer, n_groups, like)`` returns ``z`` of shape ``(n_groups,)``;
-    ``guide(n_groups)`` builds the matching variational module (``pbc.guides``).
+    ``guide(n_groups, init_scale)`` builds the matching variational module (``pbc.guides``);
+    ``init_scale`` is the layer's weight scale (``1/√fan_in``), which a prior with a global
+    scale starts from.
     """
 
     name: str = ""
@@ -252,7 +254,7 @@ class GroupPrior:
     def sample_scales(self, layer: str, n_groups: int, like: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def guide(self, n_groups: int):
+    def guide(self, n_groups: int, init_scale: float = 1.0):
         raise NotImplementedError
 
     def config(self) -> dict:
@@ -273,9 +275,10 @@ class GroupNormalJeffreys(GroupPrior):
         # event dim: groups (G,)
         return pyro.sample(f"{layer}.z", _log_uniform(n_groups))
 
-    def guide(self, n_groups):
+    def guide(self, n_groups, init_scale=1.0):
         from pbc.guides import NormalScaleGuide
 
+        # log-uniform is scale-free: z starts at 1 as in Louizos et al.'s code
         return NormalScaleGuide(n_groups)
 
 
@@ -318,10 +321,10 @@ class GroupHorseshoe(GroupPrior):
         s = pyro.deterministic(f"{layer}.s", torch.sqrt(sa * sb))
         return pyro.deterministic(f"{layer}.z", s * torch.sqrt(za * zb), event_dim=1)
 
-    def guide(self, n_groups):
+    def guide(self, n_groups, init_scale=1.0):
         from pbc.guides import HorseshoeScaleGuide
 
-        return HorseshoeScaleGuide(n_groups, self.tau0)
+        return HorseshoeScaleGuide(n_groups, self.tau0, init_scale)
 
     def config(self):
         return {"name": self.name, "tau0": self.tau0}

@@ -23,11 +23,19 @@ from pbc.train import TrainConfig, train
 
 def test_fixed_point_codes_round_to_the_step():
     w = np.array([[0.26, -0.124, 0.0624], [1.0, -0.51, 0.3]], np.float32)
-    codes, book = fixed_point_codes(w, t=3)            # step 1/8
-    assert book[0] == 0 and book.dtype == np.float32
+    codes, book, t = fixed_point_codes(w, t=3)         # step 1/8
+    assert t == 3 and book[0] == 0 and book.dtype == np.float32
     np.testing.assert_array_equal(book[codes], np.floor(w / 0.125 + 0.5) * 0.125)
     assert codes[0, 2] == 0                             # 0.0624 rounds to 0 → sparse entry
     assert sorted(book[1:].tolist()) == book[1:].tolist()
+
+
+def test_fixed_point_codes_lower_the_bits_until_the_codebook_fits():
+    w = np.linspace(-1.0, 1.0, 1001, dtype=np.float32)  # 1000 distinct nonzero values
+    codes, book, t = fixed_point_codes(w, t=20, max_codes=100)
+    # t = 5 gives 2·32 − 1 = 63 nonzero steps in (−1, 1] plus ±1; t = 6 would give 129
+    assert t == 5 and book.size <= 100
+    np.testing.assert_array_equal(book[codes], np.floor(w / 2**-5 + 0.5) * 2**-5)
 
 
 def test_kmeans_codebook_size_and_error_on_a_toy_matrix():

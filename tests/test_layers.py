@@ -49,7 +49,9 @@ def _randomise(net):
     """Non-trivial posterior: random means (biases too), E[z] away from 1, visible variances."""
     for layer in net.bayes_layers():
         p = layer._parameters
-        p["w_loc"].copy_(p["w_loc"] * (1.0 + torch.rand_like(p["w_loc"])))
+        fan_in = p["w_loc"][0].numel()
+        w = torch.randn_like(p["w_loc"]) / math.sqrt(fan_in)
+        p["w_loc"].copy_(w * (1.0 + torch.rand_like(w)))
         p["w_logvar"].copy_(-3.0 + 0.5 * torch.randn_like(p["w_logvar"]))
         p["b_loc"].copy_(0.3 * torch.randn_like(p["b_loc"]))
         p["b_logvar"].copy_(-3.0 + 0.5 * torch.randn_like(p["b_logvar"]))
@@ -302,25 +304,38 @@ def test_mean_field_elbo_refuses_site_without_closed_form():
 
 
 # ---------------------------------------------------------------------------- point estimates
-def test_load_point_estimate_round_trips_through_posterior_mean():
+@pytest.mark.parametrize("prior_name", ["gnj", "ghs"])
+def test_load_point_estimate_round_trips_through_posterior_mean(prior_name):
+    """μ = w / E[z] on loading, so E[z]·μ gives the loaded weights back whatever z starts at
+    (GHS starts at s = 1/√fan_in, far from 1)."""
     torch.manual_seed(7)
     arch = lenet5()
     plain = build_network(arch)
     state = plain.state_dict()
-    net = BayesNet(arch, _prior("gnj"))
+    net = BayesNet(arch, _prior(prior_name))
     net.load_point_estimate(state)
-    with torch.no_grad():
-        for layer in net.bayes_layers():
-            layer.q_scale.loc.fill_(1.0)
     back = net.posterior_mean_state_dict()
     assert set(back) == set(state)
     for k in state:
-        assert torch.equal(back[k], state[k]), k
+        assert torch.allclose(back[k], state[k], rtol=1e-5, atol=1e-7), k
     x = torch.randn(2, 1, 28, 28)
     rebuilt = build_network(arch)
     rebuilt.load_state_dict(back)
     with torch.no_grad():
-        assert torch.equal(rebuilt(x), plain(x))
+        assert torch.allclose(rebuilt(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+def test_horseshoe_starts_at_the_weight_scale():
+    """GHS layers start with E[z] ≈ 1/√fan_in and w̃ = O(1), so E[w] keeps the usual init."""
+    torch.manual_seed(0)
+    net = BayesNet(lenet5(), _prior("ghs"))
+    for layer in net.bayes_layers():
+        fan_in = layer.w_loc[0].numel()
+        z = layer.q_scale.mean()
+        assert torch.allclose(z, torch.full_like(z, fan_in ** -0.5), rtol=0.05)
+        assert 0.8 < layer.w_loc.detach().std().item() < 1.2
+        w_mean, _ = layer.posterior_mean()
+        assert w_mean.std().item() * math.sqrt(fan_in) == pytest.approx(1.0, rel=0.2)
 
 
 # ---------------------------------------------------------------------------- VGG16

@@ -114,9 +114,9 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(idx_dir, tmp_path, monk
 def test_init_from_plain_run_sets_the_means(idx_dir, tmp_path):
     plain = train(_config(idx_dir, tmp_path / "plain", prior="none", epochs=1))
     bayes = train(_config(idx_dir, tmp_path / "bc", init_from=str(plain.out), epochs=1, lr=1e-12))
-    # with a vanishing learning rate the means stay at the plain weights (z ≈ 1 at init)
+    # with a vanishing learning rate the posterior means stay at the plain weights
     w_plain = plain.net.state_dict()["fc1.weight"]
-    w_bayes = bayes.net.body.fc1.w_loc.detach()
+    w_bayes = bayes.net.posterior_mean_state_dict()["fc1.weight"]
     assert torch.allclose(w_bayes, w_plain, atol=1e-6)
     with pytest.raises(ArtefactError, match="deterministic run"):
         train(_config(idx_dir, tmp_path / "bc2", init_from=str(bayes.out), epochs=1))
