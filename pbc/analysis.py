@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 # can be checked against either ArviZ major version on its own; the stage imports them.
 
 POSTERIOR, GROUPS, LAYERS, ANALYSIS = "posterior.nc", "groups.csv", "layers.csv", "analysis.json"
+SCORE_NAMES = {"gnj": "log_alpha", "ghs": "-E[log z]", "svd": "log_alpha (per weight)"}
+SCORE_LABELS = {"gnj": "log α", "ghs": "−E[log z]", "svd": "log α per weight"}
 
 
 def _arviz():
@@ -80,6 +82,15 @@ def write_netcdf(data, path: Path) -> None:
         data.to_netcdf(str(tmp))
 
 
+def write_moments_netcdf(moments: dict[str, tuple], attrs: dict, path: Path) -> None:
+    """A per-weight posterior (Sparse VD) has no draws: write its moments as a dataset."""
+    import xarray as xr
+
+    ds = xr.Dataset({k: (d, v) for k, (d, v) in moments.items()}, attrs=attrs)
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(str(tmp), group="posterior_moments")
+
+
 def read_posterior(path):
     """Open ``posterior.nc`` with plain ArviZ."""
     return _arviz().from_netcdf(str(path))
@@ -101,6 +112,7 @@ class LayerAnalysis:
     in_mask: np.ndarray
     out_mask: np.ndarray
     groups_kept_mask: np.ndarray
+    weights_kept_mask: np.ndarray
     row: dict
 
 
@@ -126,7 +138,14 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
     """Run the analyse stage on a trained run directory; returns per-layer results."""
     import torch
 
-    from pbc.posterior import Threshold, find_threshold, layer_moments, structured_masks
+    from pbc.posterior import (
+        Threshold,
+        find_threshold,
+        layer_moments,
+        structured_masks,
+        weight_masks,
+    )
+    from pbc.priors import SVD_LOG_ALPHA_THRESHOLD
     from pbc.train import load_run
 
     run = Path(run_dir)
@@ -142,30 +161,43 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
     posts = {name: layer_moments(layer) for name, layer in layers.items()}
     chosen = {}
     for name, post in posts.items():
-        chosen[name] = (Threshold(thresholds[name], "given", math.nan) if name in thresholds
-                        else find_threshold(post.score))
-    masks = structured_masks(arch, posts, {n: t.value for n, t in chosen.items()})
-    result = {name: _layer_result(posts[name], chosen[name], *masks[name], config.prior)
-              for name in posts}
+        if name in thresholds:
+            chosen[name] = Threshold(thresholds[name], "given", math.nan)
+        elif post.per_weight:
+            chosen[name] = Threshold(SVD_LOG_ALPHA_THRESHOLD, "sparse-vd", math.nan)
+        else:
+            chosen[name] = find_threshold(post.score)
+    values = {n: t.value for n, t in chosen.items()}
+    masks = structured_masks(arch, posts, values)
+    w_masks = weight_masks(posts, values)
+    result = {name: _layer_result(posts[name], chosen[name], *masks[name], config.prior,
+                                  w_masks.get(name)) for name in posts}
 
     torch.manual_seed(seed)
     posterior, moments, dims = {}, {}, {}
     for name, layer in layers.items():
-        for var, value in layer.q_scale.draws(draws).items():
-            arr = value.cpu().double().numpy()
-            posterior[f"{name}.{var}"] = arr.reshape(chains, draws // chains, *arr.shape[1:])
-            if var == "z":
-                dims[f"{name}.z"] = [f"{name}_group"]
         post, res = posts[name], result[name]
         wdims = [f"{name}_out", f"{name}_in"] + ([f"{name}_kh", f"{name}_kw"]
                                                  if post.kind == "conv" else [])
         moments[f"{name}.w_mean"] = (wdims, post.w_mean)
         moments[f"{name}.w_var"] = (wdims, post.w_var)
+        if post.per_weight:  # Sparse VD: scores and keep decisions per weight, no z to draw
+            moments[f"{name}.score"] = (wdims, post.score)
+            moments[f"{name}.kept"] = (wdims, res.weights_kept_mask.astype(np.int8))
+            continue
+        for var, value in layer.q_scale.draws(draws).items():
+            arr = value.cpu().double().numpy()
+            posterior[f"{name}.{var}"] = arr.reshape(chains, draws // chains, *arr.shape[1:])
+            if var == "z":
+                dims[f"{name}.z"] = [f"{name}_group"]
         moments[f"{name}.score"] = ([f"{name}_group"], post.score)
         moments[f"{name}.kept"] = ([f"{name}_group"], res.groups_kept_mask.astype(np.int8))
     attrs = {"prior": config.prior, "model": config.model, "data": config.data,
-             "score": "log_alpha" if config.prior == "gnj" else "-E[log z]"}
-    write_netcdf(to_inference_data(posterior, moments, dims, attrs), run / POSTERIOR)
+             "score": SCORE_NAMES[config.prior]}
+    if posterior:
+        write_netcdf(to_inference_data(posterior, moments, dims, attrs), run / POSTERIOR)
+    else:  # nothing is drawn: the moments alone, as a plain netCDF dataset
+        write_moments_netcdf(moments, attrs, run / POSTERIOR)
 
     _write_csv(pd.DataFrame(_group_rows(result)), run / GROUPS)
     _write_csv(pd.DataFrame([r.row for r in result.values()]), run / LAYERS)
@@ -178,25 +210,29 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
     return result
 
 
-def _layer_result(post, threshold, in_mask, out_mask, prior) -> LayerAnalysis:
+def _layer_result(post, threshold, in_mask, out_mask, prior, w_mask=None) -> LayerAnalysis:
     from pbc.posterior import bit_precision, kept_weight_mask
 
     keep_w = kept_weight_mask(post.kind, post.w_mean.shape, in_mask, out_mask)
+    if w_mask is not None:
+        keep_w = keep_w & w_mask
     groups_mask = in_mask if post.kind == "linear" else out_mask
     bits = bit_precision(post.w_mean[keep_w], post.w_var[keep_w])
     row = {"layer": post.name, "kind": post.kind, "groups_total": int(groups_mask.size),
            "groups_kept": int(groups_mask.sum()), "in_kept": int(in_mask.sum()),
            "out_kept": int(out_mask.sum()), "weights_total": int(post.w_mean.size),
            "weights_kept": int(keep_w.sum()), **bits, "threshold": threshold.value,
-           "threshold_on": "log_alpha" if prior == "gnj" else "-E[log z]",
+           "threshold_on": SCORE_NAMES[prior],
            "threshold_method": threshold.method, "separation": threshold.separation}
-    return LayerAnalysis(post, threshold, in_mask, out_mask, groups_mask, row)
+    return LayerAnalysis(post, threshold, in_mask, out_mask, groups_mask, keep_w, row)
 
 
 def _group_rows(result: dict[str, LayerAnalysis]) -> list[dict]:
     rows = []
     for name, r in result.items():
         p = r.post
+        if p.per_weight:
+            continue
         for i in range(p.z_mean.size):
             rows.append({"layer": name, "index": i, "z_mean": p.z_mean[i], "z_var": p.z_var[i],
                          "log_alpha": p.log_alpha[i] if p.log_alpha is not None else math.nan,
@@ -233,19 +269,17 @@ def _save_arviz_plot(plot, path: Path, title: str) -> None:
 
 def _figures(run: Path, result: dict[str, LayerAnalysis], prior: str,
              posterior: dict[str, np.ndarray]) -> None:
-    from pbc.posterior import kept_weight_mask
-
     fig_dir = run / "figures"
-    score_label = "log α" if prior == "gnj" else "−E[log z]"
-    report.score_histograms({n: (r.post.score, r.threshold.value) for n, r in result.items()},
-                            score_label, fig_dir / "scores.png")
-    report.weight_scatter({n: (r.post.w_mean, r.post.w_var,
-                               kept_weight_mask(r.post.kind, r.post.w_mean.shape, r.in_mask,
-                                                r.out_mask)) for n, r in result.items()},
-                          fig_dir / "weights.png")
+    report.score_histograms({n: (r.post.score.ravel(), r.threshold.value)
+                             for n, r in result.items()},
+                            SCORE_LABELS[prior], fig_dir / "scores.png")
+    report.weight_scatter({n: (r.post.w_mean, r.post.w_var, r.weights_kept_mask)
+                           for n, r in result.items()}, fig_dir / "weights.png")
     az = _arviz()
     new_api = arviz_major() >= 1
     for name, r in result.items():
+        if r.post.per_weight:
+            continue
         order = np.argsort(r.post.score)
         pick = order[np.linspace(0, order.size - 1, min(24, order.size)).round().astype(int)]
         dim = f"{name}_group"

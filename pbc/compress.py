@@ -1,12 +1,17 @@
 """The ``compress`` stage: posterior → pruned, quantised plain networks and a packed file.
 
-Reads a trained and analysed run (``checkpoint.pt``, ``analysis.json`` thresholds) and writes
+Reads a trained run (``checkpoint.pt``; for the Bayesian methods also the analyse stage's
+``analysis.json`` thresholds).  Each method supplies a :class:`CompressionPlan` — BC-GNJ,
+BC-GHS and Sparse VD from their posterior (:func:`posterior_plan`), Deep Compression and
+soft weight-sharing from their own modules — and one shared path writes
 
 * ``pruned.pt`` — the structured export: pruned units and channels physically removed
   (a ``select`` layer picks single kept inputs of a linear layer), holding ``E[w]``
-  (DESIGN §5.1–5.2, the network of the paper's Table 1);
-* ``quantised.pt`` — the same at each layer's posterior bit precision: fixed point with step
-  ``2^−t`` (``t`` significand bits, §5.3);
+  (DESIGN §5.1–5.2, the network of the paper's Table 1); single pruned weights of the
+  unstructured methods are zeros in it;
+* ``quantised.pt`` — the same, quantised: fixed point with step ``2^−t`` at each layer's
+  posterior bit precision (``t`` significand bits, §5.3) for the Bayesian methods, the
+  method's codebook for DC (k-means) and SWS (mixture means);
 * ``model.pbcz`` — the quantised net packed as relative-index CSR (5-bit indices for linear
   layers, 8-bit for convolutions) with Huffman-coded value and index streams (§5.4);
 * ``compression.json`` — per-layer sizes and bits, errors, rates, byte counts.
@@ -14,8 +19,11 @@ Reads a trained and analysed run (``checkpoint.pt``, ``analysis.json`` threshold
 Size conventions (all rates have the weights of the original 32-bit network as numerator,
 biases excluded from both sides, as in the paper):
 
-* ``pruning`` = |w| / |w kept|;
-* ``fast_prediction`` = 32·|w| / Σ_l |w kept|_l · bits_l  (dense pruned layers, bits = 1 + e + t);
+* ``nonzero_fraction`` = |w ≠ 0| / |w| and ``pruning`` = |w| / |w ≠ 0|, counting the nonzero
+  weights of the pruned export (for the structured methods these are the kept weights);
+* ``fast_prediction`` = 32·|w| / Σ_l |w kept|_l · bits_l  (the dense pruned layers, which for
+  the unstructured methods keep every unit that still has a weight; bits = 1 + e + t for the
+  fixed-point methods, the codebook index bits for DC and SWS);
 * ``max_compression`` = 32·|w| / 8·Σ_l (Huffman value bytes + Huffman index bytes +
   4·codebook entries) — the weights' share of the packed file.
 * ``file_bytes`` is the whole packed file; ``accounted_bytes`` = header + Σ per-layer parts
@@ -25,7 +33,8 @@ biases excluded from both sides, as in the paper):
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +46,13 @@ from pbc.data import load_dataset
 from pbc.export import load_packed, packed_meta, save_export
 from pbc.infer import classification_error
 from pbc.io import StageError, read_json, write_json
-from pbc.posterior import bit_precision, kept_weight_mask, layer_moments, structured_masks
+from pbc.posterior import (
+    bit_precision,
+    kept_weight_mask,
+    layer_moments,
+    structured_masks,
+    weight_masks,
+)
 from pbc.train import load_run, posterior_mean_network
 
 INDEX_BITS = {"linear": 5, "conv": 8}     # relative-index bits of the CSR streams
@@ -158,43 +173,105 @@ def _network(arch: Architecture, state: dict) -> torch.nn.Module:
     return net.eval()
 
 
-def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
-    """Run the compress stage on an analysed run; returns the ``compression.json`` record."""
-    run = Path(run_dir)
-    config, arch, net, _ = load_run(run)
-    if config.prior == "none":
-        raise StageError(f"{run}: a deterministic run (prior 'none') has no posterior")
+@dataclass
+class Quantised:
+    """One layer's quantisation: ``codebook[codes]`` are its weights; ``bits`` the record's
+    bit fields (``bits`` = bits per weight of the dense fast-prediction format)."""
+
+    codes: np.ndarray
+    codebook: np.ndarray
+    bits: dict
+
+
+@dataclass
+class CompressionPlan:
+    """What a method hands to the shared export → quantise → pack → account path.
+
+    ``state`` is the trained network's plain state dict (posterior means for the Bayesian
+    methods); ``weight_keep`` the unstructured keep masks of the methods that prune single
+    weights (applied before the structured export); ``masks`` the structured
+    ``(in_mask, out_mask)`` per weighted layer; ``quantise(name, w)`` quantises the pruned
+    weights of a layer; ``thresholds`` is recorded per layer (``None`` where none applies).
+    """
+
+    state: dict[str, torch.Tensor]
+    masks: dict[str, tuple[np.ndarray, np.ndarray]]
+    quantise: Callable[[str, np.ndarray], Quantised]
+    weight_keep: dict[str, np.ndarray] = field(default_factory=dict)
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+
+
+def posterior_plan(run: Path, arch: Architecture, net) -> CompressionPlan:
+    """BC-GNJ, BC-GHS and Sparse VD: the analyse stage's thresholds prune groups (or single
+    weights), and each layer is rounded to fixed point at its posterior bit precision."""
     if not (run / "analysis.json").is_file():
         raise MissingStage(f"{run}: no analysis.json; run `pbc analyse {run}` first")
     thresholds = read_json(run / "analysis.json")["thresholds"]
     posts = {layer.site: layer_moments(layer) for layer in net.bayes_layers()}
     masks = structured_masks(arch, posts, thresholds)
+    w_keep = weight_masks(posts, thresholds)
     full = posterior_mean_network(net, arch).cpu().eval()
-    structured = structured_export(arch, full.state_dict(), masks)
+
+    def quantise(name: str, w: np.ndarray) -> Quantised:
+        post = posts[name]
+        keep = kept_weight_mask(post.kind, post.w_mean.shape, *masks[name])
+        if name in w_keep:
+            keep = keep & w_keep[name]
+        bits = bit_precision(post.w_mean[keep], post.w_var[keep])
+        codes, codebook, t_used = fixed_point_codes(w, bits["significand_bits"])
+        return Quantised(codes, codebook, {**bits, "codebook_significand_bits": t_used})
+
+    return CompressionPlan(full.state_dict(), masks, quantise, w_keep, dict(thresholds))
+
+
+def _method_plan(run: Path, config, arch: Architecture, net) -> CompressionPlan:
+    if config.prior == "none":
+        raise StageError(f"{run}: a deterministic run (prior 'none') has nothing to compress; "
+                         f"train with --prior gnj|ghs|svd|sws|dc")
+    if config.prior == "dc":
+        from pbc.deep_compression import compression_plan
+        return compression_plan(net, arch)
+    if config.prior == "sws":
+        from pbc.soft_sharing import compression_plan
+        return compression_plan(net, arch)
+    return posterior_plan(run, arch, net)
+
+
+def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
+    """Run the compress stage on a trained run (analysed first where the method has a
+    posterior); returns the ``compression.json`` record."""
+    run = Path(run_dir)
+    config, arch, net, _ = load_run(run)
+    plan = _method_plan(run, config, arch, net)
+    full = _network(arch, plan.state)
+    state = dict(plan.state)
+    for name, keep in plan.weight_keep.items():
+        state[f"{name}.weight"] = state[f"{name}.weight"] * torch.from_numpy(keep)
+    structured = structured_export(arch, state, plan.masks)
+    specs = {s.name: s for s in arch.weighted_layers()}
 
     layers, fixed_w, kmeans_w, packed = [], {}, {}, []
     for name in structured.weighted:
-        post, (in_m, out_m) = posts[name], masks[name]
-        keep = kept_weight_mask(post.kind, post.w_mean.shape, in_m, out_m)
-        bits = bit_precision(post.w_mean[keep], post.w_var[keep])
+        spec, (in_m, out_m) = specs[name], plan.masks[name]
         w = structured.state[f"{name}.weight"].numpy()
-        codes, codebook, t_used = fixed_point_codes(w, bits["significand_bits"])
-        fixed_w[f"{name}.weight"] = torch.from_numpy(codebook[codes])
-        kb = (kmeans_bits or {}).get(name, KMEANS_BITS[post.kind])
+        q = plan.quantise(name, w)
+        fixed_w[f"{name}.weight"] = torch.from_numpy(q.codebook[q.codes])
+        kb = (kmeans_bits or {}).get(name, KMEANS_BITS[spec.kind])
         k_codes, k_book = kmeans_codes(w, kb)
         kmeans_w[f"{name}.weight"] = torch.from_numpy(k_book[k_codes])
         packed.append(codec.PackedLayer(
-            name=name, shape=tuple(w.shape), codes=codes, codebook=codebook,
+            name=name, shape=tuple(w.shape), codes=q.codes, codebook=q.codebook,
             bias=structured.state[f"{name}.bias"].numpy().astype(np.float32),
-            index_bits=INDEX_BITS[post.kind]))
-        layers.append({"name": name, "kind": post.kind,
-                       "groups_total": int(post.z_mean.size),
-                       "groups_kept": int((in_m if post.kind == "linear" else out_m).sum()),
+            index_bits=INDEX_BITS[spec.kind]))
+        groups = in_m if spec.kind == "linear" else out_m
+        layers.append({"name": name, "kind": spec.kind,
+                       "groups_total": int(groups.size), "groups_kept": int(groups.sum()),
                        "in_kept": int(in_m.sum()), "out_kept": int(out_m.sum()),
-                       "weights_total": int(post.w_mean.size), "weights_kept": int(w.size),
-                       "threshold": thresholds[name], **bits,
-                       "codebook_size": int(codebook.size), "codebook_significand_bits": t_used,
-                       "nonzero_quantised": int((codes != 0).sum()),
+                       "weights_total": int(plan.state[f"{name}.weight"].numel()),
+                       "weights_kept": int(w.size), "weights_nonzero": int((w != 0).sum()),
+                       "threshold": plan.thresholds.get(name), **q.bits,
+                       "codebook_size": int(q.codebook.size),
+                       "nonzero_quantised": int((q.codes != 0).sum()),
                        "kmeans_bits": kb})
 
     pruned_net = _network(structured.arch, structured.state)
@@ -235,11 +312,12 @@ def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
 
 def _rates(layers: list[dict], sizes: dict) -> dict:
     n_w = sum(r["weights_total"] for r in layers)
-    n_kept = sum(r["weights_kept"] for r in layers)
     fast_bits = sum(r["weights_kept"] * r["bits"] for r in layers)
     weight_bytes = sum(p["values_bytes"] + p["index_bytes"] + p["codebook_bytes"]
                        for p in sizes["layers"].values())
-    return {"pruning": n_w / n_kept, "fast_prediction": 32 * n_w / fast_bits,
+    n_nonzero = sum(r["weights_nonzero"] for r in layers)
+    return {"nonzero_fraction": n_nonzero / n_w, "pruning": n_w / n_nonzero,
+            "fast_prediction": 32 * n_w / fast_bits,
             "max_compression": 32 * n_w / (8 * weight_bytes)}
 
 

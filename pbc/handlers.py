@@ -12,7 +12,8 @@ layer's pre-activation instead of its weights.  With ``z`` drawn per example ``n
 
       mean = z ⊙ (conv(x, μ) + μ_b),    var = z² ⊙ (conv(x², σ²) + σ_b²)
 
-and ``out = mean + √var · ε``, ``ε ~ N(0, 1)``.  The layers of ``pbc.layers`` sample
+and ``out = mean + √var · ε``, ``ε ~ N(0, 1)``.  A layer without group scales (Sparse VD's
+per-weight posterior) is the special case ``z = 1``.  The layers of ``pbc.layers`` sample
 ``z``, ``w`` and ``b`` as named sites and call the effectful ``layer_output``; this handler
 
 1. does not draw the guide's sites marked ``infer={"local_reparam": True}`` — the global
@@ -49,6 +50,10 @@ class LocalReparameterization(Messenger):
 def local_reparam_output(layer, x: torch.Tensor) -> torch.Tensor:
     """One draw of ``layer``'s output for the batch ``x`` (``(N, ...)``), ``z`` per example."""
     w_loc, w_var, b_loc, b_var = layer.variational_moments()
+    if layer.q_scale is None:  # per-weight posterior (Sparse VD): no group scale
+        mean = layer.functional(x, w_loc, b_loc)
+        var = layer.functional(x * x, w_var, b_var)
+        return mean + torch.sqrt(var + _VAR_EPS) * torch.randn_like(mean)
     z = layer.q_scale.rsample_per_example(x.shape[0])  # (N, G)
     if layer.groups_on_input:
         xz = x * z

@@ -71,10 +71,11 @@ class BayesLayer(PyroModule):
         self.prior = prior
         out_features, fan_in = weight_shape[0], math.prod(weight_shape[1:])
         self.n_groups = weight_shape[1] if self.groups_on_input else weight_shape[0]
-        self.scale_guide = prior.guide(self.n_groups, init_scale=1.0 / math.sqrt(fan_in))
+        # None for a per-weight prior (Sparse VD): the layer then has no z
+        self.add_module("scale_guide", prior.guide(self.n_groups, init_scale=fan_in ** -0.5))
         # w = z·w̃ starts with the usual 1/√fan_in weights whatever z starts at
-        w_init = torch.randn(weight_shape) / math.sqrt(fan_in)
-        self.w_loc = nn.Parameter(w_init / self.group_view(self.q_scale.mean().detach()))
+        self.w_loc = nn.Parameter(torch.randn(weight_shape) / math.sqrt(fan_in)
+                                  / self._z_view_of_mean())
         self.w_logvar = nn.Parameter(torch.empty(weight_shape).normal_(-9.0, 1e-2))
         self.b_loc = nn.Parameter(torch.zeros(out_features))
         self.b_logvar = nn.Parameter(torch.empty(out_features).normal_(-9.0, 1e-2))
@@ -88,9 +89,15 @@ class BayesLayer(PyroModule):
         raise NotImplementedError
 
     @property
-    def q_scale(self) -> nn.Module:
-        """The variational module of ``z`` (see ``pbc.guides``)."""
+    def q_scale(self) -> nn.Module | None:
+        """The variational module of ``z`` (see ``pbc.guides``); ``None`` without groups."""
         return self._modules["scale_guide"]
+
+    @torch.no_grad()
+    def _z_view_of_mean(self):
+        """``E[z]`` laid along the weight's group dimension (``1.0`` without groups)."""
+        q = self.q_scale
+        return 1.0 if q is None else self.group_view(q.mean())
 
     def variational_moments(self):
         """``(μ, σ²)`` of ``w̃`` and of ``b̃`` — four tensors of the weight and bias shapes."""
@@ -102,13 +109,15 @@ class BayesLayer(PyroModule):
         """Model half: sample ``z``, ``w | z``, ``b`` from the prior and apply the layer."""
         p = self._parameters
         w_like, b_like = p["w_loc"], p["b_loc"]
+        if self.q_scale is None:  # per-weight prior (Sparse VD): w ~ p(w), b ~ N(0, 1)
+            w = pyro.sample(f"{self.site}.w", self.prior.weight_prior(w_like.shape, w_like))
+            b = pyro.sample(f"{self.site}.b", self._standard_bias_prior(b_like))
+            return layer_output(self, x, w, b)
         z = self.prior.sample_scales(self.site, self.n_groups, w_like)
         w = pyro.sample(f"{self.site}.w",
                         GroupScaledNormal.standard_prior(w_like.shape, self.group_view(z), w_like))
         if self.groups_on_input:
-            zero, one = b_like.new_zeros(()), b_like.new_ones(())
-            # event dim: output units (out,)
-            b_prior = dist.Normal(zero, one).expand(b_like.shape).to_event(1)
+            b_prior = self._standard_bias_prior(b_like)
         else:
             b_prior = GroupScaledNormal.standard_prior(b_like.shape, z, b_like)
         b = pyro.sample(f"{self.site}.b", b_prior)
@@ -117,22 +126,38 @@ class BayesLayer(PyroModule):
     def guide(self) -> None:
         """Guide half: ``z ~ q(z)``, then ``w̃ ~ N(μ, σ²)``, ``b̃ ~ N(μ_b, σ_b²)``."""
         p = self._parameters
+        if self.q_scale is None:  # per-weight q(w) = N(θ, σ²), additive parameterisation
+            # event dims: the whole weight tensor
+            w_q = dist.Normal(p["w_loc"], (0.5 * p["w_logvar"]).exp()).to_event(p["w_loc"].dim())
+            pyro.sample(f"{self.site}.w", w_q, infer=DEFERRED)
+            pyro.sample(f"{self.site}.b", self._bias_guide(), infer=DEFERRED)
+            return
         z = self.q_scale.sample(self.site)
         pyro.sample(f"{self.site}.w",
                     GroupScaledNormal(p["w_loc"], z=self.group_view(z), logvar=p["w_logvar"]),
                     infer=DEFERRED)
-        if self.groups_on_input:
-            # event dim: output units (out,)
-            b_q = dist.Normal(p["b_loc"], (0.5 * p["b_logvar"]).exp()).to_event(1)
-        else:
-            b_q = GroupScaledNormal(p["b_loc"], z=z, logvar=p["b_logvar"])
+        b_q = (self._bias_guide() if self.groups_on_input
+               else GroupScaledNormal(p["b_loc"], z=z, logvar=p["b_logvar"]))
         pyro.sample(f"{self.site}.b", b_q, infer=DEFERRED)
+
+    @staticmethod
+    def _standard_bias_prior(like):
+        zero, one = like.new_zeros(()), like.new_ones(())
+        # event dim: output units (out,)
+        return dist.Normal(zero, one).expand(like.shape).to_event(1)
+
+    def _bias_guide(self):
+        p = self._parameters
+        # event dim: output units (out,)
+        return dist.Normal(p["b_loc"], (0.5 * p["b_logvar"]).exp()).to_event(1)
 
     # -- posterior summaries --------------------------------------------------------------------
     @torch.no_grad()
     def posterior_mean(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(E[w], E[b])``: ``E[z]·μ`` (eq. 9) and ``μ_b`` (``E[z]·μ_b`` for a conv)."""
         w_loc, _, b_loc, _ = self.variational_moments()
+        if self.q_scale is None:
+            return w_loc.clone(), b_loc.clone()
         z = self.q_scale.mean()
         bias = b_loc if self.groups_on_input else z * b_loc
         return self.group_view(z) * w_loc, bias.clone()
@@ -152,10 +177,10 @@ class BayesLayer(PyroModule):
     def load_point_estimate(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """Start the posterior means from a deterministic net's weights: ``μ = w / E[z]``
         (and ``μ_b = b / E[z]`` for a conv), so that :meth:`posterior_mean` returns them."""
-        z = self.q_scale.mean()
-        self._parameters["w_loc"].copy_(weight / self.group_view(z))
+        self._parameters["w_loc"].copy_(weight / self._z_view_of_mean())
         if bias is not None:
-            self._parameters["b_loc"].copy_(bias if self.groups_on_input else bias / z)
+            unscaled = self.groups_on_input or self.q_scale is None
+            self._parameters["b_loc"].copy_(bias if unscaled else bias / self.q_scale.mean())
 
 
 class BayesLinear(BayesLayer):

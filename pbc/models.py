@@ -80,8 +80,12 @@ class BayesNet(nn.Module):
             layer.guide()
 
     def clip_variances(self, max_var: float | None) -> None:
-        """Bound every layer's weight variance ``σ²`` by ``max_var`` (no-op for ``None``)."""
-        if max_var is not None:
+        """Bound every layer's weight variance ``σ²`` by ``max_var`` (no-op for ``None``).
+
+        Group priors only: Sparse VD bounds ``log α`` inside its KL instead, and its pruned
+        weights need ``σ² ≫ θ²``.
+        """
+        if max_var is not None and self.prior.groups:
             for layer in self._bayes:
                 layer.clip_variances(max_var)
 

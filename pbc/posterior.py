@@ -20,21 +20,28 @@ import torch
 
 from pbc.guides import NormalScaleGuide
 from pbc.models import Architecture
+from pbc.priors import log_alpha_of
 
 
 @dataclass
 class LayerPosterior:
-    """Posterior summaries of one Bayesian layer (numpy arrays on the CPU)."""
+    """Posterior summaries of one Bayesian layer (numpy arrays on the CPU).
+
+    A per-weight posterior (Sparse VD, ``per_weight=True``) has no ``z``: its ``z_*``,
+    ``e_log_z`` and ``log_mode`` are ``None`` and ``log_alpha`` has the weight's shape.
+    """
 
     name: str
     kind: str                   # "linear" | "conv"
-    z_mean: np.ndarray          # (G,)  E[z]
-    z_var: np.ndarray           # (G,)  Var[z]
-    e_log_z: np.ndarray         # (G,)  E[log|z|]
-    log_mode: np.ndarray        # (G,)  log of the posterior mode of z (GHS; GNJ: log|μ|)
-    log_alpha: np.ndarray | None  # (G,) GNJ dropout rates, None for GHS
+    z_mean: np.ndarray | None   # (G,)  E[z]
+    z_var: np.ndarray | None    # (G,)  Var[z]
+    e_log_z: np.ndarray | None  # (G,)  E[log|z|]
+    log_mode: np.ndarray | None  # (G,) log of the posterior mode of z (GHS; GNJ: log|μ|)
+    log_alpha: np.ndarray | None  # (G,) GNJ dropout rates, None for GHS; weight shape for SVD
     w_mean: np.ndarray          # weight shape, E[w]
     w_var: np.ndarray           # weight shape, Var[w]
+    b_mean: np.ndarray          # (out,) E[b]
+    per_weight: bool = False
 
     @property
     def score(self) -> np.ndarray:
@@ -45,7 +52,18 @@ class LayerPosterior:
 def layer_moments(layer) -> LayerPosterior:
     """Posterior moments of a :class:`pbc.layers.BayesLayer`."""
     w_loc, w_var, _, _ = layer.variational_moments()
+    _, b_mean = layer.posterior_mean()
     q = layer.q_scale
+
+    def np_(t):
+        return t.detach().cpu().double().numpy()
+
+    kind = "linear" if layer.groups_on_input else "conv"
+    if q is None:  # Sparse VD: q(w) = N(θ, σ²) per weight
+        return LayerPosterior(
+            name=layer.site, kind=kind, z_mean=None, z_var=None, e_log_z=None, log_mode=None,
+            log_alpha=np_(log_alpha_of(w_loc, w_var.sqrt())), w_mean=np_(w_loc),
+            w_var=np_(w_var), b_mean=np_(b_mean), per_weight=True)
     z_mean, z_var = q.mean(), q.variance()
     e_log, v_log = q.log_z_moments()
     zm, zv = layer.group_view(z_mean), layer.group_view(z_var)
@@ -53,19 +71,15 @@ def layer_moments(layer) -> LayerPosterior:
     w_var_total = zv * (w_loc.pow(2) + w_var) + zm.pow(2) * w_var
     gnj = isinstance(q, NormalScaleGuide)
     log_mode = z_mean.abs().log() if gnj else e_log - v_log
-
-    def np_(t):
-        return t.detach().cpu().double().numpy()
-
     return LayerPosterior(
-        name=layer.site, kind="linear" if layer.groups_on_input else "conv",
+        name=layer.site, kind=kind,
         z_mean=np_(z_mean), z_var=np_(z_var), e_log_z=np_(e_log), log_mode=np_(log_mode),
         log_alpha=np_(q.log_alpha()) if gnj else None,
-        w_mean=np_(w_mean), w_var=np_(w_var_total))
+        w_mean=np_(w_mean), w_var=np_(w_var_total), b_mean=np_(b_mean))
 
 
 def prune_score(post: LayerPosterior) -> np.ndarray:
-    """``log α`` (GNJ) or ``−E[log z]`` (GHS): groups with a score above the threshold go."""
+    """``log α`` (GNJ groups, SVD weights) or ``−E[log z]`` (GHS): above the threshold goes."""
     return post.log_alpha if post.log_alpha is not None else -post.e_log_z
 
 
@@ -140,10 +154,31 @@ def propagate_masks(arch: Architecture, group_masks: dict[str, np.ndarray]
     return {s.name: (ins[i], outs[i]) for i, s in enumerate(specs)}
 
 
+def groups_of_weights(kind: str, weight_kept: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Group keep mask implied by an unstructured weight mask, exactly: a linear layer's input
+    unit goes when its whole column is pruned; a conv filter only when all its weights are
+    pruned *and* its bias is zero (otherwise it still outputs a constant)."""
+    if kind == "linear":
+        return weight_kept.any(axis=0)
+    return weight_kept.reshape(weight_kept.shape[0], -1).any(axis=1) | (bias != 0)
+
+
+def weight_masks(posts: dict[str, LayerPosterior], thresholds: dict[str, float]
+                 ) -> dict[str, np.ndarray]:
+    """Unstructured keep masks (weight shape) of per-weight posteriors: score ``≤`` threshold."""
+    return {n: p.score <= thresholds[n] for n, p in posts.items() if p.per_weight}
+
+
 def structured_masks(arch: Architecture, posts: dict[str, LayerPosterior],
                      thresholds: dict[str, float]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Keep the groups whose prune score is ``≤`` their layer's threshold, then propagate."""
-    return propagate_masks(arch, {n: p.score <= thresholds[n] for n, p in posts.items()})
+    """Keep the groups whose prune score is ``≤`` their layer's threshold, then propagate.
+
+    For a per-weight posterior the groups are those that keep a weight
+    (:func:`groups_of_weights`)."""
+    w_masks = weight_masks(posts, thresholds)
+    groups = {n: (groups_of_weights(p.kind, w_masks[n], p.b_mean) if p.per_weight
+                  else p.score <= thresholds[n]) for n, p in posts.items()}
+    return propagate_masks(arch, groups)
 
 
 def kept_weight_mask(kind: str, shape: tuple[int, ...], in_mask, out_mask) -> np.ndarray:

@@ -116,17 +116,19 @@ class ImproperLogUniform(TorchDistribution):
     """The improper scale-invariant (Jeffreys) prior ``p(z) ∝ 1/|z|``, elementwise.
 
     It has no sampler; in SVI its site is always replayed from the guide.  ``log_prob`` is
-    ``−log|z|`` (unnormalised).
+    ``−log|z|`` (unnormalised).  ``log_alpha_clip = (lo, hi)`` clamps the dropout rate inside
+    its KL (Sparse VD's ``[−8, 8]``); ``None`` (the group scales of BC-GNJ) does not.
     """
 
     arg_constraints = {}
     support = constraints.real
 
-    def __init__(self, batch_shape, validate_args=None):
+    def __init__(self, batch_shape, validate_args=None, log_alpha_clip=None):
+        self.log_alpha_clip = log_alpha_clip
         super().__init__(torch.Size(batch_shape), torch.Size(), validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
-        return ImproperLogUniform(batch_shape)
+        return ImproperLogUniform(batch_shape, log_alpha_clip=self.log_alpha_clip)
 
     def sample(self, sample_shape=torch.Size()):
         raise NotImplementedError("the log-uniform prior is improper and cannot be sampled")
@@ -148,7 +150,10 @@ def log_alpha_of(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 @register_kl(torch.distributions.Normal, ImproperLogUniform)
 def _kl_normal_log_uniform(q, p):
-    return -neg_kl_log_uniform(log_alpha_of(q.loc, q.scale))
+    log_alpha = log_alpha_of(q.loc, q.scale)
+    if p.log_alpha_clip is not None:
+        log_alpha = log_alpha.clamp(*p.log_alpha_clip)
+    return -neg_kl_log_uniform(log_alpha)
 
 
 @register_kl(GroupScaledNormal, GroupScaledNormal)
@@ -243,6 +248,10 @@ def _kl_factor_inverse_gamma(q, p):
 class GroupPrior:
     """A prior family on group scales.  Subclasses emit the model's ``z`` sites.
 
+    ``groups = False`` marks a per-weight prior without group scales (Sparse VD): its layers
+    have no ``z``, ``weight_prior(shape, like)`` is the prior of ``w`` itself and ``guide``
+    returns ``None``.
+
     ``sample_scales(layer, n_groups, like)`` returns ``z`` of shape ``(n_groups,)``;
     ``guide(n_groups, init_scale)`` builds the matching variational module (``pbc.guides``);
     ``init_scale`` is the layer's weight scale (``1/√fan_in``), which a prior with a global
@@ -250,6 +259,7 @@ class GroupPrior:
     """
 
     name: str = ""
+    groups: bool = True
 
     def sample_scales(self, layer: str, n_groups: int, like: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -330,11 +340,41 @@ class GroupHorseshoe(GroupPrior):
         return {"name": self.name, "tau0": self.tau0}
 
 
-PRIORS = {"gnj": GroupNormalJeffreys, "ghs": GroupHorseshoe}
+class SparseVD(GroupPrior):
+    """Sparse variational dropout (Molchanov et al. 2017): ``p(w_ij) ∝ 1/|w_ij|`` per weight.
+
+    No group scales: site ``<layer>.w`` (weight shape, one event) has the log-uniform prior
+    and the guide ``q(w) = N(θ, σ²)`` in the additive parameterisation (``θ`` and ``log σ²``
+    are the parameters, ``α = σ²/θ²`` is derived).  Its KL is Molchanov et al.'s
+    approximation with ``log α`` clipped to ``[−8, 8]``; a weight is pruned when
+    ``log α ≥ 3`` (:data:`SVD_LOG_ALPHA_THRESHOLD`).  Biases keep the ``N(0, 1)`` prior.
+    """
+
+    name = "svd"
+    groups = False
+    log_alpha_clip = (-8.0, 8.0)
+
+    def __init__(self):
+        self._cache = {}
+
+    def weight_prior(self, shape, like: torch.Tensor):
+        shape = torch.Size(shape)
+        if shape not in self._cache:
+            self._cache[shape] = ImproperLogUniform(
+                shape, log_alpha_clip=self.log_alpha_clip).to_event(len(shape))
+        return self._cache[shape]
+
+    def guide(self, n_groups, init_scale=1.0):
+        return None
+
+
+SVD_LOG_ALPHA_THRESHOLD = 3.0
+
+PRIORS = {"gnj": GroupNormalJeffreys, "ghs": GroupHorseshoe, "svd": SparseVD}
 
 
 def make_prior(name: str, tau0: float = 1e-5) -> GroupPrior:
-    """Build a prior by its short name (``gnj`` or ``ghs``; ``tau0`` is the horseshoe's)."""
+    """Build a prior by its short name (``gnj``, ``ghs``, ``svd``; ``tau0`` is the horseshoe's)."""
     if name not in PRIORS:
         raise ValueError(f"unknown prior {name!r}; choose from {sorted(PRIORS)}")
-    return GroupHorseshoe(tau0) if name == "ghs" else GroupNormalJeffreys()
+    return GroupHorseshoe(tau0) if name == "ghs" else PRIORS[name]()

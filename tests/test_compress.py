@@ -131,8 +131,15 @@ def test_compress_end_to_end(analysed_run, idx_dir, capsys):
     assert rec["packed_bytes"] == (run / "model.pbcz").stat().st_size == rec["accounted_bytes"]
     assert rec["packed_matches_quantised"] == {"same_argmax": True, "max_abs_logit_diff": 0.0}
     assert rec["error"]["packed"] == rec["error"]["quantised"]
-    assert set(rec["rates"]) == {"pruning", "fast_prediction", "max_compression"}
-    assert all(v >= 1.0 for v in rec["rates"].values())
+    rates = rec["rates"]
+    assert set(rates) == {"nonzero_fraction", "pruning", "fast_prediction", "max_compression"}
+    assert all(rates[k] >= 1.0 for k in ("pruning", "fast_prediction", "max_compression"))
+    n_w = sum(r["weights_total"] for r in rec["layers"])
+    n_nz = sum(r["weights_nonzero"] for r in rec["layers"])
+    assert rates["nonzero_fraction"] == pytest.approx(n_nz / n_w)
+    assert rates["pruning"] == pytest.approx(n_w / n_nz)
+    assert rates["fast_prediction"] == pytest.approx(
+        32 * n_w / sum(r["weights_kept"] * r["bits"] for r in rec["layers"]))
     for row in rec["layers"]:
         assert {"name", "groups_total", "groups_kept", "bits"} <= set(row)
     capsys.readouterr()

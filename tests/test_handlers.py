@@ -44,6 +44,8 @@ def _set_nontrivial_params(layer):
     p["b_logvar"].copy_(-2.0 + 0.3 * torch.randn_like(p["b_logvar"]))
     g = layer.q_scale
     n = layer.n_groups
+    if g is None:  # Sparse VD: no group scales
+        return
     if layer.prior.name == "gnj":
         g.loc.copy_(torch.linspace(0.5, 1.5, n))
         g.logvar.copy_(torch.full((n,), math.log(0.3**2)))
@@ -78,7 +80,8 @@ def _moments(y):
 # Explicit draws per case.  Across 10 seeds these sizes gave max |Δvar|/SE ≤ 3.2 and
 # max relative variance error ≤ 0.13 over all output units, against limits 5 and 0.2.
 CASES = [("linear", "gnj", 4000), ("conv", "gnj", 4000),
-         ("linear", "ghs", 2500), ("conv", "ghs", 2500)]
+         ("linear", "ghs", 2500), ("conv", "ghs", 2500),
+         ("linear", "svd", 4000), ("conv", "svd", 4000)]
 
 
 @pytest.mark.parametrize("kind, prior_name, n_draws", CASES)
