@@ -61,7 +61,9 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--model", choices=sorted(ARCHITECTURES), default="lenet300")
     if with_prior:
         p.add_argument("--prior", choices=PRIOR_CHOICES, default="gnj",
-                       help="group scale prior; 'none' trains a plain deterministic net")
+                       help="gnj, ghs: Bayesian compression; svd: Sparse VD; sws: soft "
+                            "weight-sharing; dc: Deep Compression (sws and dc need "
+                            "--init-from); none: a plain deterministic net")
     p.add_argument("--data", choices=DATASETS, default="fashion-mnist")
     p.add_argument("--data-dir", help="directory holding the dataset files")
     p.add_argument("--download", action="store_true", help="download missing data (online)")
@@ -81,6 +83,8 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
                         "(Louizos et al.'s clip_var)")
     p.add_argument("--kl-warmup", type=_nonnegative_int, default=0,
                    help="epochs of linear KL annealing (0: none)")
+    p.add_argument("--sws-tau", type=_positive_float, default=0.005,
+                   help="sws: weight of the mixture prior against the mean cross-entropy")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="run directory")
@@ -112,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--threads", type=_positive_int, help="torch CPU threads (recorded)")
     be.add_argument("--repeats", type=_positive_int, default=20)
     be.add_argument("--warmup", type=_nonnegative_int, default=3)
+    rp = sub.add_parser("report", help="comparison PDF (and CSV tables) from run directories")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rp.add_argument("--out", required=True, help="the PDF; NAME.table1/table2/mdl.csv beside it")
     demo = sub.add_parser("demo", help="the main job end to end on the default data")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--data-dir")
@@ -129,7 +136,7 @@ def _train_config(args, prior: str):
         download=args.download, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         lr_schedule=args.lr_schedule,
         seed=args.seed, device=args.device, subset=args.subset, init_from=args.init_from,
-        resume=args.resume, tau0=args.tau0, kl_warmup=args.kl_warmup,
+        resume=args.resume, tau0=args.tau0, kl_warmup=args.kl_warmup, sws_tau=args.sws_tau,
         max_weight_var=args.max_weight_var, threads=args.threads,
         progress=not args.no_progress)
 
@@ -208,6 +215,15 @@ def run(args) -> int:
             energy = f", {v['energy_j']:.3f} J" if v["energy_j"] is not None else ""
             print(f"  {v['name']:>9}: {v['median_s'] * 1e3:8.2f} ms  speed-up "
                   f"{v['speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x){energy}")
+        return 0
+    if args.command == "report":
+        from pbc.report_pdf import build_report
+
+        if Path(args.out).suffix.lower() != ".pdf":
+            raise UsageError(f"--out must name a .pdf file, got {args.out!r}")
+        r = build_report(args.run_dirs, args.out)
+        print(f"{r.pdf}: {len(r.pages)} pages from {len(r.runs)} runs; tables "
+              f"{', '.join(str(p) for p in r.csv.values())}")
         return 0
     if args.command == "demo":
         from pbc.demo import run_demo

@@ -243,6 +243,10 @@ def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
     run = Path(run_dir)
     config, arch, net, _ = load_run(run)
     plan = _method_plan(run, config, arch, net)
+    empty = [n for n, (in_m, out_m) in plan.masks.items() if not in_m.any() or not out_m.any()]
+    if empty:
+        raise StageError(f"{run}: every unit of {', '.join(empty)} is pruned, so the network "
+                         f"is a constant; train with a weaker prior or fewer pruning steps")
     full = _network(arch, plan.state)
     state = dict(plan.state)
     for name, keep in plan.weight_keep.items():

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pbc.data import load_dataset
+from pbc.deep_compression import MaskedNetwork
 from pbc.infer import LN2, MeanFieldELBO, classification_error
 from pbc.io import (
     ArtefactError,
@@ -41,8 +42,10 @@ from pbc.io import (
 )
 from pbc.models import ARCHITECTURES, Architecture, BayesNet, build_network, make_architecture
 from pbc.priors import PRIORS, make_prior
+from pbc.soft_sharing import SoftSharingNet
 
-PRIOR_CHOICES = ("none", *PRIORS)
+BASELINES = ("sws", "dc")   # methods trained from a plain network without a Bayesian layer
+PRIOR_CHOICES = ("none", *PRIORS, *BASELINES)
 LR_SCHEDULES = ("cosine", "constant")
 CHECKPOINT, CONFIG, METRICS = "checkpoint.pt", "config.json", "metrics.jsonl"
 
@@ -73,6 +76,7 @@ class TrainConfig:
     tau0: float = 1e-5
     max_weight_var: float | None = 0.04
     kl_warmup: int = 0
+    sws_tau: float = 0.005
     threads: int | None = None
     progress: bool = True
 
@@ -96,6 +100,11 @@ class TrainConfig:
             raise ValueError(f"subset must be at least 1, got {self.subset}")
         if not self.tau0 > 0:
             raise ValueError(f"tau0 must be positive, got {self.tau0}")
+        if self.prior in BASELINES and not self.init_from and not self.resume:
+            raise ValueError(f"--prior {self.prior} retrains a trained plain network: pass "
+                             f"--init-from RUN (from `pbc pretrain`)")
+        if not self.sws_tau > 0:
+            raise ValueError(f"sws_tau must be positive, got {self.sws_tau}")
         if self.max_weight_var is not None and not self.max_weight_var > 0:
             raise ValueError(f"max_weight_var must be positive, got {self.max_weight_var}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -126,15 +135,21 @@ def environment() -> dict:
 
 
 def build(config: TrainConfig, arch: Architecture) -> torch.nn.Module:
-    """The network a config trains: plain for ``prior="none"``, else a :class:`BayesNet`."""
+    """The network a config trains: plain for ``prior="none"``, a :class:`BayesNet` for the
+    Bayesian priors, the baselines' own networks for ``sws`` and ``dc``."""
     if config.prior == "none":
         return build_network(arch)
+    if config.prior == "dc":
+        return MaskedNetwork(arch)
+    if config.prior == "sws":
+        return SoftSharingNet(arch)
     return BayesNet(arch, make_prior(config.prior, tau0=config.tau0))
 
 
 def posterior_mean_network(net: torch.nn.Module, arch: Architecture) -> torch.nn.Module:
-    """A plain network holding ``E[w]`` (or ``net`` itself when it is already plain)."""
-    if not isinstance(net, BayesNet):
+    """A plain network holding ``E[w]`` (the point estimates for SWS, the masked weights for
+    DC; ``net`` itself when it is already plain)."""
+    if not hasattr(net, "posterior_mean_state_dict"):
         return net
     plain = build_network(arch).to(next(net.parameters()).device)
     plain.load_state_dict(net.posterior_mean_state_dict())
@@ -194,7 +209,7 @@ def _start(config: TrainConfig, out: Path, net, optim) -> tuple[int, list[dict]]
     ckpt = load_torch(out / CHECKPOINT)
     saved = read_json(out / CONFIG)["config"]
     for key in ("model", "prior", "data", "batch_size", "seed", "subset", "tau0", "lr",
-                "lr_schedule", "max_weight_var"):
+                "lr_schedule", "max_weight_var", "sws_tau"):
         if saved.get(key) != getattr(config, key):
             raise ArtefactError(f"{out}: cannot resume: {key} was {saved.get(key)!r}, "
                                 f"now {getattr(config, key)!r}")
@@ -238,12 +253,13 @@ def train(config: TrainConfig) -> TrainResult:
     net = build(config, arch)
     if config.init_from and not config.resume:
         state = load_point_estimate(config.init_from)
-        if isinstance(net, BayesNet):
+        if hasattr(net, "load_point_estimate"):
             net.load_point_estimate(state)
         else:
             net.load_state_dict(state)
     net.to(device)
-    optim = torch.optim.Adam(net.parameters(), lr=config.lr)
+    params = net.param_groups() if hasattr(net, "param_groups") else net.parameters()
+    optim = torch.optim.Adam(params, lr=config.lr)
     start, metrics = _start(config, out, net, optim)
     write_json(out / CONFIG, {"config": dataclasses.asdict(config), "arch": arch.to_dict(),
                               "dataset": {"name": data.name, "source": data.source,
@@ -277,7 +293,11 @@ def train(config: TrainConfig) -> TrainResult:
 def _train_epoch(config, net, elbo, optim, x, y, n, epoch) -> dict:
     """One pass over the shuffled training set; returns the epoch's metrics record."""
     batches = _batches(n, config.batch_size, config.seed, epoch)
-    bayes = isinstance(net, BayesNet)
+    svi = hasattr(net, "model")       # BayesNet and SoftSharingNet: the (MAP-)ELBO
+    if hasattr(net, "before_epoch"):  # Deep Compression's pruning schedule
+        net.before_epoch(epoch, config.epochs)
+    # SWS weighs its complexity by τ against the full-data log-likelihood
+    kl_scale = config.sws_tau if config.prior == "sws" else 1.0
     sums = {"loss": 0.0, "expected_loglik": 0.0, "kl": 0.0}
     net.train()
     t0 = time.perf_counter()
@@ -287,10 +307,11 @@ def _train_epoch(config, net, elbo, optim, x, y, n, epoch) -> dict:
         idx_dev = idx.to(x.device)
         xb, yb = x[idx_dev], y[idx_dev]
         optim.zero_grad(set_to_none=True)
+        lr = learning_rate(config, epoch, step, len(batches))
         for group in optim.param_groups:
-            group["lr"] = learning_rate(config, epoch, step, len(batches))
-        if bayes:
-            beta = kl_weight(config, epoch, step, len(batches))
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        if svi:
+            beta = kl_scale * kl_weight(config, epoch, step, len(batches))
             terms = elbo(net.model, net.guide, xb, yb, subsample=idx_dev, size=n, kl_weight=beta)
             loss = terms.loss
         else:
@@ -303,16 +324,20 @@ def _train_epoch(config, net, elbo, optim, x, y, n, epoch) -> dict:
                 f"{kept}")
         loss.backward()
         optim.step()
-        if bayes:
+        if isinstance(net, BayesNet):
             net.clip_variances(config.max_weight_var)
+        if hasattr(net, "after_step"):   # Deep Compression: pruned weights stay 0
+            net.after_step()
         sums["loss"] += loss.item()
-        if bayes:
+        if svi:
             sums["expected_loglik"] += terms.expected_loglik.item()
             sums["kl"] += terms.kl.item()
     seconds = time.perf_counter() - t0
     steps = len(batches)
     record = {"epoch": epoch + 1, "seconds": seconds}
-    if bayes:
+    if hasattr(net, "before_epoch"):
+        record["kept_fraction"] = net.kept_fraction()
+    if svi:
         record.update({"elbo": -sums["loss"] / steps, "expected_loglik":
                        sums["expected_loglik"] / steps, "kl": sums["kl"] / steps,
                        "kl_bits": sums["kl"] / steps / LN2, "kl_weight": beta})

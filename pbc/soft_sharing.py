@@ -1,0 +1,311 @@
+"""Soft weight-sharing (Ullrich, Meeds & Welling 2017) as a baseline: ``pbc train --prior sws``.
+
+Generative model (a Pyro model; every weight is a point estimate, i.e. a ``Delta`` guide)::
+
+    λ_j ~ Gamma(α_j, rate β_j)                  site "sws.precision"  (J,)
+    w_i ~ Σ_j π_j N(μ_j, 1/λ_j)                 site "<layer>.w"      (weight shape)
+    y | x, w ~ Categorical(f(x; w, b))          site "obs"
+
+with ``J = 17`` components, component 0 fixed at ``μ_0 = 0`` with fixed ``π_0 = 0.99`` (the
+pruning component), and ``μ_1…μ_16``, ``log λ``, and the logits of ``π_1…π_16`` (which share
+``1 − π_0``) learned with the weights (empirical Bayes).  The guide is
+``Delta(w) · Delta(λ)``, so :class:`pbc.infer.MeanFieldELBO`'s "KL" of each site is the
+complexity cost ``−log p(w)`` (resp. ``−log p(λ)``) at the point estimate — registered below
+as ``KL(Delta ‖ ·)``.  As in the paper, ``L = −log p(T | X, w) − τ·log p(w, λ)``: the
+complexity is weighted by ``τ`` against the full-data log-likelihood (``--sws-tau``,
+default 0.005, the paper's value; the authors' tutorial uses 0.003 with the mean
+cross-entropy and ``τ/N``, the same thing).
+
+Hyperpriors as in the authors' tutorial: ``Gamma(5000, rate 2)`` on the zero component's
+precision and ``Gamma(250, rate 0.1)`` on the others'.  Initialisation: equal non-zero mixing
+proportions (tutorial); means evenly spaced over the range of the pretrained weights (the
+tutorial uses a fixed ``[−0.6, 0.6]``, wider than lenet300's weights); precisions at their
+hyperprior's mode, ``σ ≈ 0.02`` (the tutorial starts at ``σ = 0.25`` and lets the hyperprior
+pull them in, which a short run does not finish: with ``σ_0 = 0.25`` and ``π_0 = 0.99`` every
+weight is most responsible to the zero component).  Learning rates relative to the
+weights' (:data:`LR_SCALES`) follow the tutorial's Adam settings (weights 5e-4, means 1e-4,
+log-precisions and mixing logits 3e-3).  Training starts from a plain network
+(``--init-from``).
+
+Post-processing (:func:`merge_components`, :func:`quantise_to_components`): components whose
+symmetric KL divergence is below ``merge_kl`` are merged (moment matching, the zero
+component absorbing its partners), then each weight takes the mean of its most responsible
+component, exactly 0 for the zero component.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch import nn
+from torch.distributions import constraints
+from torch.distributions.kl import register_kl
+from torch.func import functional_call
+
+from pbc.architectures import Architecture, build_network
+
+N_COMPONENTS = 17
+PI_ZERO = 0.99
+INIT_MEAN_RANGE = 0.6          # until load_point_estimate spreads the means over the weights
+GAMMA_ZERO = (5000.0, 2.0)    # (concentration, rate) on the zero component's precision
+GAMMA_OTHER = (250.0, 0.1)
+DEFAULT_TAU = 0.005
+MERGE_KL = 0.1
+LR_SCALES = {"means": 0.2, "log_precision": 6.0, "mix_logits": 6.0}
+
+
+class _MixtureNLL(torch.autograd.Function):
+    """``−Σ_i log Σ_j exp(log π_j) N(w_i | μ_j, 1/λ_j)`` with a hand-written backward.
+
+    Autograd through ``MixtureSameFamily`` keeps about thirty ``(n, J)`` temporaries per step
+    (130 ms for lenet300's 266 200 weights × 17 components on one thread); this keeps two.
+    """
+
+    @staticmethod
+    def forward(ctx, w, log_pi, mu, lam):
+        d = w.reshape(-1, 1) - mu                                    # (n, J)
+        e = d * d
+        e.mul_(-0.5 * lam).add_(log_pi + 0.5 * torch.log(lam / (2 * math.pi)))
+        m = e.amax(1, keepdim=True)
+        e.sub_(m).exp_()
+        total = e.sum(1, keepdim=True)
+        log_p = (m + total.log()).sum()
+        e.div_(total)                                                # responsibilities r
+        ctx.save_for_backward(e, d, lam)
+        ctx.w_shape = w.shape
+        return -log_p
+
+    @staticmethod
+    def backward(ctx, g):
+        r, d, lam = ctx.saved_tensors
+        rd = r * d
+        grad_w = g * (rd @ lam).reshape(ctx.w_shape) if ctx.needs_input_grad[0] else None
+        sum_rd = rd.sum(0)
+        sum_rd2 = rd.mul_(d).sum(0)
+        resp = r.sum(0)
+        return (grad_w,
+                -g * resp,                                          # ∂/∂log π
+                -g * lam * sum_rd,                                  # ∂/∂μ
+                -g * (resp / (2 * lam) - 0.5 * sum_rd2))            # ∂/∂λ
+
+
+class GaussianMixtureWeights(TorchDistribution):
+    """``w_i ~ Σ_j π_j N(μ_j, 1/λ_j)`` i.i.d. over a whole weight tensor (one event).
+
+    ``log_prob(w)`` is the event's total log-density, computed by :class:`_MixtureNLL`.
+    """
+
+    arg_constraints = {}
+    support = constraints.real
+
+    def __init__(self, log_pi, mu, lam, event_shape, validate_args=None):
+        self.log_pi, self.mu, self.lam = log_pi, mu, lam
+        super().__init__(torch.Size(), torch.Size(event_shape), validate_args=validate_args)
+
+    def log_prob(self, value):
+        if value.shape != self.event_shape:
+            raise ValueError(f"expected one event of shape {tuple(self.event_shape)}, "
+                             f"got {tuple(value.shape)}")
+        return -_MixtureNLL.apply(value, self.log_pi, self.mu, self.lam)
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape) + self.event_shape
+        with torch.no_grad():
+            j = torch.distributions.Categorical(logits=self.log_pi).sample(shape)
+            return self.mu[j] + self.lam[j].rsqrt() * torch.randn(shape, dtype=self.mu.dtype)
+
+
+@register_kl(dist.Delta, torch.distributions.Gamma)
+@register_kl(dist.Delta, GaussianMixtureWeights)
+def _kl_delta(q, p):
+    """A point estimate's complexity cost ``−log p(v)`` (plus the Delta's own log-density,
+    0 by default, so that the value is ``log q(v) − log p(v)``)."""
+    lp = p.log_prob(q.v)
+    return q.log_density - lp
+
+
+class MixturePrior(nn.Module):
+    """The learned mixture ``Σ_j π_j N(μ_j, 1/λ_j)`` and its precision hyperprior."""
+
+    def __init__(self, n_components: int = N_COMPONENTS, pi_zero: float = PI_ZERO):
+        super().__init__()
+        j = n_components
+        self.pi_zero = pi_zero
+        self.means = nn.Parameter(torch.linspace(-INIT_MEAN_RANGE, INIT_MEAN_RANGE, j - 1))
+        alpha = torch.tensor([GAMMA_ZERO[0]] + [GAMMA_OTHER[0]] * (j - 1))
+        beta = torch.tensor([GAMMA_ZERO[1]] + [GAMMA_OTHER[1]] * (j - 1))
+        self.log_precision = nn.Parameter(((alpha - 1) / beta).log())   # hyperprior modes
+        self.mix_logits = nn.Parameter(torch.zeros(j - 1))
+        self.register_buffer("gamma_concentration", alpha)
+        self.register_buffer("gamma_rate", beta)
+
+    def mixing(self) -> torch.Tensor:
+        """``π``, shape ``(J,)``: ``π_0`` fixed, the rest a softmax sharing ``1 − π_0``."""
+        rest = (1.0 - self.pi_zero) * torch.softmax(self.mix_logits, 0)
+        return torch.cat([rest.new_tensor([self.pi_zero]), rest])
+
+    def all_means(self) -> torch.Tensor:
+        return torch.cat([self.means.new_zeros(1), self.means])
+
+    def precision(self) -> torch.Tensor:
+        return self.log_precision.exp()
+
+    def distribution(self, shape, precision: torch.Tensor | None = None
+                     ) -> GaussianMixtureWeights:
+        """The prior of one weight tensor of ``shape``."""
+        lam = self.precision() if precision is None else precision
+        return GaussianMixtureWeights(self.mixing().log(), self.all_means(), lam, shape)
+
+    def hyperprior(self) -> dist.Distribution:
+        # event dim: components (J,)
+        return dist.Gamma(self.gamma_concentration, self.gamma_rate).to_event(1)
+
+    @torch.no_grad()
+    def components(self) -> Components:
+        return Components(self.mixing().double().numpy(), self.all_means().double().numpy(),
+                          (1.0 / self.precision()).double().numpy())
+
+
+class SoftSharingNet(nn.Module):
+    """A plain network of ``arch`` under the mixture prior, with ``model``/``guide``."""
+
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        self.arch = arch
+        self.body = build_network(arch)
+        self.prior = MixturePrior()
+        self.weighted = [s.name for s in arch.weighted_layers()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def param_groups(self) -> list[dict]:
+        """Optimiser groups with an ``lr_scale`` each (weights 1, mixture :data:`LR_SCALES`)."""
+        groups = [{"params": list(self.body.parameters()), "lr_scale": 1.0}]
+        groups += [{"params": [getattr(self.prior, name)], "lr_scale": scale}
+                   for name, scale in LR_SCALES.items()]
+        return groups
+
+    def model(self, x, y=None, subsample=None, size=None):
+        lam = pyro.sample("sws.precision", self.prior.hyperprior())
+        weights = {}
+        for name in self.weighted:
+            shape = getattr(self.body, name).weight.shape
+            weights[f"{name}.weight"] = pyro.sample(
+                f"{name}.w", self.prior.distribution(shape, lam))
+        logits = functional_call(self.body, weights, (x,), strict=False)
+        n = x.shape[0]
+        # plate dim -1: examples of the minibatch, a subsample of `size` training examples
+        with pyro.plate("data", size or n, subsample=subsample if subsample is not None
+                        else torch.arange(n, device=x.device)):
+            return pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
+
+    def guide(self, x=None, y=None, subsample=None, size=None):
+        pyro.sample("sws.precision", dist.Delta(self.prior.precision()).to_event(1))
+        for name in self.weighted:
+            w = getattr(self.body, name).weight
+            pyro.sample(f"{name}.w", dist.Delta(w, event_dim=w.dim()))
+
+    @torch.no_grad()
+    def posterior_mean_state_dict(self) -> dict[str, torch.Tensor]:
+        """The point estimates (unquantised)."""
+        return {k: v.clone() for k, v in self.body.state_dict().items()}
+
+    @torch.no_grad()
+    def load_point_estimate(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a plain network's weights and spread the means over their range."""
+        self.body.load_state_dict(state)
+        w = torch.cat([state[f"{n}.weight"].flatten() for n in self.weighted])
+        self.prior.means.copy_(torch.linspace(w.min().item(), w.max().item(),
+                                              self.prior.means.numel()))
+
+
+@dataclass
+class Components:
+    """A 1-D Gaussian mixture as numpy arrays ``(J,)``; index 0 is the zero component."""
+
+    pi: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+
+
+def _sym_kl(m1, v1, m2, v2) -> float:
+    """Symmetric KL between ``N(m1, v1)`` and ``N(m2, v2)``."""
+    d = (m1 - m2) ** 2
+    return 0.5 * ((v1 + d) / v2 + (v2 + d) / v1) - 1.0
+
+
+def merge_components(c: Components, merge_kl: float = MERGE_KL) -> Components:
+    """Merge pairs of components closer than ``merge_kl`` (symmetric KL), closest first.
+
+    A merged pair keeps the total ``π`` and the moment-matched mean and variance; a pair that
+    includes the zero component stays the zero component (mean exactly 0).
+    """
+    pi, mean, var = (list(map(float, a)) for a in (c.pi, c.mean, c.var))
+    while len(pi) > 1:
+        best, pair = math.inf, None
+        for i in range(len(pi)):
+            for j in range(i + 1, len(pi)):
+                k = _sym_kl(mean[i], var[i], mean[j], var[j])
+                if k < best:
+                    best, pair = k, (i, j)
+        if best >= merge_kl:
+            break
+        i, j = pair
+        p = pi[i] + pi[j]
+        m = (pi[i] * mean[i] + pi[j] * mean[j]) / p
+        v = (pi[i] * (var[i] + mean[i] ** 2) + pi[j] * (var[j] + mean[j] ** 2)) / p - m * m
+        if i == 0:
+            m = 0.0
+        pi[i], mean[i], var[i] = p, m, v
+        del pi[j], mean[j], var[j]
+    return Components(np.array(pi), np.array(mean), np.array(var))
+
+
+def responsibilities_argmax(w: np.ndarray, c: Components) -> np.ndarray:
+    """Index of the most responsible component for each weight (shape of ``w``)."""
+    x = w.astype(np.float64).ravel()[:, None]
+    log_r = (np.log(c.pi) - 0.5 * np.log(2 * np.pi * c.var)
+             - 0.5 * (x - c.mean) ** 2 / c.var)
+    return log_r.argmax(axis=1).reshape(w.shape)
+
+
+def quantise_to_components(w: np.ndarray, c: Components) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, codebook)`` with ``codebook[codes]`` the quantised weights: each weight at its
+    most responsible component's mean, 0 (code 0) for the zero component.  The codebook
+    keeps only the non-zero components some weight uses, in order of their means."""
+    resp = responsibilities_argmax(w, c)
+    used = np.unique(resp[resp != 0])
+    used = used[np.argsort(c.mean[used])]
+    codebook = np.concatenate([[0.0], c.mean[used]]).astype(np.float32)
+    lookup = np.zeros(c.pi.size, np.int64)
+    lookup[used] = np.arange(1, used.size + 1)
+    return lookup[resp], codebook
+
+
+def compression_plan(net: SoftSharingNet, arch: Architecture):
+    """The compress stage's plan: zero-component weights pruned, the rest shared."""
+    from pbc.compress import CompressionPlan, Quantised
+    from pbc.posterior import groups_of_weights, propagate_masks
+
+    state = {k: v.cpu() for k, v in net.posterior_mean_state_dict().items()}
+    comps = merge_components(net.prior.components())
+    kinds = {s.name: s.kind for s in arch.weighted_layers()}
+    keep = {n: responsibilities_argmax(state[f"{n}.weight"].numpy(), comps) != 0 for n in kinds}
+    groups = {n: groups_of_weights(kinds[n], keep[n], state[f"{n}.bias"].numpy())
+              for n in kinds}
+    index_bits = max(1, math.ceil(math.log2(comps.pi.size)))
+
+    def quantise(name: str, w: np.ndarray) -> Quantised:
+        codes, codebook = quantise_to_components(w, comps)
+        return Quantised(codes, codebook, {"bits": index_bits,
+                                           "components_merged": int(comps.pi.size)})
+
+    return CompressionPlan(state, propagate_masks(arch, groups), quantise, keep,
+                           {n: None for n in kinds})
