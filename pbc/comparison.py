@@ -1,0 +1,363 @@
+"""Run directories' artefacts → the comparison report's tables (pandas); nothing is drawn here.
+
+Every number in a table is a value read from an artefact of a run directory (or from
+:mod:`pbc.paper`); nothing is trained, sampled or re-estimated.  The only arithmetic is
+bookkeeping on those values, named where it happens: the kept units of a layer are
+``out_kept`` for a convolution and ``in_kept`` for a linear layer (the paper's Table 1
+convention); ``nonzero_pct`` is ``100·Σ weights_nonzero / Σ weights_total`` over the layers
+of ``compression.json`` (``weights_kept`` in artefacts older than that field);
+``packed_bits`` is ``8 ×`` a byte count.  A missing artefact leaves its cells empty
+(``NaN``/``<NA>``) and the row's ``note`` names the file.
+
+Tables (long form, one CSV each, see :func:`write_tables`):
+
+* :func:`table1` — one row per (run or paper row) × weighted layer: units kept, bits;
+* :func:`table2` — one row per run or paper row: errors, ``|w≠0|/|w|``, the three rates;
+* :func:`mdl_table` — one row per run × layer (and one per run, ``layer="(run)"``): the KL
+  term in bits beside the packed size in bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from pbc import paper
+from pbc.io import ArtefactError, StageError, atomic_write, read_json, read_jsonl
+
+CONFIG, METRICS, LAYERS, ANALYSIS = "config.json", "metrics.jsonl", "layers.csv", "analysis.json"
+COMPRESSION, BENCH = "compression.json", "bench.json"
+ARTEFACTS = (CONFIG, METRICS, LAYERS, ANALYSIS, COMPRESSION, BENCH)
+BENCH_FIGURES = ("bench.png",)    # written by the bench stage, drawn afresh from bench.json
+RUN_LAYER = "(run)"               # the layer name of a run-level row in the MDL table
+KL_NOT_RECORDED = "per-layer KL not recorded (no kl_bits in layers.csv or analysis.json)"
+
+
+@dataclass
+class Run:
+    """One run directory's artefacts, as read (``None``: the file is absent)."""
+
+    path: Path
+    label: str                                  # short unique name: the directory's name
+    saved: dict                                 # config.json: config, arch, dataset, environment
+    metrics: list[dict] = field(default_factory=list)
+    layers: pd.DataFrame | None = None
+    analysis: dict | None = None
+    compression: dict | None = None
+    bench: dict | None = None
+    figures: list[Path] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def config(self) -> dict:
+        return self.saved["config"]
+
+    @property
+    def model(self) -> str:
+        return self.config["model"]
+
+    @property
+    def prior(self) -> str:
+        return self.config["prior"]
+
+    @property
+    def method(self) -> str:
+        return paper.method_name(self.prior)
+
+    @property
+    def data(self) -> str:
+        return self.config.get("data", "")
+
+    @property
+    def git_commit(self) -> str | None:
+        return self.saved.get("environment", {}).get("git_commit")
+
+    def weighted_layers(self) -> list[dict]:
+        """config.json's weighted layers (``linear``/``conv``) in order: name, kind, sizes."""
+        return [s for s in self.saved.get("arch", {}).get("layers", [])
+                if s.get("kind") in ("linear", "conv")]
+
+
+def load_run_dir(path) -> Run:
+    """Read every artefact of a run directory that is there; needs at least ``config.json``.
+
+    Raises :class:`StageError` for a path that is not a run directory and
+    :class:`ArtefactError` for an artefact that cannot be read.
+    """
+    run = Path(path)
+    if not run.is_dir():
+        raise StageError(f"{run}: no such run directory")
+    if not (run / CONFIG).is_file():
+        raise StageError(f"{run}: not a run directory (no {CONFIG}); "
+                         f"give directories written by `pbc train`")
+    saved = read_json(run / CONFIG)
+    cfg = saved.get("config") if isinstance(saved, dict) else None
+    if not isinstance(cfg, dict) or "model" not in cfg or "prior" not in cfg:
+        raise ArtefactError(f"{run / CONFIG}: no config.model / config.prior")
+    r = Run(path=run, label=run.resolve().name, saved=saved)
+    r.missing = [name for name in ARTEFACTS if not (run / name).is_file()]
+    r.metrics = read_jsonl(run / METRICS)
+    if (run / LAYERS).is_file():
+        try:
+            r.layers = pd.read_csv(run / LAYERS)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise ArtefactError(f"{run / LAYERS}: not a readable CSV ({e})") from None
+    for name, attr in ((ANALYSIS, "analysis"), (COMPRESSION, "compression"), (BENCH, "bench")):
+        if (run / name).is_file():
+            setattr(r, attr, read_json(run / name))
+    r.figures = _analysis_figures(run, r.analysis)
+    return r
+
+
+def load_runs(paths) -> list[Run]:
+    """:func:`load_run_dir` for each path; labels made unique (``name``, ``name#2``, …)."""
+    runs = [load_run_dir(p) for p in paths]
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[r.label] = seen.get(r.label, 0) + 1
+        if seen[r.label] > 1:
+            r.label = f"{r.label}#{seen[r.label]}"
+    return runs
+
+
+def _analysis_figures(run: Path, analysis: dict | None) -> list[Path]:
+    """The analyse stage's PNGs: ``analysis.json["figures"]`` if listed, else figures/*.png
+    less the bench stage's chart."""
+    if analysis and isinstance(analysis.get("figures"), list):
+        paths = [run / p for p in analysis["figures"]]
+        return [p for p in paths if p.suffix.lower() == ".png" and p.is_file()]
+    return sorted(p for p in (run / "figures").glob("*.png") if p.name not in BENCH_FIGURES)
+
+
+def _missing_note(run: Run, *names: str) -> str:
+    gone = [n for n in names if n in run.missing]
+    return f"no {' or '.join(gone)}" if gone else ""
+
+
+def _compression_layers(run: Run) -> tuple[list[dict], str]:
+    """Per-layer records (name, kind, in_kept, out_kept, weights…, bits) and their artefact."""
+    if run.compression is not None:
+        return run.compression.get("layers", []), COMPRESSION
+    if run.layers is not None:
+        frame = run.layers.rename(columns={"layer": "name"})
+        return frame.to_dict("records"), LAYERS
+    return [], ""
+
+
+def _units_total(spec: dict | None) -> int | None:
+    if spec is None:
+        return None
+    return spec["out_size"] if spec["kind"] == "conv" else spec["in_size"]
+
+
+def table1(runs: list[Run]) -> pd.DataFrame:
+    """Pruned architecture and bit precision per weighted layer (the paper's Table 1).
+
+    Columns: ``source`` (``run``/``paper``), ``model``, ``method``, ``run``, ``layer_index``,
+    ``layer``, ``kind``, ``units_total`` (config.json arch: conv out_size, linear in_size),
+    ``units_kept`` (compression.json — or layers.csv — conv ``out_kept``, linear ``in_kept``),
+    ``kept_from``, ``bits``, ``artefact``, ``note``.  Paper rows follow each model's runs'
+    layer names when the lengths match.
+    """
+    rows: list[dict] = []
+    for model, members in _by_model(runs).items():
+        specs = members[0].weighted_layers()
+        for prow in paper.rows_for(model):
+            n = len(prow.architecture or prow.bits or specs)
+            names = ([s["name"] for s in specs] if len(specs) == n
+                     else [f"layer{i + 1}" for i in range(n)])
+            for i, name in enumerate(names):
+                arch, bits = prow.architecture, prow.bits
+                rows.append({
+                    "source": "paper", "model": model, "method": prow.method, "run": None,
+                    "layer_index": i, "layer": name,
+                    "kind": specs[i]["kind"] if len(specs) == n else None,
+                    "units_total": None, "units_kept": arch[i] if arch else None,
+                    "kept_from": None, "bits": bits[i] if bits else None,
+                    "artefact": "pbc.paper",
+                    "note": "" if (arch or bits) else "paper value not read"})
+        for run in members:
+            records, artefact = _compression_layers(run)
+            by_name = {rec["name"]: rec for rec in records}
+            note = _missing_note(run, COMPRESSION) if artefact != COMPRESSION else ""
+            if artefact == LAYERS:
+                note += "; kept units and bits from layers.csv (analyse stage)"
+            elif not artefact:
+                note = _missing_note(run, COMPRESSION, LAYERS)
+            specs_run = run.weighted_layers() or [{"name": r["name"], "kind": r["kind"]}
+                                                  for r in records]
+            for i, spec in enumerate(specs_run):
+                rec = by_name.get(spec["name"])
+                kept_from = "out_kept" if spec["kind"] == "conv" else "in_kept"
+                rows.append({
+                    "source": "run", "model": model, "method": run.method, "run": run.label,
+                    "layer_index": i, "layer": spec["name"], "kind": spec["kind"],
+                    "units_total": _units_total(spec) if "in_size" in spec else None,
+                    "units_kept": rec.get(kept_from) if rec else None,
+                    "kept_from": kept_from if rec else None,
+                    "bits": rec.get("bits") if rec else None,
+                    "artefact": artefact if rec else "", "note": note.strip("; ")})
+    return _typed(pd.DataFrame(rows, columns=_T1_COLUMNS), _T1_INTS)
+
+
+_T1_COLUMNS = ["source", "model", "method", "run", "layer_index", "layer", "kind", "units_total",
+               "units_kept", "kept_from", "bits", "artefact", "note"]
+_T1_INTS = ["layer_index", "units_total", "units_kept", "bits"]
+
+
+def table2(runs: list[Run]) -> pd.DataFrame:
+    """Errors, ``|w≠0|/|w|`` and compression rates (the paper's Table 2).
+
+    Run rows: ``error_full``/``error_pruned``/``error_quantised``/``error_kmeans``/
+    ``error_packed`` (fractions, compression.json ``error``), ``test_error_last_epoch``
+    (metrics.jsonl), ``weights_total``/``weights_kept`` (sums over compression.json layers),
+    ``nonzero_pct``, ``pruning``/``fast_prediction``/``max_compression`` (compression.json
+    ``rates``), ``packed_bytes``.  Paper rows: ``paper_error_pct`` (a percentage, as printed),
+    ``nonzero_pct`` and the rates.
+    """
+    rows: list[dict] = []
+    for model, members in _by_model(runs).items():
+        for prow in paper.rows_for(model):
+            if prow.method == "original":
+                continue
+            known = any(v is not None for v in (prow.error_pct, prow.nonzero_pct, prow.pruning,
+                                                 prow.fast_prediction, prow.max_compression))
+            rows.append({"source": "paper", "model": model, "method": prow.method,
+                         "paper_error_pct": prow.error_pct, "nonzero_pct": prow.nonzero_pct,
+                         "pruning": prow.pruning, "fast_prediction": prow.fast_prediction,
+                         "max_compression": prow.max_compression, "artefact": "pbc.paper",
+                         "note": "" if known else "paper value not read"})
+        for run in members:
+            row = {"source": "run", "model": model, "method": run.method, "run": run.label,
+                   "test_error_last_epoch": run.metrics[-1].get("test_error")
+                   if run.metrics else None}
+            comp = run.compression
+            if comp is not None:
+                err, rates, layers = comp.get("error", {}), comp.get("rates", {}), \
+                    comp.get("layers", [])
+                for key in ("full", "pruned", "quantised", "kmeans", "packed"):
+                    row[f"error_{key}"] = err.get(key)
+                for key in ("pruning", "fast_prediction", "max_compression"):
+                    row[key] = rates.get(key)
+                total = sum(r["weights_total"] for r in layers)
+                # nonzero weights of the pruned export (single pruned weights of the
+                # unstructured methods count as gone); older artefacts lack the field
+                kept = sum(r.get("weights_nonzero", r["weights_kept"]) for r in layers)
+                row.update(weights_total=total, weights_kept=kept,
+                           nonzero_pct=100 * kept / total if total else None,
+                           packed_bytes=comp.get("packed_bytes"), artefact=COMPRESSION)
+            notes = [_missing_note(run, COMPRESSION)]
+            if not run.metrics:
+                notes.append(_missing_note(run, METRICS) or "metrics.jsonl empty")
+            row["note"] = "; ".join(n for n in notes if n)
+            rows.append(row)
+    return _typed(pd.DataFrame(rows, columns=_T2_COLUMNS), ["weights_total", "weights_kept",
+                                                           "packed_bytes"])
+
+
+_T2_COLUMNS = ["source", "model", "method", "run", "error_full", "error_pruned",
+               "error_quantised", "error_kmeans", "error_packed", "test_error_last_epoch",
+               "paper_error_pct", "weights_total", "weights_kept", "nonzero_pct", "pruning",
+               "fast_prediction", "max_compression", "packed_bytes", "artefact", "note"]
+
+
+def _layer_kl_bits(run: Run) -> tuple[dict[str, float], str]:
+    """Per-layer KL in bits, where an artefact records it: layers.csv column ``kl_bits`` or
+    analysis.json ``kl_bits`` (a dict by layer)."""
+    if run.layers is not None and "kl_bits" in run.layers.columns:
+        return dict(zip(run.layers["layer"], run.layers["kl_bits"], strict=True)), LAYERS
+    if run.analysis and isinstance(run.analysis.get("kl_bits"), dict):
+        return dict(run.analysis["kl_bits"]), ANALYSIS
+    return {}, ""
+
+
+def mdl_table(runs: list[Run]) -> pd.DataFrame:
+    """KL term (bits) beside the packed size (bits), per layer and per run.
+
+    Per layer: ``kl_bits`` only where layers.csv/analysis.json record it; ``packed_bytes`` is
+    compression.json ``size_parts[layer].total_bytes``.  Per run (``layer="(run)"``):
+    ``kl_bits`` of the last metrics.jsonl record and the whole packed file's ``packed_bytes``.
+    ``packed_bits = 8·packed_bytes``.
+    """
+    rows: list[dict] = []
+    for run in runs:
+        base = {"model": run.model, "method": run.method, "run": run.label}
+        kl, kl_src = _layer_kl_bits(run)
+        parts = (run.compression or {}).get("size_parts", {})
+        names = ([s["name"] for s in run.weighted_layers()] or list(parts)
+                 if parts or kl_src else [])     # no per-layer artefact: the run row only
+        for name in names:
+            part = parts.get(name)
+            notes = []
+            if not kl_src:
+                notes.append(KL_NOT_RECORDED)
+            if part is None:
+                notes.append(_missing_note(run, COMPRESSION) or f"no size_parts[{name}]")
+            rows.append({**base, "layer": name, "kl_bits": kl.get(name),
+                         "kl_source": kl_src if name in kl else "",
+                         "packed_bytes": part.get("total_bytes") if part else None,
+                         "packed_source": f"{COMPRESSION} size_parts" if part else "",
+                         "note": "; ".join(notes)})
+        last = run.metrics[-1] if run.metrics else {}
+        notes = []
+        if "kl_bits" not in last:
+            why = " (prior 'none' has no KL term)" if run.prior == "none" else ""
+            notes.append(_missing_note(run, METRICS) or f"no kl_bits in metrics.jsonl{why}")
+        if run.compression is None:
+            notes.append(_missing_note(run, COMPRESSION))
+        rows.append({**base, "layer": RUN_LAYER, "kl_bits": last.get("kl_bits"),
+                     "kl_source": f"{METRICS} epoch {last.get('epoch')}"
+                     if "kl_bits" in last else "",
+                     "packed_bytes": (run.compression or {}).get("packed_bytes"),
+                     "packed_source": f"{COMPRESSION} packed_bytes (whole file)"
+                     if run.compression else "",
+                     "note": "; ".join(n for n in notes if n)})
+    frame = pd.DataFrame(rows, columns=["model", "method", "run", "layer", "kl_bits",
+                                        "kl_source", "packed_bytes", "packed_bits",
+                                        "packed_source", "note"])
+    frame = _typed(frame, ["packed_bytes"])
+    frame["packed_bits"] = frame["packed_bytes"] * 8
+    return frame
+
+
+def bench_rows(run: Run) -> list[dict]:
+    """bench.json's variants, flattened: name, median_s, q25, q75, speedup, ideal, energy_j."""
+    if run.bench is None:
+        return []
+    return [{"variant": v["name"], "median_s": v["median_s"],
+             "q25": v.get("spread", {}).get("q25"), "q75": v.get("spread", {}).get("q75"),
+             "speedup": v.get("speedup"), "ideal_speedup": v.get("ideal_speedup"),
+             "energy_j": v.get("energy_j")} for v in run.bench.get("variants", [])]
+
+
+def write_tables(out_pdf, t1: pd.DataFrame, t2: pd.DataFrame, mdl: pd.DataFrame) -> dict:
+    """Write ``NAME.table1.csv``, ``NAME.table2.csv``, ``NAME.mdl.csv`` beside ``NAME.pdf``.
+
+    Floats are written with Python's shortest round-trip repr, so reading them back
+    (``pandas.read_csv``, or ``float`` of the text) gives the artefacts' values exactly.
+    """
+    out_pdf = Path(out_pdf)
+    paths = {}
+    for key, frame in (("table1", t1), ("table2", t2), ("mdl", mdl)):
+        path = out_pdf.with_name(f"{out_pdf.stem}.{key}.csv")
+        with atomic_write(path, "w") as f:
+            frame.to_csv(f, index=False)
+        paths[key] = path
+    return paths
+
+
+def _by_model(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by model, models in order of first appearance."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.model, []).append(r)
+    return groups
+
+
+def _typed(frame: pd.DataFrame, ints: list[str]) -> pd.DataFrame:
+    """Integer columns as pandas' nullable ``Int64`` (so CSV shows 752, not 752.0)."""
+    for col in ints:
+        frame[col] = pd.to_numeric(frame[col]).astype("Int64")
+    return frame

@@ -1,0 +1,509 @@
+"""``pbc report RUN_DIR… --out NAME.pdf``: a comparison PDF drawn from run artefacts only.
+
+Pages (A4 landscape), each drawn from the tables of :mod:`pbc.comparison`:
+
+1. title: data set, runs (directory, method, model, epochs, git commit, missing artefacts);
+2. Table 1: pruned architecture and bit precision per layer, beside the paper's rows;
+3. Table 2: errors, ``|w≠0|/|w|`` and the three compression rates, beside the paper's rows;
+4. Figure 1: forward-pass time per variant (bench.json), energy where measured;
+5. the analyse stage's figures (ArviZ forest plots, score histograms, …), per run;
+6. training curves from metrics.jsonl (errors, ELBO terms);
+7. MDL: the KL term in bits beside the packed size in bits.
+
+A long table continues on further pages.  ``NAME.table1.csv``, ``NAME.table2.csv`` and
+``NAME.mdl.csv`` hold the same tables unrounded.  Nothing here trains or computes statistics:
+numbers are only formatted (errors as %, rounded for display).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.image as mpimg  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+
+from pbc import comparison, paper  # noqa: E402
+from pbc.io import atomic_path  # noqa: E402
+
+PAGE = (11.69, 8.27)          # A4 landscape, inches
+DASH = "—"
+FONT = 8.5                    # table font size (pt)
+COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` wrote: the PDF, its CSV tables, and the page titles."""
+
+    pdf: Path
+    csv: dict[str, Path]
+    pages: list[str] = field(default_factory=list)
+    runs: list[comparison.Run] = field(default_factory=list)
+
+
+def build_report(run_dirs, out) -> Report:
+    """Read the run directories, write ``out`` (a PDF) and the CSV tables beside it."""
+    out = Path(out)
+    runs = comparison.load_runs(run_dirs)
+    t1, t2 = comparison.table1(runs), comparison.table2(runs)
+    mdl = comparison.mdl_table(runs)
+    result = Report(out, {}, runs=runs)
+    with atomic_path(out) as tmp:
+        with PdfPages(tmp, metadata={"Title": f"pbc comparison report: {out.stem}",
+                                     "Creator": "pbc report"}) as pdf:
+            for title, fig in _pages(runs, t1, t2, mdl):   # one open figure at a time
+                try:
+                    pdf.savefig(fig)
+                finally:
+                    plt.close(fig)
+                result.pages.append(title)
+    result.csv = comparison.write_tables(out, t1, t2, mdl)
+    return result
+
+
+# ---------------------------------------------------------------- formatting and page helpers
+
+def _missing(v) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
+def _num(v) -> str:
+    """A rate for display: 2 decimals below 10, 1 below 100, whole numbers above."""
+    if _missing(v):
+        return DASH
+    v = float(v)
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+
+
+def _as_printed(v) -> str:
+    """A paper value as the paper prints it (``108``, ``0.7``)."""
+    return DASH if _missing(v) else f"{float(v):g}"
+
+
+def _pct(fraction) -> str:
+    return DASH if _missing(fraction) else f"{100 * float(fraction):.2f}"
+
+
+def _page(title: str, subtitle: str | None = None):
+    fig = plt.figure(figsize=PAGE)
+    fig.text(0.04, 0.955, title, fontsize=15, weight="bold", va="top")
+    if subtitle:
+        fig.text(0.04, 0.91, textwrap.fill(subtitle, 175), fontsize=9.5, va="top",
+                 color="#333333")
+    return fig
+
+
+def _notes(fig, lines: list[str], y: float = 0.035, width: int = 190) -> None:
+    """Wrapped footnotes at the bottom of the page, growing upwards from ``y``."""
+    text = "\n".join(textwrap.fill(s, width) for s in lines if s)
+    if text:
+        fig.text(0.04, y, text, fontsize=7.5, va="bottom", color="#333333", linespacing=1.35)
+
+
+TABLE_RECT = (0.04, 0.17, 0.92, 0.71)   # left, bottom, width, height (figure fraction)
+CHAR_EM = 0.55                          # mean glyph width (em) used to wrap cell text
+
+
+def _row_inches(lines: int, font: float = FONT) -> float:
+    return font * (1.3 * lines + 0.9) / 72
+
+
+def _wrap_table(header: list[str], rows: list[list[str]], widths: list[float],
+                width_in: float, font: float = FONT):
+    """Wrap each cell to its column's width; return (header, rows, row heights in inches)."""
+    total = sum(widths)
+    chars = [max(4, int((w / total * width_in - 0.08) / (font * CHAR_EM / 72))) for w in widths]
+
+    def wrap(row):
+        return [textwrap.fill(str(c), n, break_on_hyphens=False) if len(str(c)) > n else str(c)
+                for c, n in zip(row, chars, strict=True)]
+
+    head = wrap(header)
+    body = [wrap(r) for r in rows]
+    heights = [_row_inches(max(c.count("\n") + 1 for c in r), font) for r in [head, *body]]
+    return head, body, heights
+
+
+def _split_pages(heights: list[float], room_in: float) -> list[tuple[int, int]]:
+    """Row ranges [i, j) that fit ``room_in`` inches below the header (``heights[0]``)."""
+    spans, i, n = [], 0, len(heights) - 1
+    while i < n or not spans:
+        used, j = heights[0], i
+        while j < n and (j == i or used + heights[j + 1] <= room_in):
+            used += heights[j + 1]
+            j += 1
+        spans.append((i, j))
+        i = j
+        if n == 0:
+            break
+    return spans
+
+
+def _table(fig, rect, header: list[str], rows: list[list[str]], heights: list[float],
+           widths: list[float], font: float = FONT, shade: list[bool] | None = None) -> None:
+    """A table in ``rect`` (figure fraction), top-aligned; ``heights`` in inches, header
+    first (cells already wrapped by :func:`_wrap_table`)."""
+    ax = fig.add_axes(rect)
+    ax.axis("off")
+    room = rect[3] * PAGE[1]
+    height = min(1.0, sum(heights) / room)
+    total = sum(widths)
+    tab = ax.table(cellText=rows or [[""] * len(header)], colLabels=header,
+                   colWidths=[w / total for w in widths], cellLoc="left",
+                   bbox=[0, 1 - height, 1, height])
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(font)
+    for (r, _c), cell in tab.get_celld().items():
+        cell.set_height(heights[r] / room if r < len(heights) else heights[-1] / room)
+        cell.set_edgecolor("#bbbbbb")
+        cell.set_linewidth(0.5)
+        cell.PAD = 0.03
+        if r == 0:
+            cell.set_facecolor("#e4e9f2")
+            cell.set_text_props(weight="bold")
+        elif shade and shade[r - 1]:
+            cell.set_facecolor("#f4f4f4")
+
+
+def _paginate(rows: list, per_page: int) -> list[list]:
+    return [rows[i:i + per_page] for i in range(0, len(rows), per_page)] or [[]]
+
+
+def _paper_source(model: str) -> str:
+    return "paper (CIFAR-10)" if model == "vgg16" else "paper (MNIST)"
+
+
+def _run_desc(run: comparison.Run) -> str:
+    return f"{run.label} ({run.method}, {paper.model_name(run.model)})"
+
+
+# ---------------------------------------------------------------------------------- pages
+
+def _pages(runs, t1, t2, mdl):
+    """``(title, figure)`` for each page, in order, each drawn only when asked for."""
+    yield from _title_page(runs)
+    yield from _table1_pages(t1, runs)
+    yield from _table2_pages(t2)
+    yield _bench_page(runs)
+    yield from _diagnostic_pages(runs)
+    yield _curves_page(runs)
+    yield from _mdl_pages(mdl)
+
+
+def _dataset(run: comparison.Run) -> str:
+    d = run.saved.get("dataset", {})
+    if "train" in d and "test" in d:
+        return f"{run.data} ({d['train']} train / {d['test']} test images)"
+    return run.data
+
+
+def _title_page(runs):
+    datasets = sorted({_dataset(r) for r in runs})
+    built = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    fig = _page("pbc comparison report",
+                f"Data set: {', '.join(datasets)}    ·    {len(runs)} runs    ·    built {built}")
+    fig.text(0.04, 0.86, textwrap.fill(
+        "Bayesian Compression for Deep Learning (Louizos, Ullrich & Welling 2017), reproduced "
+        "with pbc. Every number in this report is read from the run directories' artefacts "
+        "(nothing is trained or recomputed); the paper's numbers come from pbc/paper.py.", 150),
+        fontsize=10, va="top")
+    header = ["#", "run directory", "method", "model", "data", "epochs (config / trained)",
+              "git commit", "missing artefacts"]
+    rows = []
+    for i, r in enumerate(runs, 1):
+        commit = r.git_commit[:12] if r.git_commit else DASH
+        rows.append([str(i), str(r.path), r.method, paper.model_name(r.model), r.data,
+                     f"{r.config.get('epochs', DASH)} / {len(r.metrics)}", commit,
+                     ", ".join(r.missing) or "none"])
+    widths = [2, 25, 7, 10, 9, 7, 9, 22]
+    rect = (0.04, 0.2, 0.92, 0.6)
+    head, body, heights = _wrap_table(header, rows, widths, rect[2] * PAGE[0])
+    for k, (i, j) in enumerate(_split_pages(heights, rect[3] * PAGE[1])):
+        f = fig if k == 0 else _page("pbc comparison report (runs, continued)")
+        _table(f, rect, head, body[i:j], [heights[0], *heights[i + 1:j + 1]], widths)
+        _notes(f, ["'—' marks a value that no artefact records (or a paper value not read; "
+                   "see pbc/paper.py). Tables 1, 2 and MDL are also written as CSV next to "
+                   "this PDF, unrounded.",
+                   "Paper values: " + "; ".join(f"[{key}] {text}" for key, text in
+                                                paper.SOURCES.items()) + "."])
+        yield ("title" if k == 0 else "title (continued)", f)
+
+
+def _group_rows(frame: pd.DataFrame, keys: list[str]):
+    """Groups of a long table in their order of appearance."""
+    order = pd.Series(["|".join(str(v) for v in row) for row in frame[keys].itertuples(
+        index=False)], index=frame.index)
+    for key in dict.fromkeys(order):
+        yield frame[order == key]
+
+
+def _joined(values) -> str:
+    vals = list(values)
+    if all(_missing(v) for v in vals):
+        return DASH
+    return "-".join("?" if _missing(v) else str(int(v)) for v in vals)
+
+
+def _table1_pages(t1: pd.DataFrame, runs):
+    header = ["Model", "Method", "Source", "Pruned architecture (units kept)",
+              "Bit precision per layer", "Note"]
+    rows, shade = [], []
+    for g in _group_rows(t1, ["model", "source", "method", "run"]):
+        first = g.iloc[0]
+        is_paper = first["source"] == "paper"
+        src = _paper_source(first["model"]) if is_paper else first["run"]
+        if is_paper and first["method"] == "original":
+            src = "original network"
+        notes = "; ".join(dict.fromkeys(n for n in g["note"] if isinstance(n, str) and n))
+        rows.append([paper.model_name(first["model"]), first["method"], src,
+                     _joined(g["units_kept"]), _joined(g["bits"]), notes])
+        shade.append(is_paper)
+    layers = {m: "-".join(f"{n}" for n in t1[(t1.model == m) & (t1.source == "run")]
+                          .drop_duplicates("layer")["layer"]) for m in t1["model"].unique()}
+    order = "; ".join(f"{paper.model_name(m)}: {v}" for m, v in layers.items() if v)
+    return _table_pages(
+        "Table 1 — pruned architectures and bit precision", header, rows, shade,
+        [10, 8, 16, 24, 18, 30],
+        [f"Layer order: {order}. Units kept: output channels of a convolution, input units "
+         "of a linear layer (compression.json out_kept / in_kept), as in the paper's Table 1.",
+         "Shaded rows: the paper (MNIST; VGG on CIFAR-10); our runs are on the data set named "
+         "on the title page. Bits: compression.json 'bits' (sign + exponent + significand)."],
+        "table1")
+
+
+def _table_pages(title, header, rows, shade, widths, notes, key, subtitle=None):
+    """One table over as many pages as it needs, the header repeated on each."""
+    head, body, heights = _wrap_table(header, rows, widths, TABLE_RECT[2] * PAGE[0])
+    spans = _split_pages(heights, TABLE_RECT[3] * PAGE[1])
+    for k, (i, j) in enumerate(spans):
+        suffix = f" ({k + 1}/{len(spans)})" if len(spans) > 1 else ""
+        fig = _page(title + suffix, subtitle)
+        _table(fig, TABLE_RECT, head, body[i:j], [heights[0], *heights[i + 1:j + 1]], widths,
+               shade=shade[i:j])
+        _notes(fig, notes)
+        yield (f"{key}{suffix}", fig)
+
+
+def _table2_pages(t2: pd.DataFrame):
+    header = ["Model", "Method", "Source", "Error full %", "Error compr. %", "|w≠0|/|w| %",
+              "Pruning", "Fast pred.", "Max compr.", "Note"]
+    rows, shade = [], []
+    for _, r in t2.iterrows():
+        is_paper = r["source"] == "paper"
+        note = r["note"] if isinstance(r["note"], str) else ""
+        if is_paper:
+            full = DASH
+            compressed = DASH if _missing(r["paper_error_pct"]) else f"{r['paper_error_pct']:.1f}"
+            src = _paper_source(r["model"])
+        else:
+            src = r["run"]
+            full, compressed = _pct(r["error_full"]), _pct(r["error_packed"])
+            if _missing(r["error_full"]) and not _missing(r["test_error_last_epoch"]):
+                full = _pct(r["test_error_last_epoch"])
+                note = "; ".join(filter(None, [note, "error: last epoch of metrics.jsonl"]))
+        fmt = _as_printed if is_paper else _num
+        rows.append([paper.model_name(r["model"]), r["method"], src, full, compressed,
+                     fmt(r["nonzero_pct"]), fmt(r["pruning"]), fmt(r["fast_prediction"]),
+                     fmt(r["max_compression"]), note])
+        shade.append(is_paper)
+    return _table_pages(
+        "Table 2 — errors and compression rates", header, rows, shade,
+        [10, 8, 15, 7, 8, 8, 7, 8, 8, 22],
+        ["Errors in % of the test set: 'full' is the posterior-mean network, 'compr.' the "
+         "packed, quantised network (compression.json error.full / error.packed). "
+         "|w≠0|/|w| = Σ weights_kept / Σ weights_total over the weighted layers.",
+         "Rates (compression.json 'rates'; original 32-bit weights as numerator, biases "
+         "excluded): Pruning = |w| / |w kept|; Fast prediction = 32·|w| / Σ |w kept|·bits; "
+         "Max compression = 32·|w| / bits of the Huffman-coded CSR values, indices and "
+         "codebooks. Shaded rows: the paper (MNIST), '—' where its value was not read."],
+        "table2")
+
+
+def _bench_page(runs):
+    benched = [r for r in runs if r.bench is not None]
+    fig = _page("Figure 1 — forward-pass time per variant (bench.json)",
+                "Median over the timed repeats; whiskers: inter-quartile range; above each "
+                "bar: measured speed-up over 'dense' (ideal = FLOP ratio).")
+    notes = [f"no bench.json: {', '.join(r.label for r in runs if r.bench is None)}"
+             if len(benched) < len(runs) else ""]
+    if not benched:
+        fig.text(0.5, 0.5, "No run has a bench.json (run `pbc bench RUN`).", ha="center",
+                 fontsize=12)
+        _notes(fig, notes)
+        return ("figure1", fig)
+    cols = min(len(benched), 3)
+    nrows = math.ceil(len(benched) / cols)
+    energy_any = any(v["energy_j"] is not None for r in benched
+                     for v in comparison.bench_rows(r))
+    gs = fig.add_gridspec(nrows * (2 if energy_any else 1), cols, left=0.07, right=0.97,
+                          top=0.83, bottom=0.2, hspace=0.75, wspace=0.3)
+    for i, run in enumerate(benched):
+        rows = comparison.bench_rows(run)
+        b = run.bench
+        row, col = divmod(i, cols)
+        ax = fig.add_subplot(gs[row * (2 if energy_any else 1), col])
+        names = [v["variant"] for v in rows]
+        med = [v["median_s"] * 1e3 for v in rows]
+        lo = [max(0.0, m - (v["q25"] or v["median_s"]) * 1e3) for m, v in zip(med, rows,
+                                                                               strict=True)]
+        hi = [max(0.0, (v["q75"] or v["median_s"]) * 1e3 - m) for m, v in zip(med, rows,
+                                                                              strict=True)]
+        colour = COLOURS[runs.index(run) % len(COLOURS)]   # the run's colour on every page
+        ax.bar(names, med, yerr=[lo, hi], color=colour, capsize=3)
+        for x, (m, v) in enumerate(zip(med, rows, strict=True)):
+            ax.text(x, m + hi[x], f"{v['speedup']:.2f}×\n(ideal {v['ideal_speedup']:.2f}×)",
+                    ha="center", va="bottom", fontsize=7.5)
+        ax.set_ylim(0, max(m + h for m, h in zip(med, hi, strict=True)) * 1.45)
+        ax.set_ylabel("ms per batch", fontsize=8.5)
+        ax.tick_params(labelsize=8)
+        ax.set_title(f"{_run_desc(run)}\n{b.get('device_name', '?')} ({b.get('device', '?')}, "
+                     f"{b.get('threads', '?')} threads), batch {b.get('batch', '?')}",
+                     fontsize=8.5)
+        energy = [v["energy_j"] for v in rows]
+        if all(e is None for e in energy):
+            ax.text(0.03, 0.97, textwrap.fill(
+                f"energy: not measured ({b.get('energy_note', 'no note')})", 45),
+                transform=ax.transAxes, ha="left", va="top", fontsize=7.5, color="#884444")
+        else:
+            ax2 = fig.add_subplot(gs[row * 2 + 1, col])
+            ax2.bar(names, [e if e is not None else 0.0 for e in energy], color="#55a868")
+            for x, e in enumerate(energy):
+                if e is None:
+                    ax2.text(x, 0, "not\nmeasured", ha="center", va="bottom", fontsize=7)
+            ax2.set_ylabel("J per batch (NVML)", fontsize=8.5)
+            ax2.tick_params(labelsize=8)
+    _notes(fig, notes + ["Times are for one batch through the network held by each variant: "
+                         "dense (posterior means, nothing removed), pruned (structured export), "
+                         "quantised (fixed-point values, float32 arithmetic), csr (linear "
+                         "layers as sparse CSR). Runs benched on different machines are not "
+                         "comparable in absolute time."])
+    return ("figure1", fig)
+
+
+def _is_wide(img) -> bool:
+    return img.shape[1] > 2.0 * img.shape[0]
+
+
+def _diagnostic_pages(runs):
+    drawn = 0
+    without = [r.label for r in runs if not r.figures]
+    for run in runs:
+        if not run.figures:
+            continue
+        imgs = [(p, mpimg.imread(p)) for p in run.figures]
+        wide = [x for x in imgs if _is_wide(x[1])]
+        tall = [x for x in imgs if not _is_wide(x[1])]
+        groups = [(c, len(c), 1) for c in _paginate(wide, 3) if c] + \
+                 [(c, 2, 2) for c in _paginate(tall, 4) if c]
+        for k, (chunk, nr, nc) in enumerate(groups):
+            suffix = f" ({k + 1}/{len(groups)})" if len(groups) > 1 else ""
+            fig = _page(f"Posterior diagnostics — {_run_desc(run)}{suffix}",
+                        "The analyse stage's figures (ArviZ forest plots of log|z|, prune-score "
+                        "histograms with thresholds, weight mean vs variance), as saved in "
+                        f"{run.path}/figures/.")
+            gs = fig.add_gridspec(nr, nc, left=0.04, right=0.96, top=0.84, bottom=0.06,
+                                  hspace=0.12, wspace=0.05)
+            for j, (path, img) in enumerate(chunk):
+                ax = fig.add_subplot(gs[j // nc, j % nc])
+                ax.imshow(img, interpolation="antialiased")
+                ax.set_axis_off()
+                ax.set_title(path.name, fontsize=8, color="#555555", loc="left")
+            if without and not drawn:
+                _notes(fig, [f"no analyse-stage figures: {', '.join(without)}"], y=0.012)
+            drawn += 1
+            yield (f"diagnostics {run.label}{suffix}", fig)
+    if not drawn:
+        fig = _page("Posterior diagnostics")
+        fig.text(0.5, 0.5, "No run has analyse-stage figures (figures/*.png); run "
+                 "`pbc analyse RUN`.", ha="center", fontsize=12)
+        yield ("diagnostics", fig)
+
+
+def _curves_page(runs):
+    fig = _page("Training curves (metrics.jsonl)",
+                "Left: test (solid) and train (dashed) error per epoch. Middle and right: the "
+                "ELBO's terms, −E[log p(y|x,w)] and KL(q‖p), in nats (log scale).")
+    gs = fig.add_gridspec(1, 3, left=0.06, right=0.98, top=0.84, bottom=0.3, wspace=0.28)
+    ax_err, ax_ll, ax_kl = (fig.add_subplot(gs[0, i]) for i in range(3))
+    handles, no_elbo, no_metrics = [], [], []
+    for i, run in enumerate(runs):
+        m = run.metrics
+        if not m:
+            no_metrics.append(run.label)
+            continue
+        c = COLOURS[i % len(COLOURS)]
+        ep = [r.get("epoch") for r in m]
+        (h,) = ax_err.plot(ep, [100 * r["test_error"] if "test_error" in r else math.nan
+                                for r in m], color=c, lw=1.4)
+        ax_err.plot(ep, [100 * r["train_error"] if "train_error" in r else math.nan
+                         for r in m], color=c, lw=1.0, ls="--")
+        handles.append((h, _run_desc(run)))
+        if any("kl" in r for r in m):
+            ax_ll.plot(ep, [-r["expected_loglik"] if "expected_loglik" in r else math.nan
+                            for r in m], color=c, lw=1.4)
+            ax_kl.plot(ep, [r.get("kl", math.nan) for r in m], color=c, lw=1.4)
+        else:
+            no_elbo.append(run.label)
+    for ax, title, ylabel in ((ax_err, "error", "error (%)"),
+                              (ax_ll, "expected log-likelihood", "−E[log p(y|x,w)] (nats)"),
+                              (ax_kl, "KL term", "KL(q‖p) (nats)")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in (ax_ll, ax_kl):
+        if ax.lines:
+            ax.set_yscale("log")
+        else:
+            ax.text(0.5, 0.5, "no ELBO terms recorded", transform=ax.transAxes, ha="center")
+    if handles:
+        fig.legend([h for h, _ in handles], [t for _, t in handles], loc="lower center",
+                   ncol=min(3, len(handles)), fontsize=8.5, frameon=False,
+                   bbox_to_anchor=(0.5, 0.13))
+    _notes(fig, [f"no ELBO terms (prior 'none': cross-entropy only): {', '.join(no_elbo)}"
+                 if no_elbo else "",
+                 f"no metrics.jsonl records: {', '.join(no_metrics)}" if no_metrics else ""])
+    return ("curves", fig)
+
+
+def _mdl_pages(mdl: pd.DataFrame):
+    header = ["Run", "Method", "Layer", "KL (bits)", "Packed (bits)", "KL / packed", "Note"]
+    rows, shade = [], []
+    for _, r in mdl.iterrows():
+        ratio = (DASH if _missing(r["kl_bits"]) or _missing(r["packed_bits"])
+                 else f"{float(r['kl_bits']) / float(r['packed_bits']):.2f}")
+        is_run = r["layer"] == comparison.RUN_LAYER
+        note = r["note"] if isinstance(r["note"], str) else ""
+        note = note.replace(comparison.KL_NOT_RECORDED, "").strip("; ")  # said in the notes
+        if is_run and not _missing(r["kl_bits"]):
+            note = "; ".join(filter(None, [f"KL: {r['kl_source']}; packed: whole file", note]))
+        rows.append([r["run"], r["method"], "whole run" if is_run else r["layer"],
+                     _int(r["kl_bits"]), _int(r["packed_bits"]), ratio, note])
+        shade.append(is_run)
+    per_layer = mdl[mdl.layer != comparison.RUN_LAYER]
+    kl_recorded = per_layer["kl_bits"].notna().any()
+    notes = ["MDL view: the KL term of the ELBO, in bits, is the description length "
+             "of the weights under q; beside it the size in bits of what pbc's packed file "
+             "(model.pbcz) spends on each layer (compression.json size_parts[layer].total_bytes "
+             "× 8: weights, indices, codebook, biases, Huffman tables) and on the whole file."]
+    if not kl_recorded:
+        notes.append("Per-layer KL is not recorded in any artefact (no 'kl_bits' column in "
+                     "layers.csv, no 'kl_bits' in analysis.json): only the run-level KL (the "
+                     "last metrics.jsonl record's kl_bits, shaded rows) is shown, beside the "
+                     "total packed bits.")
+    return _table_pages("MDL — KL term (bits) beside packed size (bits)", header, rows, shade,
+                        [16, 7, 8, 10, 10, 7, 36], notes, "mdl")
+
+
+def _int(v) -> str:
+    return DASH if _missing(v) else f"{float(v):,.0f}"

@@ -1,0 +1,169 @@
+"""``pbc report``: the comparison PDF and its CSV tables, built from copies of real run artefacts.
+
+The run directories are copies of ``reports/fashion-mnist/*`` (real ``config.json``,
+``metrics.jsonl``, ``layers.csv``, ``analysis.json``, ``compression.json``, ``bench.json``,
+figures); nothing is trained.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pbc import paper
+from pbc.cli import main
+from pbc.report_pdf import build_report
+
+REAL = Path(__file__).resolve().parents[1] / "reports" / "fashion-mnist"
+RUNS = ("lenet300-gnj", "lenet5-ghs", "lenet300-none")
+
+pytestmark = pytest.mark.skipif(not all((REAL / r / "config.json").is_file() for r in RUNS),
+                                reason="reports/fashion-mnist run artefacts not present")
+
+
+@pytest.fixture
+def runs(tmp_path) -> list[Path]:
+    out = []
+    for name in RUNS:
+        shutil.copytree(REAL / name, tmp_path / "runs" / name)
+        out.append(tmp_path / "runs" / name)
+    return out
+
+
+def _pdf_pages(path: Path) -> int:
+    data = path.read_bytes()
+    assert data.startswith(b"%PDF")
+    return len(re.findall(rb"/Type\s*/Page(?![A-Za-z])", data))
+
+
+def _csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def _json(path: Path):
+    return json.loads(path.read_text())
+
+
+def test_pdf_builds_with_expected_pages(runs, tmp_path):
+    r = build_report(runs, tmp_path / "out" / "cmp.pdf")
+    # title, Table 1, Table 2, Figure 1, diagnostics (gnj: 2 wide + 3 forest plots → 2 pages;
+    # ghs: 3 wide + 4 forest plots → 2; none: 0), curves, MDL
+    assert r.pages == ["title", "table1", "table2", "figure1",
+                       "diagnostics lenet300-gnj (1/2)", "diagnostics lenet300-gnj (2/2)",
+                       "diagnostics lenet5-ghs (1/2)", "diagnostics lenet5-ghs (2/2)",
+                       "curves", "mdl"]
+    assert _pdf_pages(r.pdf) == len(r.pages) == 10
+    assert sorted(p.name for p in r.csv.values()) == ["cmp.mdl.csv", "cmp.table1.csv",
+                                                      "cmp.table2.csv"]
+
+
+def test_csv_numbers_equal_the_artefacts(runs, tmp_path):
+    r = build_report(runs, tmp_path / "cmp.pdf")
+    t1, t2, mdl = _csv(r.csv["table1"]), _csv(r.csv["table2"]), _csv(r.csv["mdl"])
+    for run in runs[:2]:
+        comp = _json(run / "compression.json")
+        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        row = t2[(t2.source == "run") & (t2.run == run.name)].iloc[0]
+        for key, value in comp["rates"].items():
+            assert row[key] == value
+        for key, value in comp["error"].items():
+            assert row[f"error_{key}"] == value
+        assert row["packed_bytes"] == comp["packed_bytes"]
+        assert row["test_error_last_epoch"] == metrics[-1]["test_error"]
+        assert row["weights_total"] == sum(x["weights_total"] for x in comp["layers"])
+        assert row["weights_kept"] == sum(x["weights_kept"] for x in comp["layers"])
+        layers = t1[(t1.source == "run") & (t1.run == run.name)].set_index("layer")
+        for x in comp["layers"]:
+            kept = x["out_kept"] if x["kind"] == "conv" else x["in_kept"]
+            assert layers.loc[x["name"], "units_kept"] == kept
+            assert layers.loc[x["name"], "bits"] == x["bits"]
+        per = mdl[mdl.run == run.name].set_index("layer")
+        for name, part in comp["size_parts"].items():
+            assert per.loc[name, "packed_bytes"] == part["total_bytes"]
+            assert per.loc[name, "packed_bits"] == 8 * part["total_bytes"]
+            assert pd.isna(per.loc[name, "kl_bits"])          # per-layer KL is not recorded
+        assert per.loc["(run)", "kl_bits"] == metrics[-1]["kl_bits"]
+        assert per.loc["(run)", "packed_bytes"] == comp["packed_bytes"]
+    # Table 1: LeNet-300-100 in_kept, LeNet-5 conv out_kept / fc in_kept, as in the paper
+    gnj = t1[t1.run == "lenet300-gnj"]
+    assert list(gnj["units_kept"]) == [752, 274, 89] and list(gnj["bits"]) == [9, 10, 14]
+    assert list(t1[t1.run == "lenet5-ghs"]["units_total"]) == [20, 50, 800, 500]
+    # the paper's rows come from pbc.paper, unchanged
+    bc = t2[(t2.source == "paper") & (t2.model == "lenet5") & (t2.method == "BC-GNJ")].iloc[0]
+    assert (bc["pruning"], bc["fast_prediction"], bc["paper_error_pct"]) == (108, 361, 1.0)
+
+
+def test_missing_artefacts_leave_empty_cells(runs, tmp_path):
+    gnj, ghs, dense = runs
+    for name in ("compression.json", "bench.json"):
+        (gnj / name).unlink()
+    shutil.rmtree(gnj / "figures")
+    for name in ("compression.json", "layers.csv", "analysis.json", "bench.json"):
+        (ghs / name).unlink()
+    r = build_report(runs, tmp_path / "cmp.pdf")
+    assert _pdf_pages(r.pdf) == len(r.pages)
+    assert "figure1" in r.pages and "diagnostics lenet5-ghs (1/2)" in r.pages
+    t1, t2, mdl = _csv(r.csv["table1"]), _csv(r.csv["table2"]), _csv(r.csv["mdl"])
+    row = t2[t2.run == "lenet300-gnj"].iloc[0]
+    assert pd.isna(row["pruning"]) and pd.isna(row["error_packed"])
+    assert "no compression.json" in row["note"]
+    # without compression.json, Table 1 falls back to the analyse stage's layers.csv
+    layers = pd.read_csv(gnj / "layers.csv")
+    g = t1[t1.run == "lenet300-gnj"]
+    assert list(g["units_kept"]) == list(layers["in_kept"]) and set(g["artefact"]) == {
+        "layers.csv"}
+    h = t1[t1.run == "lenet5-ghs"]
+    assert h["units_kept"].isna().all() and h["bits"].isna().all()
+    assert h["note"].str.contains("no compression.json or layers.csv").all()
+    d = t2[t2.run == "lenet300-none"].iloc[0]
+    assert pd.isna(d["error_full"]) and d["test_error_last_epoch"] == 0.0985
+    assert mdl[mdl.run == "lenet300-none"]["packed_bytes"].isna().all()
+
+
+def test_per_layer_kl_bits_used_when_layers_csv_has_them(runs, tmp_path):
+    gnj = runs[0]
+    layers = pd.read_csv(gnj / "layers.csv")
+    layers["kl_bits"] = [1234.5, 67.25, 8.0]
+    layers.to_csv(gnj / "layers.csv", index=False)
+    mdl = _csv(build_report(runs, tmp_path / "cmp.pdf").csv["mdl"])
+    per = mdl[mdl.run == "lenet300-gnj"].set_index("layer")
+    assert list(per.loc[["fc1", "fc2", "fc3"], "kl_bits"]) == [1234.5, 67.25, 8.0]
+    assert set(per.loc[["fc1", "fc2", "fc3"], "kl_source"]) == {"layers.csv"}
+
+
+def test_cli_report_returns_0(runs, tmp_path, capsys):
+    out = tmp_path / "r" / "cmp.pdf"
+    assert main(["report", *map(str, runs), "--out", str(out)]) == 0
+    assert "10 pages from 3 runs" in capsys.readouterr().out
+    assert out.is_file() and out.with_name("cmp.table2.csv").is_file()
+
+
+def test_cli_report_errors(runs, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for bad in ([str(tmp_path / "empty")], [str(tmp_path / "nowhere")]):
+        with pytest.raises(SystemExit) as e:
+            main(["report", str(runs[0]), *bad, "--out", str(tmp_path / "x.pdf")])
+        assert e.value.code == 2
+        assert "run directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(runs[0]), "--out", str(tmp_path / "x.png")])
+    assert e.value.code == 2
+    (runs[2] / "config.json").write_text("{not json")
+    assert main(["report", str(runs[2]), "--out", str(tmp_path / "x.pdf")]) == 1
+    assert "not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "x.pdf").exists()
+
+
+def test_paper_rows_name_their_sources():
+    for row in paper.ROWS:
+        values = (row.architecture, row.bits, row.error_pct, row.nonzero_pct, row.pruning,
+                  row.fast_prediction, row.max_compression)
+        if any(v is not None for v in values):
+            assert row.sources and set(row.sources) <= set(paper.SOURCES)
+    gnj = next(r for r in paper.rows_for("lenet5") if r.method == "BC-GNJ")
+    assert gnj.architecture == (8, 13, 88, 13) and gnj.max_compression is None
