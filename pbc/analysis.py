@@ -8,7 +8,7 @@ adapts them (xarray/ArviZ, pandas) and writes, into the run directory:
   group ``posterior_moments``: per-weight ``<layer>.w_mean`` / ``<layer>.w_var`` (E[w],
   Var[w]) and per-group ``<layer>.score`` / ``<layer>.kept``.  Opens in plain ArviZ.
 * ``groups.csv`` — one row per group; ``layers.csv`` — one row per layer (kept counts, bit
-  precision, threshold and how it was chosen);
+  precision, threshold and how it was chosen, ``kl_bits``: the layer's KL term in bits);
 * ``figures/`` — score histograms with thresholds, forest plots of ``z``, global scales
   (GHS), weight mean-vs-variance scatter.
 
@@ -199,6 +199,8 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
     else:  # nothing is drawn: the moments alone, as a plain netCDF dataset
         write_moments_netcdf(moments, attrs, run / POSTERIOR)
 
+    for name, bits in layer_kl_bits(net, arch).items():
+        result[name].row["kl_bits"] = bits
     _write_csv(pd.DataFrame(_group_rows(result)), run / GROUPS)
     _write_csv(pd.DataFrame([r.row for r in result.values()]), run / LAYERS)
     write_json(run / ANALYSIS, {"draws": draws, "chains": chains, "prior": config.prior,
@@ -208,6 +210,22 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
     if figures:
         _figures(run, result, config.prior, posterior)
     return result
+
+
+def layer_kl_bits(net, arch) -> dict[str, float]:
+    """Per layer, the ELBO's KL term in bits (the sum over the layer's sites ``<layer>.*``):
+    the description length of its weights beside which the MDL page puts the packed size."""
+    import torch
+
+    from pbc.infer import LN2, MeanFieldELBO
+
+    x = torch.zeros(1, *arch.input_shape, device=next(net.parameters()).device)
+    by_site = MeanFieldELBO().kl_by_site(net.model, net.guide, x)
+    out = {}
+    for site, nats in by_site.items():
+        layer = site.split(".", 1)[0]
+        out[layer] = out.get(layer, 0.0) + nats / LN2
+    return out
 
 
 def _layer_result(post, threshold, in_mask, out_mask, prior, w_mask=None) -> LayerAnalysis:

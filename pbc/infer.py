@@ -79,12 +79,19 @@ class MeanFieldELBO(nn.Module):
         for site in model_tr.nodes.values():
             if _is_observation(site):
                 loglik = loglik + site["scale"] * site["fn"].log_prob(site["value"]).sum()
-        kl = 0.0
-        for name, q_site in guide_tr.nodes.items():
-            if _is_latent(q_site):
-                kl = kl + q_site["scale"] * self._site_kl(name, q_site, model_tr.nodes[name])
-        kl = torch.as_tensor(kl)
+        kl = sum(self._site_kls(model_tr, guide_tr).values(), torch.tensor(0.0))
         return ELBOTerms(-(loglik - kl_weight * kl), loglik, kl)
+
+    def _site_kls(self, model_tr, guide_tr) -> dict[str, torch.Tensor]:
+        return {name: q_site["scale"] * self._site_kl(name, q_site, model_tr.nodes[name])
+                for name, q_site in guide_tr.nodes.items() if _is_latent(q_site)}
+
+    @torch.no_grad()
+    def kl_by_site(self, model, guide, *args, **kwargs) -> dict[str, float]:
+        """Each latent site's KL term in nats (what :meth:`forward` sums)."""
+        with LocalReparameterization():
+            model_tr, guide_tr = self.traces(model, guide, *args, **kwargs)
+        return {name: float(v) for name, v in self._site_kls(model_tr, guide_tr).items()}
 
     def _site_kl(self, name, q_site, p_site) -> torch.Tensor:
         try:

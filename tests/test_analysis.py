@@ -165,6 +165,16 @@ def test_analyse_writes_consistent_artefacts(trained_run, prior):
         assert row.groups_kept == g.kept.sum() == r.row["groups_kept"]
         np.testing.assert_allclose(moments[f"{name}.w_mean"].values, r.post.w_mean)
         np.testing.assert_allclose(row.threshold, r.threshold.value)
+    # per-layer KL in bits sums to the ELBO's KL (which does not depend on the data)
+    from pbc.infer import LN2, MeanFieldELBO
+    from pbc.train import load_run
+
+    _, _, net, _ = load_run(run)
+    x, y = torch.zeros(3, 1, 28, 28), torch.zeros(3, dtype=torch.long)
+    with torch.no_grad():
+        kl = MeanFieldELBO()(net.model, net.guide, x, y).kl.item()
+    assert layers.kl_bits.sum() == pytest.approx(kl / LN2, rel=1e-5)
+    assert (layers.kl_bits > 0).all()
 
 
 def test_thresholds_override_and_cli(trained_run, capsys):
