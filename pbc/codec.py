@@ -236,20 +236,49 @@ def huffman_decode(payload: bytes, nbits: int, lengths: dict[int, int], count: i
         ok = li < top
         lic = np.minimum(li, top - 1)
         sym = np.where(ok, syms[np.clip(offset[lic] + (win >> (top - 1 - lic)) - first[lic],
-                                        0, syms.size - 1)], -1).tolist()
-        step = np.where(ok, li + 1, 0).tolist()
-        while pos < stop and len(out) < count:
-            n = step[pos - start]
-            if n == 0 or pos + n > nbits:
-                raise CodecError(f"invalid Huffman code at bit {pos}")
-            out.append(sym[pos - start])
-            pos += n
+                                        0, syms.size - 1)], -1)
+        step = np.where(ok, li + 1, 0)
+        starts = _code_starts(step, pos - start)   # code starts in this chunk, in order
+        starts = starts[: count - len(out)]
+        bad = step[starts] == 0
+        if bad.any() or (starts.size and start + starts[-1] + step[starts[-1]] > nbits):
+            at = start + int(starts[np.argmax(bad)] if bad.any() else starts[-1])
+            raise CodecError(f"invalid Huffman code at bit {at}")
+        out.extend(sym[starts].tolist())
+        if starts.size:
+            pos = start + int(starts[-1] + step[starts[-1]])
         if len(out) == count:
             break
     if len(out) != count or pos != nbits:
         raise CodecError(f"Huffman stream holds {len(out)} codes in {pos} of {nbits} bits, "
                          f"expected {count}")
     return np.array(out, dtype=np.int64)
+
+
+def _code_starts(step: np.ndarray, first: int) -> np.ndarray:
+    """Positions ``first, first + step[first], …`` that lie inside ``step`` (sorted).
+
+    The hops from code to code are found by pointer doubling — ``jump_{k+1} =
+    jump_k ∘ jump_k`` marks, after ``⌈log2 n⌉`` vectorised rounds, every position reachable
+    from ``first`` — instead of a Python loop over the codes.  A zero step (no valid code)
+    ends the chain there; the caller reports it.
+    """
+    n = step.size
+    if first >= n:
+        return np.zeros(0, dtype=np.int64)
+    idx = np.arange(n, dtype=np.int64)
+    # jump[p]: the next code's start; n is a sink outside the chunk; a dead end stays put
+    jump = np.where(step > 0, np.minimum(idx + step, n), idx)
+    jump = np.append(jump, n)
+    reached = np.zeros(n + 1, dtype=bool)
+    reached[first] = True
+    hop = 1
+    while hop < n + 1:
+        reached[jump[reached]] = True
+        jump = jump[jump]
+        hop <<= 1
+    reached[jump[reached]] = True
+    return np.flatnonzero(reached[:n])
 
 
 # --------------------------------------------------------------------------- file format

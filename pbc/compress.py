@@ -32,7 +32,6 @@ biases excluded from both sides, as in the paper):
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,23 +140,45 @@ def fixed_point_codes(w: np.ndarray, t: int,
     return codes, codebook, t
 
 
-def kmeans_codes(w: np.ndarray, bits: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer k-means weight sharing (scipy), ``2^bits`` centroids, linear initialisation
-    between min and max as in Deep Compression; exact zeros keep code 0."""
-    from scipy.cluster.vq import kmeans2
+def kmeans_1d(x: np.ndarray, k: int, iters: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means on scalars, linear initialisation between ``min`` and ``max`` (Deep
+    Compression's choice); returns ``(centroids ascending, labels)``.
 
+    In one dimension the clusters are runs of the sorted values, cut at the midpoints of
+    consecutive centroids: after one sort, an iteration is ``k`` binary searches and prefix
+    sums, so VGG-16's 2.4M-weight layers with 256 centroids take well under a second.  An
+    empty cluster keeps its centroid.
+    """
+    x = np.asarray(x, np.float64).ravel()
+    xs = np.sort(x)
+    prefix = np.concatenate([[0.0], np.cumsum(xs)])
+    centroids = np.linspace(xs[0], xs[-1], k)
+    for _ in range(iters):
+        mids = 0.5 * (centroids[1:] + centroids[:-1])
+        # a value equal to a midpoint goes to the lower cluster, as in the labels below
+        cuts = np.concatenate([[0], np.searchsorted(xs, mids, side="right"), [xs.size]])
+        counts = np.diff(cuts)
+        sums = np.diff(prefix[cuts])
+        new = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+        if np.array_equal(new, centroids):
+            break
+        centroids = new
+    labels = np.searchsorted(0.5 * (centroids[1:] + centroids[:-1]), x)
+    return centroids, labels
+
+
+def kmeans_codes(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer k-means weight sharing: ``2^bits`` centroids (:func:`kmeans_1d`) over the
+    nonzero weights; exact zeros keep code 0."""
     flat = w.astype(np.float64).ravel()
     nz = flat != 0
-    k = int(min(2**bits, max(1, np.unique(flat[nz]).size)))
     if nz.sum() == 0:
         return np.zeros(w.shape, np.int64), np.zeros(1, np.float32)
-    init = np.linspace(flat[nz].min(), flat[nz].max(), k)[:, None]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # an empty cluster just goes unused
-        centroids, labels = kmeans2(flat[nz][:, None], init, minit="matrix", iter=30, seed=seed)
+    k = int(min(2**bits, np.unique(flat[nz]).size))
+    centroids, labels = kmeans_1d(flat[nz], k)
     codes = np.zeros(flat.shape, np.int64)
     codes[nz] = labels + 1
-    codebook = np.concatenate([[0.0], centroids[:, 0]]).astype(np.float32)
+    codebook = np.concatenate([[0.0], centroids]).astype(np.float32)
     return codes.reshape(w.shape), codebook
 
 
