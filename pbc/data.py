@@ -407,6 +407,37 @@ def write_cifar_batches(directory: str | os.PathLike, train: tuple[np.ndarray, n
 
 
 # ----------------------------------------------------------------------------- download
+def write_synthetic_dataset(directory: str | os.PathLike, name: str = "fashion-mnist",
+                            n_train: int = 200, n_test: int = 100, seed: int = 0
+                            ) -> pathlib.Path:
+    """A tiny learnable stand-in for ``name`` in its own file format (smoke runs, tests).
+
+    Images are noise with a bright block whose position encodes the label (class ``k`` lights
+    block ``divmod(k, 5)``): IDX files for ``mnist``/``fashion-mnist``, python batches under
+    ``cifar-10-batches-py`` for ``cifar10``.  Returns the directory to pass as ``--data-dir``.
+    """
+    _check_name(name)
+    rng = np.random.default_rng(seed)
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    side, channels = (32, 3) if name == "cifar10" else (28, 1)
+    splits = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        images = rng.integers(0, 60, size=(n, channels, side, side)).astype(np.uint8)
+        for i, k in enumerate(labels):
+            r, c = divmod(int(k), 5)
+            images[i, :, 4 + 10 * r: 12 + 10 * r, 2 + 5 * c: 6 + 5 * c] = 250
+        splits[split] = (images, labels)
+    if name == "cifar10":
+        write_cifar_batches(directory / "cifar-10-batches-py", splits["train"], splits["t10k"])
+        return directory
+    for split, (images, labels) in splits.items():
+        write_idx(directory / f"{split}-images-idx3-ubyte.gz", images[:, 0])
+        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels)
+    return directory
+
+
 def _fetch(remote: _Remote, dest: pathlib.Path) -> None:
     """Download `remote` to `dest` atomically, verifying its checksum first."""
     dest.parent.mkdir(parents=True, exist_ok=True)

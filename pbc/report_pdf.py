@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.image as mpimg  # noqa: E402
@@ -463,7 +464,9 @@ def _curves_page(runs):
         ax.grid(alpha=0.3)
     for ax in (ax_ll, ax_kl):
         if ax.lines:
-            ax.set_yscale("log")
+            values = np.concatenate([np.asarray(line.get_ydata(), float) for line in ax.lines])
+            # "symlog": SWS's complexity term (−log prior of point estimates) is negative
+            ax.set_yscale("log" if np.nanmin(values) > 0 else "symlog")
         else:
             ax.text(0.5, 0.5, "no ELBO terms recorded", transform=ax.transAxes, ha="center")
     if handles:

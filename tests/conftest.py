@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pyro
 import pytest
 import torch
 
-from pbc.data import write_idx
+from pbc.data import write_synthetic_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -22,17 +21,7 @@ def _fresh_pyro_state():
 
 def make_idx_dataset(directory, n_train: int = 200, n_test: int = 100, seed: int = 0):
     """Write a tiny learnable IDX dataset (class k lights a k-dependent block) to ``directory``."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, size=n).astype(np.uint8)
-        images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
-        for i, k in enumerate(labels):
-            r, c = divmod(int(k), 5)
-            images[i, 4 + 10 * r: 12 + 10 * r, 2 + 5 * c: 6 + 5 * c] = 250
-        write_idx(directory / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels)
-    return directory
+    return write_synthetic_dataset(directory, "fashion-mnist", n_train, n_test, seed)
 
 
 @pytest.fixture

@@ -1,0 +1,154 @@
+"""One study = one method on one network, run end to end into one run directory.
+
+A study script in ``studies/`` declares a :class:`Study` and calls :func:`main`.  The stages::
+
+    pretrain (plain net, <out>/pretrain) → train (<out>/run, from the pretrained weights)
+      → analyse (Bayesian methods) → compress → bench → report (<out>/report.pdf)
+
+Each stage writes its artefacts, so a stopped study continues where it stopped: a run whose
+checkpoint has all its epochs is not retrained, a partial one resumes, and a stage whose
+artefact exists is skipped (``--redo`` reruns the stages after training).  ``--smoke``
+swaps in a tiny generated data set, one epoch each and a small bench: seconds, for the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pbc.io import read_jsonl
+
+BAYESIAN = ("gnj", "ghs", "svd")
+
+
+@dataclass(frozen=True)
+class Study:
+    """What a study runs.  ``train`` holds extra :class:`pbc.train.TrainConfig` settings."""
+
+    name: str
+    model: str
+    prior: str
+    data: str = "fashion-mnist"
+    epochs: int = 30
+    pretrain_epochs: int = 30
+    device: str = "cpu"
+    train: dict = field(default_factory=dict)
+
+
+def parse_args(study: Study, argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=f"study {study.name}: {study.prior} on "
+                                f"{study.model}, {study.data}")
+    p.add_argument("--out", default=f"runs/studies/{study.data}/{study.name}")
+    p.add_argument("--data-dir", help="where the data set's files are")
+    p.add_argument("--epochs", type=int, default=study.epochs)
+    p.add_argument("--pretrain-epochs", type=int, default=study.pretrain_epochs)
+    p.add_argument("--pretrained", help="use this plain run instead of pretraining one")
+    p.add_argument("--device", default=study.device)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--bench-batch", type=int, default=8192)
+    p.add_argument("--redo", action="store_true", help="rerun analyse/compress/bench/report")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny generated data, one epoch: checks the pipeline in seconds")
+    return p.parse_args(argv)
+
+
+def _epochs_done(run: Path) -> int:
+    metrics = run / "metrics.jsonl"
+    return len(read_jsonl(metrics)) if (run / "checkpoint.pt").is_file() and \
+        metrics.is_file() else 0
+
+
+def _train(config) -> None:
+    from pbc.train import train
+
+    done = _epochs_done(Path(config.out))
+    if done >= config.epochs:
+        print(f"      {config.out}: {done} epochs already trained", flush=True)
+        return
+    config.resume = done > 0
+    train(config)
+
+
+def run_study(study: Study, args: argparse.Namespace) -> Path:
+    """Run (or continue) every stage; return the run directory."""
+    from pbc.train import TrainConfig
+
+    out = Path(args.out)
+    data_dir, common = args.data_dir, {}
+    if args.smoke:
+        from pbc.data import write_synthetic_dataset
+
+        data_dir = str(write_synthetic_dataset(out / "smoke-data", study.data))
+        args.epochs, args.pretrain_epochs, args.bench_batch = 1, 1, 64
+        args.device = "cpu"  # the smoke run checks the pipeline, on any machine
+        common = {"subset": 200, "batch_size": 20}
+    common.update(model=study.model, data=study.data, data_dir=data_dir, device=args.device,
+                  threads=args.threads, progress=not args.smoke)
+    step = _Steps(6)
+
+    pre = Path(args.pretrained) if args.pretrained else out / "pretrain"
+    if not args.pretrained:
+        step(f"pretrain {study.model} (plain, {args.pretrain_epochs} epochs) → {pre}")
+        lr = {"lr": 1e-2} if args.smoke else {}  # tiny data: weights must move in one epoch
+        _train(TrainConfig(out=str(pre), prior="none", epochs=args.pretrain_epochs,
+                           **common, **lr))
+    else:
+        step(f"pretrained plain run: {pre}")
+    run = out / "run"
+    step(f"train {study.model} under {study.prior} ({args.epochs} epochs, from {pre}) → {run}")
+    _train(TrainConfig(out=str(run), prior=study.prior, epochs=args.epochs,
+                       init_from=str(pre), **common, **study.train))
+
+    def stage(artefact: str, text: str, fn) -> None:
+        step(text)
+        if (run / artefact).is_file() and not args.redo:
+            print(f"      {run / artefact} exists (--redo reruns)", flush=True)
+        else:
+            fn()
+
+    if study.prior in BAYESIAN:
+        from pbc.analysis import analyse
+
+        stage("analysis.json", "analyse the posterior (ArviZ)",
+              lambda: analyse(run, draws=40 if args.smoke else 1000, figures=True))
+    else:
+        step(f"analyse: not applicable to {study.prior} (no posterior)")
+    from pbc.bench import bench
+    from pbc.compress import compress
+
+    stage("compression.json", "compress: prune, quantise, pack", lambda: compress(run))
+    stage("bench.json", f"bench dense vs compressed ({args.device}, batch {args.bench_batch})",
+          lambda: bench(run, batch=args.bench_batch, device=args.device, threads=args.threads,
+                        repeats=2 if args.smoke else 20))
+    stage("report.pdf", f"report → {run / 'report.pdf'}", lambda: _report(run, pre))
+    return run
+
+
+def _report(run: Path, pre: Path) -> None:
+    from pbc.report_pdf import build_report
+
+    build_report([run, pre], run / "report.pdf")
+
+
+class _Steps:
+    def __init__(self, total: int):
+        self.i, self.total = 0, total
+
+    def __call__(self, text: str) -> None:
+        self.i += 1
+        print(f"[{self.i}/{self.total}] {text}", flush=True)
+
+
+def main(study: Study, argv=None) -> int:
+    args = parse_args(study, argv)
+    run = run_study(study, args)
+    from pbc.io import read_json
+
+    rec = read_json(run / "compression.json")
+    e, r = rec["error"], rec["rates"]
+    print(f"{study.name}: error full {e['full']:.4f}, packed {e['packed']:.4f}; "
+          f"|w≠0|/|w| {100 * r['nonzero_fraction']:.2f}%, pruning {r['pruning']:.1f}x, "
+          f"fast prediction {r['fast_prediction']:.1f}x, max compression "
+          f"{r['max_compression']:.1f}x")
+    return 0

@@ -1,0 +1,25 @@
+"""Study lenet300 × dc: dc on lenet300, fashion-mnist.
+
+Claim: Deep Compression (magnitude pruning to Han et al.'s per-layer fractions, retraining,
+k-means sharing, Huffman coding) on LeNet-300-100.
+
+Protocol: a plain net pretrained for 30 epochs, then 60 epochs under the
+method from the pretrained weights (the paper also pretrains; its runs are longer).
+Command::
+
+    python studies/lenet300_dc.py
+
+Add ``--pretrained RUN`` to reuse a plain run, ``--smoke`` to check the pipeline in seconds.
+
+Paper (MNIST): the DC row of Table 2 for LeNet-300-100 (see pbc/paper.py).
+"""
+
+import sys
+
+from pbc.study import Study, main
+
+STUDY = Study(name="lenet300-dc", model="lenet300", prior="dc", data="fashion-mnist",
+              epochs=60, pretrain_epochs=30, device="cpu", train={})
+
+if __name__ == "__main__":
+    sys.exit(main(STUDY))

@@ -1,0 +1,25 @@
+"""Study lenet300 × sws: sws on lenet300, fashion-mnist.
+
+Claim: Soft weight-sharing clusters LeNet-300-100's weights into at most 17 shared values,
+most of them exactly zero.
+
+Protocol: a plain net pretrained for 30 epochs, then 20 epochs under the
+method from the pretrained weights (the paper also pretrains; its runs are longer).
+Command::
+
+    python studies/lenet300_sws.py
+
+Add ``--pretrained RUN`` to reuse a plain run, ``--smoke`` to check the pipeline in seconds.
+
+Paper (MNIST): the SWS row of Table 2 for LeNet-300-100 (see pbc/paper.py).
+"""
+
+import sys
+
+from pbc.study import Study, main
+
+STUDY = Study(name="lenet300-sws", model="lenet300", prior="sws", data="fashion-mnist",
+              epochs=20, pretrain_epochs=30, device="cpu", train={'lr': 0.0005})
+
+if __name__ == "__main__":
+    sys.exit(main(STUDY))

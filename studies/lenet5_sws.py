@@ -1,0 +1,24 @@
+"""Study lenet5 × sws: sws on lenet5, fashion-mnist.
+
+Claim: Soft weight-sharing on LeNet-5-Caffe: shared values and a large zero component.
+
+Protocol: a plain net pretrained for 30 epochs, then 15 epochs under the
+method from the pretrained weights (the paper also pretrains; its runs are longer).
+Command::
+
+    python studies/lenet5_sws.py
+
+Add ``--pretrained RUN`` to reuse a plain run, ``--smoke`` to check the pipeline in seconds.
+
+Paper (MNIST): LeNet-5-Caffe SWS error 1.0%, pruning 100x (pbc/paper.py).
+"""
+
+import sys
+
+from pbc.study import Study, main
+
+STUDY = Study(name="lenet5-sws", model="lenet5", prior="sws", data="fashion-mnist",
+              epochs=15, pretrain_epochs=30, device="cpu", train={'lr': 0.0005})
+
+if __name__ == "__main__":
+    sys.exit(main(STUDY))
