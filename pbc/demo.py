@@ -2,7 +2,8 @@
 
 pretrain a plain LeNet-300-100 → train it under the group normal-Jeffreys prior from the
 pretrained means → analyse the posterior (ArviZ) → compress (prune, quantise, pack) →
-time dense against compressed forward passes on the CPU.  Each stage writes its artefacts
+time dense against compressed forward passes on the CPU → a report PDF (tables beside the
+paper's, figures, training curves).  Each stage writes its artefacts
 into the run directory, so any stage can be rerun alone with the matching ``pbc`` command.
 """
 
@@ -15,7 +16,7 @@ from pbc.bench import bench
 from pbc.compress import compress
 from pbc.train import TrainConfig, train
 
-STAGES = 5
+STAGES = 6
 
 
 def _stage(i: int, text: str) -> None:
@@ -47,6 +48,10 @@ def run_demo(out: str = "runs/demo", data_dir: str | None = None, epochs: int = 
     for v in bench(run, batch=2048, repeats=10, threads=threads)["variants"]:
         print(f"      {v['name']:>9}: {v['median_s'] * 1e3:7.2f} ms, speed-up "
               f"{v['speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x)")
+    _stage(6, f"report → {out / 'report.pdf'} (+ CSV tables)")
+    from pbc.report_pdf import build_report
+
+    build_report([run, pre.out], out / "report.pdf")
     e, rates = rec["error"], rec["rates"]
     print(f"done: test error plain {pre.metrics[-1]['test_error']:.4f}; BC-GNJ full "
           f"{e['full']:.4f}, pruned {e['pruned']:.4f}, quantised and packed {e['packed']:.4f}; "

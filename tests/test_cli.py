@@ -83,8 +83,11 @@ def test_demo_runs_every_stage_on_generated_data(idx_dir, tmp_path, capsys):
     assert main(["demo", "--data-dir", str(idx_dir), "--epochs", "1", "--pretrain-epochs", "1",
                  "--threads", "1", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "[5/5]" in out and "max compression" in out and "speed-up" in out
+    assert "[6/6]" in out and "max compression" in out and "speed-up" in out
     run = tmp_path / "demo" / "gnj"
     for name in ("metrics.jsonl", "posterior.nc", "layers.csv", "compression.json",
                  "model.pbcz", "bench.json"):
         assert (run / name).is_file()
+    report = tmp_path / "demo" / "report.pdf"
+    assert report.read_bytes().startswith(b"%PDF")
+    assert (tmp_path / "demo" / "report.table2.csv").is_file()
