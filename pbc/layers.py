@@ -73,10 +73,12 @@ class BayesLayer(PyroModule):
         self.n_groups = weight_shape[1] if self.groups_on_input else weight_shape[0]
         # None for a per-weight prior (Sparse VD): the layer then has no z
         self.add_module("scale_guide", prior.guide(self.n_groups, init_scale=fan_in ** -0.5))
-        # w = z·w̃ starts with the usual 1/√fan_in weights whatever z starts at
-        self.w_loc = nn.Parameter(torch.randn(weight_shape) / math.sqrt(fan_in)
-                                  / self._z_view_of_mean())
-        self.w_logvar = nn.Parameter(torch.empty(weight_shape).normal_(-9.0, 1e-2))
+        # w = z·w̃ starts with the usual 1/√fan_in weights and Louizos et al.'s weight noise
+        # (log Var = −9) whatever z starts at: w̃'s mean and log-variance are rescaled by E[z]
+        z0 = self._z_view_of_mean()
+        self.w_loc = nn.Parameter(torch.randn(weight_shape) / math.sqrt(fan_in) / z0)
+        self.w_logvar = nn.Parameter(torch.empty(weight_shape).normal_(-9.0, 1e-2)
+                                     - 2.0 * torch.log(torch.as_tensor(z0)))
         self.b_loc = nn.Parameter(torch.zeros(out_features))
         self.b_logvar = nn.Parameter(torch.empty(out_features).normal_(-9.0, 1e-2))
 

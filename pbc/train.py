@@ -74,7 +74,7 @@ class TrainConfig:
     init_from: str | None = None
     resume: bool = False
     tau0: float = 1e-5
-    max_weight_var: float | None = 0.04
+    max_weight_var: float | None = None   # None: the prior's default, see effective_max_weight_var
     kl_warmup: int = 0
     sws_tau: float = 0.005
     threads: int | None = None
@@ -132,6 +132,19 @@ def environment() -> dict:
         commit = None
     return {"python": platform.python_version(), "torch": torch.__version__,
             "pyro": pyro.__version__, "pbc": pbc.__version__, "git_commit": commit}
+
+
+# Bound on Var[w̃] per prior when --max-weight-var is not given: Louizos et al.'s clip_var for
+# BC-GNJ.  BC-GHS gets none: its groups prune when w̃ returns to its N(0, 1) prior and the
+# scale z shrinks, which a bound far below 1 forbids (with 0.04, 30 epochs pruned nothing).
+DEFAULT_MAX_WEIGHT_VAR = {"gnj": 0.04}
+
+
+def effective_max_weight_var(config: TrainConfig) -> float | None:
+    """The bound in force: ``config.max_weight_var`` or the prior's default."""
+    if config.max_weight_var is not None:
+        return config.max_weight_var
+    return DEFAULT_MAX_WEIGHT_VAR.get(config.prior)
 
 
 def build(config: TrainConfig, arch: Architecture) -> torch.nn.Module:
@@ -293,6 +306,7 @@ def train(config: TrainConfig) -> TrainResult:
 def _train_epoch(config, net, elbo, optim, x, y, n, epoch) -> dict:
     """One pass over the shuffled training set; returns the epoch's metrics record."""
     batches = _batches(n, config.batch_size, config.seed, epoch)
+    max_var = effective_max_weight_var(config)
     svi = hasattr(net, "model")       # BayesNet and SoftSharingNet: the (MAP-)ELBO
     if hasattr(net, "before_epoch"):  # Deep Compression's pruning schedule
         net.before_epoch(epoch, config.epochs)
@@ -325,7 +339,7 @@ def _train_epoch(config, net, elbo, optim, x, y, n, epoch) -> dict:
         loss.backward()
         optim.step()
         if isinstance(net, BayesNet):
-            net.clip_variances(config.max_weight_var)
+            net.clip_variances(max_var)
         if hasattr(net, "after_step"):   # Deep Compression: pruned weights stay 0
             net.after_step()
         sums["loss"] += loss.item()

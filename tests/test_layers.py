@@ -336,6 +336,9 @@ def test_horseshoe_starts_at_the_weight_scale():
         assert 0.8 < layer.w_loc.detach().std().item() < 1.2
         w_mean, _ = layer.posterior_mean()
         assert w_mean.std().item() * math.sqrt(fan_in) == pytest.approx(1.0, rel=0.2)
+        # the weight noise E[z]²·σ² starts at Louizos et al.'s e^−9, as for GNJ
+        w_var = layer.group_view(z).pow(2) * layer.w_logvar.detach().exp()
+        assert torch.allclose(w_var.log(), torch.full_like(w_var, -9.0), atol=0.1)
 
 
 # ---------------------------------------------------------------------------- VGG16
