@@ -126,12 +126,19 @@ def environment() -> dict:
     import pbc
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+        def git(*args):
+            return subprocess.run(["git", *args], capture_output=True, text=True,
+                                  cwd=Path(__file__).parent, timeout=5).stdout.strip()
+
+        commit = git("rev-parse", "HEAD") or None
+        # uncommitted changes to the package mean the commit alone does not name the code
+        dirty = bool(git("status", "--porcelain", "--", str(Path(__file__).parent))) \
+            if commit else None
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        commit, dirty = None, None
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "pyro": pyro.__version__, "pbc": pbc.__version__, "git_commit": commit}
+            "pyro": pyro.__version__, "pbc": pbc.__version__, "git_commit": commit,
+            "git_dirty": dirty}
 
 
 # Bound on Var[w̃] per prior when --max-weight-var is not given: Louizos et al.'s clip_var for
