@@ -117,20 +117,13 @@ class LayerAnalysis:
 
 
 def parse_thresholds(text: str | None) -> dict[str, float]:
-    """``"fc1=3,fc2=2.5"`` → ``{"fc1": 3.0, "fc2": 2.5}``; ValueError with a reason."""
-    if not text:
-        return {}
-    out = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise ThresholdError(
-                f"bad --thresholds entry {part!r}; expected LAYER=NUMBER") from None
-    return out
+    """``"fc1=3,fc2=2.5"`` → ``{"fc1": 3.0, "fc2": 2.5}``; ThresholdError with a reason."""
+    from pbc.architectures import parse_layer_values
+
+    try:
+        return parse_layer_values(text, "--thresholds")
+    except ValueError as e:
+        raise ThresholdError(str(e)) from None
 
 
 def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None = None,

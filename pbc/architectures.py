@@ -108,6 +108,22 @@ def vgg16(input_shape=(3, 32, 32), num_classes=10) -> Architecture:
 ARCHITECTURES = {"lenet300": lenet300, "lenet5": lenet5, "vgg16": vgg16}
 
 
+def parse_layer_values(text: str | None, flag: str = "value") -> dict[str, float]:
+    """``"fc1=3,fc2=2.5"`` → ``{"fc1": 3.0, "fc2": 2.5}``; ValueError naming ``flag``."""
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"bad {flag} entry {part!r}; expected LAYER=NUMBER") from None
+    return out
+
+
 def make_architecture(name: str, input_shape, num_classes: int = 10) -> Architecture:
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(ARCHITECTURES)}")

@@ -55,6 +55,15 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _layer_values(text: str) -> dict[str, float]:
+    from pbc.architectures import parse_layer_values
+
+    try:
+        return parse_layer_values(text, "--dc-keep")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     from pbc.train import PRIOR_CHOICES
 
@@ -84,7 +93,10 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--kl-warmup", type=_nonnegative_int, default=0,
                    help="epochs of linear KL annealing (0: none)")
     p.add_argument("--sws-tau", type=_positive_float, default=0.005,
-                   help="sws: weight of the mixture prior against the mean cross-entropy")
+                   help="sws: weight of the mixture prior against the log-likelihood")
+    p.add_argument("--dc-keep", type=_layer_values,
+                   help="dc: per-layer keep fractions, e.g. fc1=0.12,fc2=0.1 "
+                        "(default: Han et al.'s)")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="run directory")
@@ -137,6 +149,7 @@ def _train_config(args, prior: str):
         lr_schedule=args.lr_schedule,
         seed=args.seed, device=args.device, subset=args.subset, init_from=args.init_from,
         resume=args.resume, tau0=args.tau0, kl_warmup=args.kl_warmup, sws_tau=args.sws_tau,
+        dc_keep=args.dc_keep,
         max_weight_var=args.max_weight_var, threads=args.threads,
         progress=not args.no_progress)
 

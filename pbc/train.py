@@ -77,6 +77,7 @@ class TrainConfig:
     max_weight_var: float | None = None   # None: the prior's default, see effective_max_weight_var
     kl_warmup: int = 0
     sws_tau: float = 0.005
+    dc_keep: dict[str, float] | None = None   # per-layer keep fractions (dc); None: Han et al.
     threads: int | None = None
     progress: bool = True
 
@@ -160,7 +161,7 @@ def build(config: TrainConfig, arch: Architecture) -> torch.nn.Module:
     if config.prior == "none":
         return build_network(arch)
     if config.prior == "dc":
-        return MaskedNetwork(arch)
+        return MaskedNetwork(arch, config.dc_keep)
     if config.prior == "sws":
         return SoftSharingNet(arch)
     return BayesNet(arch, make_prior(config.prior, tau0=config.tau0))
@@ -229,7 +230,7 @@ def _start(config: TrainConfig, out: Path, net, optim) -> tuple[int, list[dict]]
     ckpt = load_torch(out / CHECKPOINT)
     saved = read_json(out / CONFIG)["config"]
     for key in ("model", "prior", "data", "batch_size", "seed", "subset", "tau0", "lr",
-                "lr_schedule", "max_weight_var", "sws_tau"):
+                "lr_schedule", "max_weight_var", "sws_tau", "dc_keep"):
         if saved.get(key) != getattr(config, key):
             raise ArtefactError(f"{out}: cannot resume: {key} was {saved.get(key)!r}, "
                                 f"now {getattr(config, key)!r}")

@@ -195,3 +195,18 @@ def test_sws_cli_smoke(plain_run, idx_dir, tmp_path, capsys):
     for row in rec["layers"]:
         assert row["codebook_size"] <= n_comp
         assert row["bits"] == math.ceil(math.log2(n_comp))
+
+
+def test_dc_keep_overrides_han_et_al_per_layer():
+    from pbc.deep_compression import keep_fractions
+
+    arch = lenet300()
+    assert keep_fractions(arch) == {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26}
+    assert keep_fractions(arch, {"fc1": 0.15}) == {"fc1": 0.15, "fc2": 0.09, "fc3": 0.26}
+    with pytest.raises(ValueError, match="unknown layers"):
+        keep_fractions(arch, {"conv9": 0.5})
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        keep_fractions(arch, {"fc1": 1.5})
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--prior", "dc", "--dc-keep", "fc1", "--out", "x"])
+    assert e.value.code == 2
