@@ -19,7 +19,8 @@ import sys
 from pbc.study import Study, main
 
 STUDY = Study(name="lenet300-dc", model="lenet300", prior="dc", data="fashion-mnist",
-              epochs=60, pretrain_epochs=30, device="cpu", train={})
+              epochs=60, pretrain_epochs=30, device="cpu",
+              train={"dc_keep": {"fc1": 0.15, "fc2": 0.15}})
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

@@ -19,7 +19,8 @@ import sys
 from pbc.study import Study, main
 
 STUDY = Study(name="lenet300-sws", model="lenet300", prior="sws", data="fashion-mnist",
-              epochs=20, pretrain_epochs=30, device="cpu", train={'lr': 0.0005})
+              epochs=20, pretrain_epochs=30, device="cpu",
+              train={"lr": 0.0005, "sws_tau": 0.05})
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

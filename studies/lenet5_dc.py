@@ -2,7 +2,7 @@
 
 Claim: Deep Compression on LeNet-5-Caffe with Han et al.'s per-layer keep fractions.
 
-Protocol: a plain net pretrained for 30 epochs, then 30 epochs under the
+Protocol: a plain net pretrained for 30 epochs, then 20 epochs under the
 method from the pretrained weights (the paper also pretrains; its runs are longer).
 Command::
 
@@ -18,7 +18,7 @@ import sys
 from pbc.study import Study, main
 
 STUDY = Study(name="lenet5-dc", model="lenet5", prior="dc", data="fashion-mnist",
-              epochs=30, pretrain_epochs=30, device="cpu", train={})
+              epochs=20, pretrain_epochs=30, device="cpu", train={})
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

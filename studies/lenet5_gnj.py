@@ -3,7 +3,7 @@
 Claim: BC-GNJ prunes LeNet-5-Caffe's filters and fc1 inputs (structured), so the pruned
 dense network is faster, and its bit precisions come from the posterior.
 
-Protocol: a plain net pretrained for 30 epochs, then 30 epochs under the
+Protocol: a plain net pretrained for 30 epochs, then 20 epochs under the
 method from the pretrained weights (the paper also pretrains; its runs are longer).
 Command::
 
@@ -20,7 +20,7 @@ import sys
 from pbc.study import Study, main
 
 STUDY = Study(name="lenet5-gnj", model="lenet5", prior="gnj", data="fashion-mnist",
-              epochs=30, pretrain_epochs=30, device="cpu", train={})
+              epochs=20, pretrain_epochs=30, device="cpu", train={})
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

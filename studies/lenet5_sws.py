@@ -18,7 +18,8 @@ import sys
 from pbc.study import Study, main
 
 STUDY = Study(name="lenet5-sws", model="lenet5", prior="sws", data="fashion-mnist",
-              epochs=15, pretrain_epochs=30, device="cpu", train={'lr': 0.0005})
+              epochs=15, pretrain_epochs=30, device="cpu",
+              train={"lr": 0.0005, "sws_tau": 0.05})
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))
