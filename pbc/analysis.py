@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 # can be checked against either ArviZ major version on its own; the stage imports them.
 
 POSTERIOR, GROUPS, LAYERS, ANALYSIS = "posterior.nc", "groups.csv", "layers.csv", "analysis.json"
-SCORE_NAMES = {"gnj": "log_alpha", "ghs": "-E[log z]", "svd": "log_alpha (per weight)"}
-SCORE_LABELS = {"gnj": "log α", "ghs": "−E[log z]", "svd": "log α per weight"}
+SCORE_NAMES = {"gnj": "log_alpha", "ghs": "log_alpha", "svd": "log_alpha (per weight)"}
+SCORE_LABELS = {"gnj": "log α", "ghs": "log α = log(e^Var[log z] − 1)", "svd": "log α per weight"}
 
 
 def _arviz():
@@ -246,7 +246,7 @@ def _group_rows(result: dict[str, LayerAnalysis]) -> list[dict]:
             continue
         for i in range(p.z_mean.size):
             rows.append({"layer": name, "index": i, "z_mean": p.z_mean[i], "z_var": p.z_var[i],
-                         "log_alpha": p.log_alpha[i] if p.log_alpha is not None else math.nan,
+                         "log_alpha": p.log_alpha[i],
                          "e_log_z": p.e_log_z[i], "log_mode": p.log_mode[i],
                          "score": p.score[i], "kept": bool(r.groups_kept_mask[i])})
     return rows

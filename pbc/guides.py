@@ -148,6 +148,13 @@ class HorseshoeScaleGuide(nn.Module):
     def rsample_per_example(self, n: int) -> torch.Tensor:
         return self._rsample(n)[0]
 
+    def log_alpha(self) -> torch.Tensor:
+        """Group dropout rates ``log α_g = log(Var[z_g] / E[z_g]²) = log(e^{σ²} − 1)`` with
+        ``σ² = Var[log z_g]``, shape ``(G,)``: large where the scale's posterior stayed as
+        wide as its prior (the data did not need the group)."""
+        _, var = self.log_z_moments()
+        return torch.log(torch.expm1(var))
+
     def mean(self) -> torch.Tensor:
         mean, var = self.log_z_moments()
         return torch.exp(mean + 0.5 * var)

@@ -73,7 +73,9 @@ def test_ghs_moments_by_hand():
     np.testing.assert_allclose(post.w_mean.ravel(), ez * np.array([2.0, -1.0]), rtol=1e-5)
     np.testing.assert_allclose(post.w_var.ravel(), vz * (np.array([4.0, 1.0]) + 0.1) + ez**2 * 0.1,
                                rtol=1e-5)
-    np.testing.assert_allclose(post.score, -m, rtol=1e-6)
+    # the score is the dropout rate of the log-normal z: log(Var[z]/E[z]²) = log(e^v − 1)
+    np.testing.assert_allclose(post.score, np.log(vz / ez**2), rtol=1e-5)
+    np.testing.assert_allclose(post.score, np.log(np.expm1(v)), rtol=1e-6)
     # posterior draws of z have the analytic mean
     torch.manual_seed(0)
     z = q.draws(200_000)["z"].numpy()
