@@ -42,6 +42,7 @@ from pbc.io import (
 )
 from pbc.models import ARCHITECTURES, Architecture, BayesNet, build_network, make_architecture
 from pbc.priors import PRIORS, make_prior
+from pbc.soft_sharing import DEFAULT_TAU as SWS_DEFAULT_TAU
 from pbc.soft_sharing import SoftSharingNet
 
 BASELINES = ("sws", "dc")   # methods trained from a plain network without a Bayesian layer
@@ -76,7 +77,7 @@ class TrainConfig:
     tau0: float = 1e-5
     max_weight_var: float | None = None   # None: the prior's default, see effective_max_weight_var
     kl_warmup: int = 0
-    sws_tau: float = 0.005
+    sws_tau: float = SWS_DEFAULT_TAU
     dc_keep: dict[str, float] | None = None   # per-layer keep fractions (dc); None: Han et al.
     threads: int | None = None
     progress: bool = True
