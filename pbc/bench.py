@@ -4,6 +4,9 @@ Variants, all plain torch modules in eval mode under ``torch.inference_mode``:
 
 * ``dense`` — the original architecture holding the posterior means (nothing removed);
 * ``pruned`` — the structured export (``pruned.pt``): physically smaller dense layers;
+* ``pruned-pad16`` — the same function with hidden linear widths padded with zero units to a
+  multiple of 16 (:func:`pad_linear_widths`): more FLOPs, but the widths CPU GEMM kernels
+  are fast at;
 * ``quantised`` — the same shapes with fixed-point weights (``quantised.pt``), still float32
   arithmetic: the bit precision pays off in storage, not in float32 speed;
 * ``csr`` — ``quantised`` with every linear layer's weight as a ``torch.sparse_csr`` matrix
@@ -130,12 +133,49 @@ def energy_per_batch(net, x, meter: NvmlEnergy, min_seconds: float = 2.0) -> flo
     return (meter.joules() - e0) / n
 
 
+@torch.no_grad()
+def pad_linear_widths(net: nn.Sequential, multiple: int = 16) -> nn.Sequential:
+    """A copy of ``net`` whose hidden linear layers have output widths rounded up to a
+    multiple of ``multiple`` with zero rows (zero bias), and the next linear layer zero
+    columns to match; the last linear layer keeps its width.  The function is unchanged
+    (a padded unit outputs 0, through ReLU too); only the layout is.
+
+    Why: CPU GEMM kernels are much faster at aligned widths.  On this machine (1 thread,
+    batch 8192, 724 inputs) 107 outputs took 28.9 ms and 112 outputs 18.4 ms.
+    """
+    mods = [m for m in net]
+    linear_at = [i for i, m in enumerate(mods) if isinstance(m, nn.Linear)]
+    out, extra_in = [], 0
+    for i, m in enumerate(mods):
+        if isinstance(m, nn.Linear):
+            last = i == linear_at[-1]
+            w, b = m.weight, m.bias
+            if extra_in:
+                w = torch.cat([w, w.new_zeros(w.shape[0], extra_in)], 1)
+            pad = 0 if last else -w.shape[0] % multiple
+            if pad:
+                w = torch.cat([w, w.new_zeros(pad, w.shape[1])], 0)
+                b = torch.cat([b, b.new_zeros(pad)])
+            lin = nn.Linear(w.shape[1], w.shape[0])
+            lin.weight.copy_(w)
+            lin.bias.copy_(b)
+            out.append(lin)
+            extra_in = pad
+        else:
+            if extra_in and not isinstance(m, nn.ReLU):
+                raise ValueError(f"cannot pad through {type(m).__name__}")
+            out.append(m)
+    return nn.Sequential(*out).eval()
+
+
 def variants(run: Path, dense: nn.Module) -> dict[str, nn.Module]:
-    """The four timed networks; ``dense`` is the posterior-mean net of the original shape."""
+    """The timed networks; ``dense`` is the posterior-mean net of the original shape."""
     from pbc.compress import PRUNED, QUANTISED
 
     quantised = load_export(run / QUANTISED)
-    return {"dense": dense.eval(), "pruned": load_export(run / PRUNED),
+    pruned = load_export(run / PRUNED)
+    return {"dense": dense.eval(), "pruned": pruned,
+            "pruned-pad16": pad_linear_widths(pruned, 16),
             "quantised": quantised, "csr": to_csr(quantised).eval()}
 
 

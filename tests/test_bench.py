@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pbc.bench import SparseLinear, flops, time_forward, to_csr
+from pbc.bench import SparseLinear, flops, pad_linear_widths, time_forward, to_csr
 from pbc.cli import main
 from pbc.train import TrainConfig, train
 
@@ -32,6 +32,20 @@ def test_csr_layer_counts_nonzeros_and_matches_dense():
     x = torch.randn(5, 6)
     with torch.no_grad():
         torch.testing.assert_close(csr(x), lin(x))
+
+
+def test_padding_hidden_widths_keeps_the_function():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 107), nn.ReLU(), nn.Linear(107, 33),
+                        nn.ReLU(), nn.Linear(33, 10)).eval()
+    padded = pad_linear_widths(net, 16)
+    widths = [(m.in_features, m.out_features) for m in padded if isinstance(m, nn.Linear)]
+    assert widths == [(12, 112), (112, 48), (48, 10)]
+    x = torch.randn(7, 3, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(padded(x), net(x))
+    # 12·107 + 107·33 + 33·10 → 12·112 + 112·48 + 48·10 multiply-adds
+    assert flops(padded, (3, 4)) == 2 * (12 * 112 + 112 * 48 + 48 * 10)
 
 
 def test_timer_on_a_trivial_module():
@@ -63,7 +77,7 @@ def test_bench_json_schema(idx_dir, tmp_path, model):
     assert {"device", "device_name", "threads", "batch", "energy_note", "variants"} <= set(rec)
     assert rec["threads"] == 1 and rec["batch"] == 16 and rec["device"] == "cpu"
     names = [v["name"] for v in rec["variants"]]
-    assert names == ["dense", "pruned", "quantised", "csr"]
+    assert names == ["dense", "pruned", "pruned-pad16", "quantised", "csr"]
     for v in rec["variants"]:
         assert {"median_s", "spread", "flops", "speedup", "ideal_speedup", "energy_j"} <= set(v)
         assert v["energy_j"] is None and v["median_s"] > 0 and v["flops"] > 0
