@@ -77,12 +77,12 @@ def test_bench_json_schema(idx_dir, tmp_path, model):
     assert {"device", "device_name", "threads", "batch", "energy_note", "variants"} <= set(rec)
     assert rec["threads"] == 1 and rec["batch"] == 16 and rec["device"] == "cpu"
     names = [v["name"] for v in rec["variants"]]
-    assert names == ["dense", "pruned", "pruned-pad16", "quantised", "csr"]
+    assert names == ["dense", "dense-pad16", "pruned", "pruned-pad16", "quantised", "csr"]
     for v in rec["variants"]:
         assert {"median_s", "spread", "flops", "speedup", "ideal_speedup", "energy_j"} <= set(v)
         assert v["energy_j"] is None and v["median_s"] > 0 and v["flops"] > 0
     dense = rec["variants"][0]
     assert dense["speedup"] == 1.0 and dense["ideal_speedup"] == 1.0
-    pruned = rec["variants"][1]
+    pruned = rec["variants"][2]
     assert pruned["ideal_speedup"] == pytest.approx(dense["flops"] / pruned["flops"])
     assert (run / "figures" / "bench.png").stat().st_size > 1000
