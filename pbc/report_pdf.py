@@ -333,7 +333,7 @@ def _bench_page(runs):
     benched = [r for r in runs if r.bench is not None]
     fig = _page("Figure 1 — forward-pass time per variant (bench.json)",
                 "Median over the timed repeats; whiskers: inter-quartile range; above each "
-                "bar: measured speed-up over 'dense' (ideal = FLOP ratio).")
+                "bar: measured speed-up over 'dense' (in brackets: ideal = FLOP ratio).")
     notes = [f"no bench.json: {', '.join(r.label for r in runs if r.bench is None)}"
              if len(benched) < len(runs) else ""]
     if not benched:
@@ -359,10 +359,16 @@ def _bench_page(runs):
         hi = [max(0.0, (v["q75"] or v["median_s"]) * 1e3 - m) for m, v in zip(med, rows,
                                                                               strict=True)]
         colour = COLOURS[runs.index(run) % len(COLOURS)]   # the run's colour on every page
-        ax.bar(names, med, yerr=[lo, hi], color=colour, capsize=3)
+        many = len(names) > 4
+        ax.bar(range(len(names)), med, yerr=[lo, hi], color=colour, capsize=3)
+        ax.set_xticks(range(len(names)),
+                      [n.replace("-pad", "\n+pad") for n in names] if many else names,
+                      fontsize=6.5 if many else 8)
         for x, (m, v) in enumerate(zip(med, rows, strict=True)):
-            ax.text(x, m + hi[x], f"{v['speedup']:.2f}×\n(ideal {v['ideal_speedup']:.2f}×)",
-                    ha="center", va="bottom", fontsize=7.5)
+            label = (f"{v['speedup']:.2f}×\n({v['ideal_speedup']:.2f}×)" if many else
+                     f"{v['speedup']:.2f}×\n(ideal {v['ideal_speedup']:.2f}×)")
+            ax.text(x, m + hi[x], label, ha="center", va="bottom",
+                    fontsize=6 if many else 7.5)
         ax.set_ylim(0, max(m + h for m, h in zip(med, hi, strict=True)) * 1.45)
         ax.set_ylabel("ms per batch", fontsize=8.5)
         ax.tick_params(labelsize=8)
