@@ -69,29 +69,31 @@ def test_csv_numbers_equal_the_artefacts(runs, tmp_path):
         comp = _json(run / "compression.json")
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         row = t2[(t2.source == "run") & (t2.run == run.name)].iloc[0]
-        for key, value in comp["rates"].items():
-            assert row[key] == value
+        for key in ("pruning", "fast_prediction", "max_compression"):
+            assert row[key] == comp["rates"][key]
+        nonzero = sum(x["weights_nonzero"] for x in comp["layers"])
         for key, value in comp["error"].items():
             assert row[f"error_{key}"] == value
         assert row["packed_bytes"] == comp["packed_bytes"]
         assert row["test_error_last_epoch"] == metrics[-1]["test_error"]
         assert row["weights_total"] == sum(x["weights_total"] for x in comp["layers"])
-        assert row["weights_kept"] == sum(x["weights_kept"] for x in comp["layers"])
+        assert row["weights_kept"] == nonzero
+        assert row["nonzero_pct"] == pytest.approx(100 * comp["rates"]["nonzero_fraction"])
         layers = t1[(t1.source == "run") & (t1.run == run.name)].set_index("layer")
         for x in comp["layers"]:
             kept = x["out_kept"] if x["kind"] == "conv" else x["in_kept"]
             assert layers.loc[x["name"], "units_kept"] == kept
             assert layers.loc[x["name"], "bits"] == x["bits"]
         per = mdl[mdl.run == run.name].set_index("layer")
+        kl = pd.read_csv(run / "layers.csv").set_index("layer")["kl_bits"]
         for name, part in comp["size_parts"].items():
             assert per.loc[name, "packed_bytes"] == part["total_bytes"]
             assert per.loc[name, "packed_bits"] == 8 * part["total_bytes"]
-            assert pd.isna(per.loc[name, "kl_bits"])          # per-layer KL is not recorded
+            assert per.loc[name, "kl_bits"] == kl[name]       # the analyse stage's kl_bits
         assert per.loc["(run)", "kl_bits"] == metrics[-1]["kl_bits"]
         assert per.loc["(run)", "packed_bytes"] == comp["packed_bytes"]
     # Table 1: LeNet-300-100 in_kept, LeNet-5 conv out_kept / fc in_kept, as in the paper
-    gnj = t1[t1.run == "lenet300-gnj"]
-    assert list(gnj["units_kept"]) == [752, 274, 89] and list(gnj["bits"]) == [9, 10, 14]
+    assert list(t1[t1.run == "lenet300-gnj"]["units_total"]) == [784, 300, 100]
     assert list(t1[t1.run == "lenet5-ghs"]["units_total"]) == [20, 50, 800, 500]
     # the paper's rows come from pbc.paper, unchanged
     bc = t2[(t2.source == "paper") & (t2.model == "lenet5") & (t2.method == "BC-GNJ")].iloc[0]
