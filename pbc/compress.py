@@ -245,6 +245,21 @@ def posterior_plan(run: Path, arch: Architecture, net) -> CompressionPlan:
     return CompressionPlan(full.state_dict(), masks, quantise, w_keep, dict(thresholds))
 
 
+def unstructured_plan(arch: Architecture, state: dict[str, torch.Tensor],
+                      weight_keep: dict[str, np.ndarray],
+                      quantise: Callable[[str, np.ndarray], Quantised]) -> CompressionPlan:
+    """The plan of a method that prunes single weights (DC, SWS): the structured masks are
+    the units left without a weight (:func:`pbc.posterior.groups_of_weights`, propagated);
+    no threshold applies."""
+    from pbc.posterior import groups_of_weights, propagate_masks
+
+    groups = {s.name: groups_of_weights(s.kind, weight_keep[s.name],
+                                        state[f"{s.name}.bias"].numpy())
+              for s in arch.weighted_layers()}
+    return CompressionPlan(state, propagate_masks(arch, groups), quantise, weight_keep,
+                           dict.fromkeys(groups))
+
+
 def _method_plan(run: Path, config, arch: Architecture, net) -> CompressionPlan:
     if config.prior == "none":
         raise StageError(f"{run}: a deterministic run (prior 'none') has nothing to compress; "

@@ -128,20 +128,15 @@ class MaskedNetwork(nn.Module):
 
 def compression_plan(net: MaskedNetwork, arch: Architecture):
     """The compress stage's plan: masks as pruned, k-means codebooks per layer."""
-    from pbc.compress import KMEANS_BITS, CompressionPlan, Quantised, kmeans_codes
-    from pbc.posterior import groups_of_weights, propagate_masks
+    from pbc.compress import KMEANS_BITS, Quantised, kmeans_codes, unstructured_plan
 
-    state = net.posterior_mean_state_dict()
+    state = {k: v.cpu() for k, v in net.posterior_mean_state_dict().items()}
     kinds = {s.name: s.kind for s in arch.weighted_layers()}
-    keep = {n: net.mask(n).cpu().numpy().astype(bool) for n in kinds}
-    groups = {n: groups_of_weights(kinds[n], keep[n], state[f"{n}.bias"].cpu().numpy())
-              for n in kinds}
 
     def quantise(name: str, w: np.ndarray) -> Quantised:
         bits = KMEANS_BITS[kinds[name]]
         codes, codebook = kmeans_codes(w, bits)
         return Quantised(codes, codebook, {"bits": bits})
 
-    return CompressionPlan({k: v.cpu() for k, v in state.items()},
-                           propagate_masks(arch, groups), quantise, keep,
-                           {n: None for n in kinds})
+    keep = {n: net.mask(n).cpu().numpy().astype(bool) for n in kinds}
+    return unstructured_plan(arch, state, keep, quantise)

@@ -291,15 +291,10 @@ def quantise_to_components(w: np.ndarray, c: Components) -> tuple[np.ndarray, np
 
 def compression_plan(net: SoftSharingNet, arch: Architecture):
     """The compress stage's plan: zero-component weights pruned, the rest shared."""
-    from pbc.compress import CompressionPlan, Quantised
-    from pbc.posterior import groups_of_weights, propagate_masks
+    from pbc.compress import Quantised, unstructured_plan
 
     state = {k: v.cpu() for k, v in net.posterior_mean_state_dict().items()}
     comps = merge_components(net.prior.components())
-    kinds = {s.name: s.kind for s in arch.weighted_layers()}
-    keep = {n: responsibilities_argmax(state[f"{n}.weight"].numpy(), comps) != 0 for n in kinds}
-    groups = {n: groups_of_weights(kinds[n], keep[n], state[f"{n}.bias"].numpy())
-              for n in kinds}
     index_bits = max(1, math.ceil(math.log2(comps.pi.size)))
 
     def quantise(name: str, w: np.ndarray) -> Quantised:
@@ -307,5 +302,6 @@ def compression_plan(net: SoftSharingNet, arch: Architecture):
         return Quantised(codes, codebook, {"bits": index_bits,
                                            "components_merged": int(comps.pi.size)})
 
-    return CompressionPlan(state, propagate_masks(arch, groups), quantise, keep,
-                           {n: None for n in kinds})
+    keep = {s.name: responsibilities_argmax(state[f"{s.name}.weight"].numpy(), comps) != 0
+            for s in arch.weighted_layers()}
+    return unstructured_plan(arch, state, keep, quantise)
