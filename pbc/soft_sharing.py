@@ -57,39 +57,51 @@ GAMMA_ZERO = (5000.0, 2.0)    # (concentration, rate) on the zero component's pr
 GAMMA_OTHER = (250.0, 0.1)
 DEFAULT_TAU = 0.005
 MERGE_KL = 0.1
+MIXTURE_CHUNK = 8192         # weights per block of _MixtureNLL (a (17, 8192) block fits in L2)
 LR_SCALES = {"means": 0.2, "log_precision": 6.0, "mix_logits": 6.0}
 
 
 class _MixtureNLL(torch.autograd.Function):
-    """``−Σ_i log Σ_j exp(log π_j) N(w_i | μ_j, 1/λ_j)`` with a hand-written backward.
+    """``−Σ_i log Σ_j exp(log π_j) N(w_i | μ_j, 1/λ_j)`` with its gradients computed in the
+    forward pass, over chunks of :data:`MIXTURE_CHUNK` weights.
 
-    Autograd through ``MixtureSameFamily`` keeps about thirty ``(n, J)`` temporaries per step
-    (130 ms for lenet300's 266 200 weights × 17 components on one thread); this keeps two.
+    Each chunk's ``(J, chunk)`` block of log-densities, responsibilities ``r`` and offsets
+    ``d = w − μ`` stays in cache, and only ``∂/∂w`` (shape of ``w``) and three ``(J,)`` sums
+    are kept for the backward pass.  Autograd through ``MixtureSameFamily`` keeps about thirty
+    ``(n, J)`` temporaries per step (130 ms for lenet300's 266 200 weights × 17 components on
+    one thread); an unchunked hand-written version 63 ms (lenet5's 431 080: 104 ms); this
+    45 ms (72 ms), value and gradients unchanged.
     """
 
     @staticmethod
     def forward(ctx, w, log_pi, mu, lam):
-        d = w.reshape(-1, 1) - mu                                    # (n, J)
-        e = d * d
-        e.mul_(-0.5 * lam).add_(log_pi + 0.5 * torch.log(lam / (2 * math.pi)))
-        m = e.amax(1, keepdim=True)
-        e.sub_(m).exp_()
-        total = e.sum(1, keepdim=True)
-        log_p = (m + total.log()).sum()
-        e.div_(total)                                                # responsibilities r
-        ctx.save_for_backward(e, d, lam)
-        ctx.w_shape = w.shape
+        flat = w.reshape(-1)
+        scale = (-0.5 * lam).reshape(-1, 1)
+        const = (log_pi + 0.5 * torch.log(lam / (2 * math.pi))).reshape(-1, 1)
+        grad_w = torch.empty_like(flat)
+        resp, sum_rd, sum_rd2 = (torch.zeros_like(mu) for _ in range(3))
+        log_p = flat.new_zeros(())
+        for s in range(0, flat.numel(), MIXTURE_CHUNK):
+            d = flat[s:s + MIXTURE_CHUNK].reshape(1, -1) - mu.reshape(-1, 1)   # (J, chunk)
+            e = d * d
+            e.mul_(scale).add_(const)                                   # log π_j N(w | μ_j, 1/λ_j)
+            m = e.amax(0)
+            e.sub_(m).exp_()
+            total = e.sum(0)
+            log_p += m.sum() + total.log().sum()
+            e.div_(total)                                               # r
+            resp += e.sum(1)
+            e.mul_(d)                                                   # r·d
+            torch.mv(e.t(), lam, out=grad_w[s:s + MIXTURE_CHUNK])       # Σ_j λ_j r_j d_j
+            sum_rd += e.sum(1)
+            sum_rd2 += e.mul_(d).sum(1)                                 # Σ_i r·d²
+        ctx.save_for_backward(grad_w.reshape(w.shape), resp, sum_rd, sum_rd2, lam)
         return -log_p
 
     @staticmethod
     def backward(ctx, g):
-        r, d, lam = ctx.saved_tensors
-        rd = r * d
-        grad_w = g * (rd @ lam).reshape(ctx.w_shape) if ctx.needs_input_grad[0] else None
-        sum_rd = rd.sum(0)
-        sum_rd2 = rd.mul_(d).sum(0)
-        resp = r.sum(0)
-        return (grad_w,
+        grad_w, resp, sum_rd, sum_rd2, lam = ctx.saved_tensors
+        return (g * grad_w,
                 -g * resp,                                          # ∂/∂log π
                 -g * lam * sum_rd,                                  # ∂/∂μ
                 -g * (resp / (2 * lam) - 0.5 * sum_rd2))            # ∂/∂λ
