@@ -24,6 +24,7 @@ arithmetic of a small layer.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pyro
@@ -42,6 +43,15 @@ from pbc.priors import GroupPrior, GroupScaledNormal
 def layer_output(layer: BayesLayer, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
     """The layer's deterministic map ``x ↦ f(x; w, b)``; an effect that handlers may replace."""
     return layer.functional(x, weight, bias)
+
+
+@functools.lru_cache(maxsize=64)
+def _standard_normal(shape: torch.Size, dtype: torch.dtype, device: torch.device):
+    """``N(0, 1)`` over a bias of ``shape`` (one event), built once per shape: it has nothing
+    to learn, and building it costs more than a small layer's KL."""
+    zero = torch.zeros((), dtype=dtype, device=device)
+    # event dim: output units (out,)
+    return dist.Normal(zero, torch.ones_like(zero)).expand(shape).to_event(1)
 
 
 class BayesLayer(PyroModule):
@@ -144,9 +154,7 @@ class BayesLayer(PyroModule):
 
     @staticmethod
     def _standard_bias_prior(like):
-        zero, one = like.new_zeros(()), like.new_ones(())
-        # event dim: output units (out,)
-        return dist.Normal(zero, one).expand(like.shape).to_event(1)
+        return _standard_normal(like.shape, like.dtype, like.device)
 
     def _bias_guide(self):
         p = self._parameters

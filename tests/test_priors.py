@@ -148,6 +148,42 @@ def test_group_scaled_normal_kl_matches_monte_carlo_and_is_z_free():
     assert kl_divergence(q2, p2).item() == pytest.approx(closed.item(), rel=1e-12)
 
 
+def test_standard_normal_kl_value_and_hand_written_gradients():
+    """The guide's ``GroupScaledNormal`` (``logvar``) against the standard prior: the value is
+    ``½ Σ (σ² + μ² − 1 − log σ²)`` and the hand-written backward passes ``gradcheck``."""
+    from pbc.priors import _StandardNormalKL
+
+    torch.manual_seed(5)
+    loc = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    logvar = (torch.randn(4, 3, dtype=torch.float64) - 2.0).requires_grad_()
+    q = GroupScaledNormal(loc, z=_t(Z_LINEAR), logvar=logvar)
+    p = GroupScaledNormal.standard_prior((4, 3), _t(Z_LINEAR), loc)
+    expected = kl_divergence(dist.Normal(loc, (0.5 * logvar).exp()),
+                             dist.Normal(_t(0.0), _t(1.0))).sum()
+    torch.testing.assert_close(kl_divergence(q, p), expected)
+    assert torch.autograd.gradcheck(_StandardNormalKL.apply, (loc, logvar))
+
+
+def test_gamma_family_kl_constant_path_matches_tensor_path():
+    """Fixed scalar (or expanded) hyperparameters take a Python-float path; it must give the
+    values and gradients of the tensor path used for learned or per-element ones."""
+    from pbc.priors import LogNormalFactor
+
+    loc = _t([0.3, -1.2, 2.0]).requires_grad_()
+    logvar = _t([-1.0, 0.2, -4.0]).requires_grad_()
+    q = LogNormalFactor(loc, logvar)
+    for p_cls, k, r in ((dist.Gamma, 0.5, 1e4), (dist.InverseGamma, 0.5, 1.0)):
+        fixed = p_cls(_t(k), _t(r)).expand([3])                       # stride-0 parameters
+        learned = p_cls(_t(k).requires_grad_(), _t(r))               # tensor path
+        per_element = p_cls(_t([k, k, k]), _t([r, r, r]) * _t([1.0, 1.0, 1.0]))
+        kls = [kl_divergence(q, p) for p in (fixed, learned, per_element)]
+        grads = [torch.autograd.grad(v.sum(), (loc, logvar)) for v in kls]
+        for v, g in zip(kls[1:], grads[1:], strict=True):
+            torch.testing.assert_close(v, kls[0])
+            torch.testing.assert_close(g, grads[0])
+        assert "_pbc_kl_constants" in fixed.__dict__ and "_pbc_kl_constants" not in learned.__dict__
+
+
 def test_group_scaled_normal_moments_and_log_prob():
     z = _t(Z_LINEAR)
     q, _ = _gsn_pair(z)
