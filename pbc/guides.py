@@ -21,7 +21,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pbc.priors import LogNormalFactor, log_alpha_of
+from pbc.priors import LogNormalFactor, horseshoe_scales, log_alpha_of
 
 # Under local reparameterisation the layer draws z per example itself (pbc.handlers), so the
 # guide's global draw of z is not needed: the handler gives these sites a placeholder value.
@@ -116,8 +116,7 @@ class HorseshoeScaleGuide(nn.Module):
                          infer=DEFERRED)
         zb = pyro.sample(f"{layer}.zb", ln(self.zb_loc, self.zb_logvar).to_event(1),
                          infer=DEFERRED)
-        s = pyro.deterministic(f"{layer}.s", torch.sqrt(sa * sb))
-        return pyro.deterministic(f"{layer}.z", s * torch.sqrt(za * zb), event_dim=1)
+        return horseshoe_scales(layer, sa, sb, za, zb)
 
     def log_s_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of ``log s`` (scalars)."""

@@ -19,7 +19,8 @@ per-weight posterior) is the special case ``z = 1``.  The layers of ``pbc.layers
 1. does not draw the guide's sites marked ``infer={"local_reparam": True}`` — the global
    ``L.z`` (or its horseshoe factors), ``L.w`` and ``L.b``: each gets its distribution's
    mean as a placeholder value (the ELBO needs only their distributions, for the KL), so
-   no weight is ever sampled;
+   no weight is ever sampled; deterministic functions of those placeholders (the
+   horseshoe's ``L.s`` and ``L.z``) are not recorded as sites (:func:`local_reparam_active`);
 2. replaces ``layer_output`` by the draw above, using the guide's parameters of ``w̃`` and a
    fresh per-example draw of ``z`` from ``q(z)``.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import torch
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_STACK
 
 _VAR_EPS = 1e-8  # keeps √var differentiable where a variance underflows to 0
 
@@ -45,6 +47,12 @@ class LocalReparameterization(Messenger):
     def _pyro_bayes_layer(self, msg):
         layer, x = msg["args"][0], msg["args"][1]
         msg["value"] = local_reparam_output(layer, x)
+
+
+def local_reparam_active() -> bool:
+    """Whether a :class:`LocalReparameterization` is on Pyro's handler stack: the guide's
+    deferred sites then hold placeholders, not draws."""
+    return any(isinstance(m, LocalReparameterization) for m in _PYRO_STACK)
 
 
 def local_reparam_output(layer, x: torch.Tensor) -> torch.Tensor:

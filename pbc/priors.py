@@ -35,6 +35,8 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions import constraints
 from torch.distributions.kl import register_kl
 
+from pbc.handlers import local_reparam_active
+
 # Molchanov et al. (2017), eq. 14: −KL ≈ k1·σ(k2 + k3·log α) − ½·softplus(−log α) − k1.
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 
@@ -293,6 +295,18 @@ def _kl_factor_inverse_gamma(q, p):
     return _kl_log_normal_gamma_family(q.loc, q.logvar.exp(), q.logvar, p, -1.0)
 
 
+def horseshoe_scales(layer: str, sa, sb, za, zb) -> torch.Tensor:
+    """``z = s·√(za·zb)`` with ``s = √(sa·sb)``, shape ``(G,)``, recorded as the deterministic
+    sites ``<layer>.s`` and ``<layer>.z`` — except under local reparameterisation, where the
+    factors are placeholders and a site would record a value that is no draw."""
+    s = torch.sqrt(sa * sb)
+    z = s * torch.sqrt(za * zb)
+    if local_reparam_active():
+        return z
+    pyro.deterministic(f"{layer}.s", s)
+    return pyro.deterministic(f"{layer}.z", z, event_dim=1)
+
+
 # ---------------------------------------------------------------------------- prior objects
 class GroupPrior:
     """A prior family on group scales.  Subclasses emit the model's ``z`` sites.
@@ -377,8 +391,7 @@ class GroupHorseshoe(GroupPrior):
         sb = pyro.sample(f"{layer}.sb", p_sb)
         za = pyro.sample(f"{layer}.za", p_za)
         zb = pyro.sample(f"{layer}.zb", p_zb)
-        s = pyro.deterministic(f"{layer}.s", torch.sqrt(sa * sb))
-        return pyro.deterministic(f"{layer}.z", s * torch.sqrt(za * zb), event_dim=1)
+        return horseshoe_scales(layer, sa, sb, za, zb)
 
     def guide(self, n_groups, init_scale=1.0):
         from pbc.guides import HorseshoeScaleGuide
