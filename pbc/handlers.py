@@ -17,9 +17,9 @@ per-weight posterior) is the special case ``z = 1``.  The layers of ``pbc.layers
 ``z``, ``w`` and ``b`` as named sites and call the effectful ``layer_output``; this handler
 
 1. does not draw the guide's sites marked ``infer={"local_reparam": True}`` — the global
-   ``L.z`` (or its horseshoe factors), ``L.w`` and ``L.b``: each gets its distribution's
-   mean as a placeholder value (the ELBO needs only their distributions, for the KL), so
-   no weight is ever sampled; deterministic functions of those placeholders (the
+   ``L.z`` (or its horseshoe factors), ``L.w`` and ``L.b``: each gets a placeholder value
+   (:func:`placeholder`; the ELBO needs only their distributions, for the KL), so no
+   weight is ever sampled; deterministic functions of those placeholders (the
    horseshoe's ``L.s`` and ``L.z``) are not recorded as sites (:func:`local_reparam_active`);
 2. replaces ``layer_output`` by the draw above, using the guide's parameters of ``w̃`` and a
    fresh per-example draw of ``z`` from ``q(z)``.
@@ -41,12 +41,24 @@ class LocalReparameterization(Messenger):
 
     def _pyro_sample(self, msg):
         if msg["value"] is None and not msg["is_observed"] and msg["infer"].get("local_reparam"):
-            with torch.no_grad():  # a placeholder: nothing differentiates through it
-                msg["value"] = msg["fn"].mean
+            msg["value"] = placeholder(msg["fn"])
 
     def _pyro_bayes_layer(self, msg):
         layer, x = msg["args"][0], msg["args"][1]
         msg["value"] = local_reparam_output(layer, x)
+
+
+def placeholder(fn) -> torch.Tensor:
+    """The value of a deferred site: ones of the site's shape as an expanded scalar.
+
+    Nothing reads it (the KL needs only the distribution, the layer output is drawn from the
+    guide's parameters); it is free to build, where the distribution's mean cost a full
+    weight-sized product per layer and step, and it lies in the supports of these sites
+    (real, positive).  Dtype and device are those of the distribution's ``loc``.
+    """
+    base = getattr(fn, "base_dist", fn)
+    like = base.loc
+    return like.new_ones(()).expand(fn.batch_shape + fn.event_shape)
 
 
 def local_reparam_active() -> bool:

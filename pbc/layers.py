@@ -48,10 +48,10 @@ def layer_output(layer: BayesLayer, x: torch.Tensor, weight: torch.Tensor, bias:
 @functools.lru_cache(maxsize=64)
 def _standard_normal(shape: torch.Size, dtype: torch.dtype, device: torch.device):
     """``N(0, 1)`` over a bias of ``shape`` (one event), built once per shape: it has nothing
-    to learn, and building it costs more than a small layer's KL."""
-    zero = torch.zeros((), dtype=dtype, device=device)
-    # event dim: output units (out,)
-    return dist.Normal(zero, torch.ones_like(zero)).expand(shape).to_event(1)
+    to learn, and building it costs more than a small layer's KL.  A ``GroupScaledNormal``
+    with ``z = 1``, so that the bias's KL takes the same closed form as the weights'."""
+    return GroupScaledNormal.standard_prior(shape, 1.0, torch.zeros((), dtype=dtype,
+                                                                     device=device))
 
 
 class BayesLayer(PyroModule):
@@ -157,9 +157,9 @@ class BayesLayer(PyroModule):
         return _standard_normal(like.shape, like.dtype, like.device)
 
     def _bias_guide(self):
+        """``q(b) = N(μ_b, σ_b²)``, one event of shape ``(out,)`` (``z = 1``)."""
         p = self._parameters
-        # event dim: output units (out,)
-        return dist.Normal(p["b_loc"], (0.5 * p["b_logvar"]).exp()).to_event(1)
+        return GroupScaledNormal(p["b_loc"], logvar=p["b_logvar"])
 
     # -- posterior summaries --------------------------------------------------------------------
     @torch.no_grad()

@@ -104,7 +104,7 @@ class GroupScaledNormal(TorchDistribution):
         return self.z * (self.loc + self.scale * eps)
 
     def log_prob(self, value):
-        scale = self.z.abs() * self.scale
+        scale = abs(self.z) * self.scale
         lp = dist.Normal(self.z * self.loc, scale).log_prob(value)
         return lp.reshape(lp.shape[: lp.dim() - len(self.event_shape)] + (-1,)).sum(-1)
 

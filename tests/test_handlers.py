@@ -127,7 +127,7 @@ def test_local_reparam_sees_z_variance():
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 @pytest.mark.parametrize("prior_name", ["gnj", "ghs"])
-def test_handler_uses_conditional_mean_and_draws_no_weights(kind, prior_name, monkeypatch):
+def test_handler_draws_no_weights_and_leaves_placeholders(kind, prior_name, monkeypatch):
     layer, x = _make_layer(kind, prior_name)
 
     def _forbidden(*args, **kwargs):
@@ -139,29 +139,31 @@ def test_handler_uses_conditional_mean_and_draws_no_weights(kind, prior_name, mo
         guide_tr = poutine.trace(layer.guide).get_trace()
         model_tr = poutine.trace(poutine.replay(layer, trace=guide_tr)).get_trace(x)
     site = layer.site
+    deferred = [name for name, node in guide_tr.nodes.items()
+                if node["type"] == "sample" and node["infer"].get("local_reparam")]
+    factors = ["z"] if prior_name == "gnj" else ["sa", "sb", "za", "zb"]
+    assert deferred == [f"{site}.{f}" for f in factors + ["w", "b"]]
+    # every deferred site (the global z or its factors, w, b) holds ones of its shape as an
+    # expanded scalar: nothing was drawn or computed for it
+    for name in deferred:
+        node = guide_tr.nodes[name]
+        shape = node["fn"].batch_shape + node["fn"].event_shape
+        assert node["value"].shape == shape and node["value"].dtype == layer.w_loc.dtype, name
+        assert torch.all(node["value"] == 1) and all(st == 0 for st in node["value"].stride())
+        # the model sees the same (replayed) values
+        assert model_tr.nodes[name]["value"] is node["value"], name
     if prior_name == "ghs":
         # z = s·z̃ of placeholders is no draw: not recorded as a site under the handler
         assert f"{site}.z" not in guide_tr.nodes and f"{site}.s" not in guide_tr.nodes
-        f = {k: guide_tr.nodes[f"{site}.{k}"]["value"] for k in ("sa", "sb", "za", "zb")}
-        z = torch.sqrt(f["sa"] * f["sb"]) * torch.sqrt(f["za"] * f["zb"])
-    else:
-        z = guide_tr.nodes[f"{site}.z"]["value"]
-    w = guide_tr.nodes[f"{site}.w"]
-    assert torch.equal(w["value"], w["fn"].mean)
-    assert torch.equal(w["value"], layer.group_view(z) * layer.w_loc)
-    b = guide_tr.nodes[f"{site}.b"]
-    assert torch.equal(b["value"], b["fn"].mean)
-    # the guide's global z is not drawn either: every deferred site holds its mean, and the
-    # per-example draws of z happen inside the layer's output
-    for name, node in guide_tr.nodes.items():
-        if node["type"] == "sample" and node["infer"].get("local_reparam"):
-            assert torch.equal(node["value"], node["fn"].mean), name
-    # the model sees the same (replayed) values
-    assert torch.equal(model_tr.nodes[f"{site}.w"]["value"], w["value"])
+    # the output is a draw from the pre-activation's Gaussian: it differs from the
+    # posterior-mean forward pass, and from a second draw
     out = model_tr.nodes["_RETURN"]["value"]
-    assert out.shape == layer.functional(x, w["value"], b["value"]).shape
-    # ... but its output is a draw, not the conditional-mean forward pass
-    assert not torch.allclose(out, layer.functional(x, w["value"], b["value"]))
+    mean_out = layer.functional(x, *layer.posterior_mean())
+    assert out.shape == mean_out.shape
+    assert not torch.allclose(out, mean_out)
+    with LocalReparameterization():
+        again = poutine.replay(layer, trace=guide_tr)(x)
+    assert not torch.allclose(out, again)
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
@@ -183,7 +185,8 @@ def test_without_handler_layer_applies_traced_weights(kind, prior_name):
     assert not torch.allclose(w, layer.group_view(z) * layer.w_loc)
     # a conv's bias is scaled by its filter's z; a linear layer's is not
     b_fn = guide_tr.nodes[f"{site}.b"]["fn"]
+    assert isinstance(b_fn, GroupScaledNormal)
     if kind == "conv":
-        assert isinstance(b_fn, GroupScaledNormal) and torch.equal(b_fn.z, z)
+        assert torch.equal(b_fn.z, z)
     else:
-        assert not isinstance(b_fn, GroupScaledNormal)
+        assert b_fn.z == 1.0
