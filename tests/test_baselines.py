@@ -165,6 +165,36 @@ def test_sws_elbo_is_loglik_minus_tau_times_log_prior():
     assert terms.loss.item() == pytest.approx(-(loglik - 0.005 * -log_prior).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("zero_rate", [2.0, 0.01])
+def test_zero_component_precision_optimum_is_bounded_by_its_hyperprior_rate(zero_rate):
+    """With every weight in the zero spike, the complexity term is stationary in λ_0 at
+    ``(n0/2 + α0 − 1)/(Σw²/2 + β0)``: the bound that ``--sws-zero-rate`` (β0) moves."""
+    net = SoftSharingNet(lenet300(), zero_rate=zero_rate).double()
+    prior = net.prior
+    assert prior.gamma_rate[0].item() == pytest.approx(zero_rate)
+    # the start does not depend on the rate: σ ≈ 0.02 for every component
+    assert prior.precision()[0].item() == pytest.approx(4999 / 2)
+    w = 1e-4 * torch.randn(20_000, dtype=torch.double)
+    alpha0 = prior.gamma_concentration[0].item()
+    optimum = (w.numel() / 2 + alpha0 - 1) / ((w * w).sum().item() / 2 + zero_rate)
+    with torch.no_grad():
+        prior.log_precision[0] = math.log(optimum)
+
+    def objective():
+        lam = prior.precision()
+        return (prior.distribution(w.shape, lam).log_prob(w)
+                + prior.hyperprior().log_prob(lam))
+
+    (grad,) = torch.autograd.grad(objective(), prior.log_precision)
+    # ≈ 0 up to the responsibility (≈ 1e-4 in all) that the other components take
+    assert abs(grad[0].item()) < 1e-3 * w.numel() / 2
+    for factor, sign in ((0.9, 1.0), (1.1, -1.0)):      # ascent direction points back to it
+        with torch.no_grad():
+            prior.log_precision[0] = math.log(optimum * factor)
+        (grad,) = torch.autograd.grad(objective(), prior.log_precision)
+        assert sign * grad[0].item() > 0
+
+
 def test_merging_joins_close_components_and_keeps_zero_at_zero():
     c = Components(pi=np.array([0.9, 0.03, 0.03, 0.02, 0.02]),
                    mean=np.array([0.0, 0.001, -0.2, 0.3, 0.302]),
