@@ -65,8 +65,8 @@ def _layer_values(text: str) -> dict[str, float]:
 
 
 def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
-    from pbc.soft_sharing import ZERO_RATE_HELP
-    from pbc.train import PRIOR_CHOICES, SWS_ZERO_RATE
+    from pbc.soft_sharing import RATE_HELP, ZERO_RATE_HELP
+    from pbc.train import PRIOR_CHOICES, SWS_RATE, SWS_ZERO_RATE
 
     p.add_argument("--model", choices=sorted(ARCHITECTURES), default="lenet300")
     if with_prior:
@@ -97,6 +97,7 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
                    help="sws: weight of the mixture prior against the log-likelihood")
     p.add_argument("--sws-zero-rate", type=_positive_float, default=SWS_ZERO_RATE,
                    help="sws: " + ZERO_RATE_HELP)
+    p.add_argument("--sws-rate", type=_positive_float, default=SWS_RATE, help="sws: " + RATE_HELP)
     p.add_argument("--dc-keep", type=_layer_values,
                    help="dc: per-layer keep fractions, e.g. fc1=0.12,fc2=0.1 "
                         "(default: Han et al.'s)")
@@ -152,7 +153,7 @@ def _train_config(args, prior: str):
         lr_schedule=args.lr_schedule,
         seed=args.seed, device=args.device, subset=args.subset, init_from=args.init_from,
         resume=args.resume, tau0=args.tau0, kl_warmup=args.kl_warmup, sws_tau=args.sws_tau,
-        sws_zero_rate=args.sws_zero_rate, dc_keep=args.dc_keep,
+        sws_zero_rate=args.sws_zero_rate, sws_rate=args.sws_rate, dc_keep=args.dc_keep,
         max_weight_var=args.max_weight_var, threads=args.threads,
         progress=not args.no_progress)
 

@@ -43,12 +43,12 @@ from pbc.io import (
 from pbc.models import ARCHITECTURES, Architecture, BayesNet, build_network, make_architecture
 from pbc.priors import PRIORS, make_prior
 from pbc.soft_sharing import DEFAULT_TAU as SWS_DEFAULT_TAU
-from pbc.soft_sharing import GAMMA_ZERO, SoftSharingNet
+from pbc.soft_sharing import GAMMA_OTHER, GAMMA_ZERO, SoftSharingNet
 
 BASELINES = ("sws", "dc")   # methods trained from a plain network without a Bayesian layer
 PRIOR_CHOICES = ("none", *PRIORS, *BASELINES)
 LR_SCHEDULES = ("cosine", "constant")
-SWS_ZERO_RATE = GAMMA_ZERO[1]
+SWS_ZERO_RATE, SWS_RATE = GAMMA_ZERO[1], GAMMA_OTHER[1]
 CHECKPOINT, CONFIG, METRICS = "checkpoint.pt", "config.json", "metrics.jsonl"
 
 
@@ -80,6 +80,7 @@ class TrainConfig:
     kl_warmup: int = 0
     sws_tau: float = SWS_DEFAULT_TAU
     sws_zero_rate: float = SWS_ZERO_RATE
+    sws_rate: float = SWS_RATE
     dc_keep: dict[str, float] | None = None   # per-layer keep fractions (dc); None: Han et al.
     threads: int | None = None
     progress: bool = True
@@ -109,8 +110,9 @@ class TrainConfig:
                              f"--init-from RUN (from `pbc pretrain`)")
         if not self.sws_tau > 0:
             raise ValueError(f"sws_tau must be positive, got {self.sws_tau}")
-        if not self.sws_zero_rate > 0:
-            raise ValueError(f"sws_zero_rate must be positive, got {self.sws_zero_rate}")
+        for field in ("sws_zero_rate", "sws_rate"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"{field} must be positive, got {getattr(self, field)}")
         if self.max_weight_var is not None and not self.max_weight_var > 0:
             raise ValueError(f"max_weight_var must be positive, got {self.max_weight_var}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -168,7 +170,7 @@ def build(config: TrainConfig, arch: Architecture) -> torch.nn.Module:
     if config.prior == "dc":
         return MaskedNetwork(arch, config.dc_keep)
     if config.prior == "sws":
-        return SoftSharingNet(arch, zero_rate=config.sws_zero_rate)
+        return SoftSharingNet(arch, zero_rate=config.sws_zero_rate, rate=config.sws_rate)
     return BayesNet(arch, make_prior(config.prior, tau0=config.tau0))
 
 
@@ -235,8 +237,10 @@ def _start(config: TrainConfig, out: Path, net, optim) -> tuple[int, list[dict]]
     ckpt = load_torch(out / CHECKPOINT)
     saved = read_json(out / CONFIG)["config"]
     for key in ("model", "prior", "data", "batch_size", "seed", "subset", "tau0", "lr",
-                "lr_schedule", "max_weight_var", "sws_tau", "sws_zero_rate", "dc_keep"):
-        if saved.get(key) != getattr(config, key):
+                "lr_schedule", "max_weight_var", "sws_tau", "sws_zero_rate",
+                "sws_rate", "dc_keep"):
+        # a setting added after the run was made has its default there
+        if saved.get(key, TrainConfig.__dataclass_fields__[key].default) != getattr(config, key):
             raise ArtefactError(f"{out}: cannot resume: {key} was {saved.get(key)!r}, "
                                 f"now {getattr(config, key)!r}")
     if config.lr_schedule == "cosine" and saved.get("epochs") != config.epochs:
