@@ -219,8 +219,12 @@ def test_quantisation_sends_each_weight_to_its_most_responsible_mean():
 
 
 def test_sws_cli_smoke(plain_run, idx_dir, tmp_path, capsys):
-    out, rec = _train_compress_evaluate("sws", plain_run, idx_dir, tmp_path, capsys)
+    out, rec = _train_compress_evaluate("sws", plain_run, idx_dir, tmp_path, capsys,
+                                        "--sws-zero-rate", "0.01", "--sws-rate", "0.001")
     _, _, net, _ = load_run(out)
+    # the hyperprior rates reach the net that a later stage rebuilds from config.json
+    rates = net.prior.gamma_rate.tolist()
+    assert rates[0] == pytest.approx(0.01) and rates[1:] == pytest.approx([0.001] * 16)
     n_comp = merge_components(net.prior.components()).pi.size
     for row in rec["layers"]:
         assert row["codebook_size"] <= n_comp
