@@ -341,27 +341,6 @@ def test_horseshoe_starts_at_the_weight_scale():
         assert torch.allclose(w_var.log(), torch.full_like(w_var, -9.0), atol=0.1)
 
 
-@pytest.mark.parametrize("prior_name", ["gnj", "ghs"])
-def test_first_adam_step_moves_the_weights_by_about_lr(prior_name):
-    """With the optimiser groups ``pbc train`` builds, Adam's first step (≈ lr per parameter)
-    moves each posterior-mean weight ``E[z]·μ`` by ≈ lr, as in a plain net, whatever scale
-    ``z`` starts at (the horseshoe's is 1/√fan_in)."""
-    torch.manual_seed(0)
-    net = BayesNet(lenet5(), make_prior(prior_name))
-    groups = net.param_groups()
-    assert len(groups) == (1 if prior_name == "gnj" else 8)   # (μ, the rest) per layer
-    lr = 1e-3
-    optim = torch.optim.Adam([{"params": g["params"], "lr": lr * g["lr_scale"]} for g in groups])
-    before = [layer.posterior_mean()[0] for layer in net.bayes_layers()]
-    loss = sum((layer.group_view(layer.q_scale.mean()).detach() * layer.w_loc
-                * torch.randn_like(layer.w_loc)).sum() for layer in net.bayes_layers())
-    loss.backward()
-    optim.step()
-    for layer, w0 in zip(net.bayes_layers(), before, strict=True):
-        step = (layer.posterior_mean()[0] - w0).abs().median().item()
-        assert step == pytest.approx(lr, rel=0.1), layer.site
-
-
 # ---------------------------------------------------------------------------- VGG16
 def test_vgg16_builds_and_runs_under_local_reparam(cpu_threads):
     arch = vgg16()
