@@ -38,8 +38,6 @@ class NormalScaleGuide(nn.Module):
     Initialised as in Louizos et al.'s code: ``μ ~ N(1, 0.01²)``, ``log σ² ~ N(−9, 0.01²)``.
     """
 
-    start_scale = 1.0   # E[z] at initialisation
-
     def __init__(self, n_groups: int):
         super().__init__()
         self.n_groups = n_groups
@@ -95,7 +93,6 @@ class HorseshoeScaleGuide(nn.Module):
         if not init_scale > 0:
             raise ValueError(f"init_scale must be positive, got {init_scale}")
         self.n_groups = n_groups
-        self.start_scale = float(init_scale)   # E[z] at initialisation (up to e^{σ²/2})
         log_tau2 = 2.0 * math.log(tau0)
         self.sa_loc = _normal_param((), log_tau2, 1e-2)
         self.sb_loc = _normal_param((), 2.0 * math.log(init_scale) - log_tau2, 1e-2)

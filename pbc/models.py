@@ -63,17 +63,6 @@ class BayesNet(nn.Module):
     def bayes_layers(self) -> list[BayesLayer]:
         return list(self._bayes)
 
-    def param_groups(self) -> list[dict]:
-        """Optimiser groups with an ``lr_scale`` each (:meth:`BayesLayer.param_groups`); a
-        single group when every scale is 1."""
-        groups = [g for layer in self._bayes for g in layer.param_groups()]
-        seen = {id(t) for g in groups for t in g["params"]}
-        groups.append({"params": [t for t in self.parameters() if id(t) not in seen],
-                       "lr_scale": 1.0})
-        if all(g["lr_scale"] == 1.0 for g in groups):
-            return [{"params": list(self.parameters()), "lr_scale": 1.0}]
-        return [g for g in groups if g["params"]]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, classes)`` for ``x: (N, C, H, W)``; samples the layers' model sites."""
         return self.body(x)
