@@ -90,7 +90,8 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--tau0", type=_positive_float, default=1e-5, help="horseshoe global scale")
     p.add_argument("--max-weight-var", type=_positive_float,
                    help="upper bound on the posterior variance of w̃ (Louizos et al.'s "
-                        "clip_var); default 0.04 for gnj, none for ghs")
+                        "clip_var); default 0.04 for gnj and for ghs from scratch, none for "
+                        "ghs with --init-from")
     p.add_argument("--kl-warmup", type=_nonnegative_int, default=0,
                    help="epochs of linear KL annealing (0: none)")
     p.add_argument("--sws-tau", type=_positive_float, default=0.005,

@@ -75,14 +75,20 @@ class BayesLayer(PyroModule):
     # PyroModule models.
     __call__ = nn.Module.__call__
 
-    def __init__(self, name: str, weight_shape: tuple[int, ...], prior: GroupPrior):
+    def __init__(self, name: str, weight_shape: tuple[int, ...], prior: GroupPrior,
+                 pretrained: bool = False):
         super().__init__()
         self.site = name
         self.prior = prior
         out_features, fan_in = weight_shape[0], math.prod(weight_shape[1:])
         self.n_groups = weight_shape[1] if self.groups_on_input else weight_shape[0]
+        # A prior with a global scale (GHS) starts it at 1 for training from scratch, so that
+        # w̃ = w and Adam's steps move the weights by ~lr, and at the weight scale 1/√fan_in
+        # when the means come from a pretrained net, so that w̃ = O(1) against its N(0, 1)
+        # prior and a group can prune (see pbc.guides.HorseshoeScaleGuide).
+        init_scale = fan_in ** -0.5 if pretrained else 1.0
         # None for a per-weight prior (Sparse VD): the layer then has no z
-        self.add_module("scale_guide", prior.guide(self.n_groups, init_scale=fan_in ** -0.5))
+        self.add_module("scale_guide", prior.guide(self.n_groups, init_scale=init_scale))
         # w = z·w̃ starts with the usual 1/√fan_in weights and Louizos et al.'s weight noise
         # (log Var = −9) whatever z starts at: w̃'s mean and log-variance are rescaled by E[z]
         z0 = self._z_view_of_mean()
@@ -198,8 +204,9 @@ class BayesLinear(BayesLayer):
 
     groups_on_input = True
 
-    def __init__(self, name: str, in_features: int, out_features: int, prior: GroupPrior):
-        super().__init__(name, (out_features, in_features), prior)
+    def __init__(self, name: str, in_features: int, out_features: int, prior: GroupPrior,
+                 pretrained: bool = False):
+        super().__init__(name, (out_features, in_features), prior, pretrained)
         self.in_features, self.out_features = in_features, out_features
 
     def functional(self, x, weight, bias):
@@ -216,9 +223,10 @@ class BayesConv2d(BayesLayer):
 
     def __init__(
         self, name: str, in_channels: int, out_channels: int, kernel_size: int,
-        prior: GroupPrior, padding: int = 0,
+        prior: GroupPrior, padding: int = 0, pretrained: bool = False,
     ):
-        super().__init__(name, (out_channels, in_channels, kernel_size, kernel_size), prior)
+        super().__init__(name, (out_channels, in_channels, kernel_size, kernel_size), prior,
+                         pretrained)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.padding = kernel_size, padding
 

@@ -43,18 +43,22 @@ class BayesNet(nn.Module):
     ``size / len(subsample)`` turns the minibatch log-likelihood into a full-data estimate.
     ``guide(x, y, subsample, size)`` samples every layer's guide sites; its arguments are
     unused (mean field) but kept so model and guide share a signature.
+    ``pretrained`` starts a global group scale (GHS) at the layer's weight scale for means
+    that :meth:`load_point_estimate` will load (see :class:`pbc.layers.BayesLayer`).
     """
 
-    def __init__(self, arch: Architecture, prior: GroupPrior):
+    def __init__(self, arch: Architecture, prior: GroupPrior, pretrained: bool = False):
         super().__init__()
         self.arch, self.prior = arch, prior
         mods = []
         for s in arch.layers:
             if s.kind == "linear":
-                mods.append((s.name, BayesLinear(s.name, s.in_size, s.out_size, prior)))
+                mods.append((s.name, BayesLinear(s.name, s.in_size, s.out_size, prior,
+                                                 pretrained=pretrained)))
             elif s.kind == "conv":
                 mods.append((s.name, BayesConv2d(s.name, s.in_size, s.out_size, s.kernel,
-                                                 prior, padding=s.padding)))
+                                                 prior, padding=s.padding,
+                                                 pretrained=pretrained)))
             else:
                 mods.append((s.name, plain_layer(s)))
         self.body = nn.Sequential(OrderedDict(mods))

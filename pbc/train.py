@@ -149,17 +149,21 @@ def environment() -> dict:
             "git_dirty": dirty}
 
 
-# Bound on Var[w̃] per prior when --max-weight-var is not given: Louizos et al.'s clip_var for
-# BC-GNJ.  BC-GHS gets none: its groups prune when w̃ returns to its N(0, 1) prior and the
-# scale z shrinks, which a bound far below 1 forbids (with 0.04, 30 epochs pruned nothing).
-DEFAULT_MAX_WEIGHT_VAR = {"gnj": 0.04}
+# Bound on Var[w̃] when --max-weight-var is not given: Louizos et al.'s clip_var, for BC-GNJ
+# and for BC-GHS trained from scratch (its scale starts at 1 and w̃ = w, so an unbounded
+# σ² → 1 would drown the weights in noise).  BC-GHS from a pretrained net gets none: its
+# scale starts at the weight scale, and its groups prune when w̃ returns to its N(0, 1) prior
+# and z shrinks, which a bound far below 1 forbids (with 0.04, 30 epochs pruned nothing).
+CLIP_VAR = 0.04
 
 
 def effective_max_weight_var(config: TrainConfig) -> float | None:
-    """The bound in force: ``config.max_weight_var`` or the prior's default."""
+    """The bound in force: ``config.max_weight_var`` or the prior's default (see above)."""
     if config.max_weight_var is not None:
         return config.max_weight_var
-    return DEFAULT_MAX_WEIGHT_VAR.get(config.prior)
+    if config.prior == "gnj" or (config.prior == "ghs" and not config.init_from):
+        return CLIP_VAR
+    return None
 
 
 def build(config: TrainConfig, arch: Architecture) -> torch.nn.Module:
@@ -171,7 +175,8 @@ def build(config: TrainConfig, arch: Architecture) -> torch.nn.Module:
         return MaskedNetwork(arch, config.dc_keep)
     if config.prior == "sws":
         return SoftSharingNet(arch, zero_rate=config.sws_zero_rate, rate=config.sws_rate)
-    return BayesNet(arch, make_prior(config.prior, tau0=config.tau0))
+    return BayesNet(arch, make_prior(config.prior, tau0=config.tau0),
+                    pretrained=bool(config.init_from))
 
 
 def posterior_mean_network(net: torch.nn.Module, arch: Architecture) -> torch.nn.Module:

@@ -325,15 +325,19 @@ def test_load_point_estimate_round_trips_through_posterior_mean(prior_name):
         assert torch.allclose(rebuilt(x), plain(x), rtol=1e-4, atol=1e-5)
 
 
-def test_horseshoe_starts_at_the_weight_scale():
-    """GHS layers start with E[z] ≈ 1/√fan_in and w̃ = O(1), so E[w] keeps the usual init."""
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_horseshoe_starts_at_the_weight_scale_for_a_pretrained_net(pretrained):
+    """For means from a pretrained net GHS layers start with E[z] ≈ 1/√fan_in and w̃ = O(1);
+    from scratch with E[z] ≈ 1 and w̃ = w.  Either way E[w] keeps the usual init."""
     torch.manual_seed(0)
-    net = BayesNet(lenet5(), _prior("ghs"))
+    net = BayesNet(lenet5(), _prior("ghs"), pretrained=pretrained)
     for layer in net.bayes_layers():
         fan_in = layer.w_loc[0].numel()
         z = layer.q_scale.mean()
-        assert torch.allclose(z, torch.full_like(z, fan_in ** -0.5), rtol=0.05)
-        assert 0.8 < layer.w_loc.detach().std().item() < 1.2
+        z_start = fan_in ** -0.5 if pretrained else 1.0
+        assert torch.allclose(z, torch.full_like(z, z_start), rtol=0.05)
+        w_tilde_sd = 1.0 if pretrained else fan_in ** -0.5
+        assert 0.8 < layer.w_loc.detach().std().item() / w_tilde_sd < 1.2
         w_mean, _ = layer.posterior_mean()
         assert w_mean.std().item() * math.sqrt(fan_in) == pytest.approx(1.0, rel=0.2)
         # the weight noise E[z]²·σ² starts at Louizos et al.'s e^−9, as for GNJ

@@ -126,3 +126,23 @@ def test_plain_training_learns_the_toy_task(idx_dir, tmp_path):
     res = train(_config(idx_dir, tmp_path / "learn", prior="none", epochs=8, subset=None,
                         lr=3e-3))
     assert res.metrics[-1]["test_error"] < 0.3  # chance is 0.9
+
+
+def test_default_variance_bound_and_scale_start_follow_the_starting_point():
+    """Louizos et al.'s clip_var (0.04) bounds GNJ always and GHS from scratch; GHS from a
+    pretrained net has no bound and starts its scale at the weight scale."""
+    from pbc.models import make_architecture
+    from pbc.train import build, effective_max_weight_var
+
+    def bound(prior, init_from=None, **kw):
+        return effective_max_weight_var(TrainConfig(out="x", prior=prior, init_from=init_from,
+                                                    **kw))
+
+    assert bound("gnj") == bound("gnj", "run") == bound("ghs") == 0.04
+    assert bound("ghs", "run") is None and bound("svd") is None
+    assert bound("ghs", "run", max_weight_var=0.5) == 0.5
+    arch = make_architecture("lenet300", (1, 28, 28), 10)
+    fc1 = [build(TrainConfig(out="x", prior="ghs", init_from=f), arch).bayes_layers()[0]
+           for f in (None, "run")]
+    assert fc1[0].q_scale.mean().mean().item() == pytest.approx(1.0, rel=0.05)
+    assert fc1[1].q_scale.mean().mean().item() == pytest.approx(784 ** -0.5, rel=0.05)
