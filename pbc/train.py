@@ -248,6 +248,10 @@ def _start(config: TrainConfig, out: Path, net, optim) -> tuple[int, list[dict]]
         if saved.get(key, TrainConfig.__dataclass_fields__[key].default) != getattr(config, key):
             raise ArtefactError(f"{out}: cannot resume: {key} was {saved.get(key)!r}, "
                                 f"now {getattr(config, key)!r}")
+    if bool(saved.get("init_from")) != bool(config.init_from):
+        raise ArtefactError(f"{out}: cannot resume: the run started from "
+                            f"{saved.get('init_from') or 'scratch'}, now from "
+                            f"{config.init_from or 'scratch'} (the start sets GHS's defaults)")
     if config.lr_schedule == "cosine" and saved.get("epochs") != config.epochs:
         raise ArtefactError(f"{out}: cannot resume: the cosine schedule was planned for "
                             f"{saved.get('epochs')} epochs, now {config.epochs}")

@@ -81,6 +81,8 @@ def test_resume_refuses_changed_settings(idx_dir, tmp_path):
     train(_config(idx_dir, tmp_path / "r", epochs=1))
     with pytest.raises(ArtefactError, match="prior"):
         train(_config(idx_dir, tmp_path / "r", epochs=2, prior="ghs", resume=True))
+    with pytest.raises(ArtefactError, match="started from scratch, now from"):
+        train(_config(idx_dir, tmp_path / "r", epochs=1, resume=True, init_from="elsewhere"))
 
 
 def test_resume_refuses_to_stretch_a_cosine_schedule(idx_dir, tmp_path):
