@@ -317,8 +317,8 @@ class GroupPrior:
 
     ``sample_scales(layer, n_groups, like)`` returns ``z`` of shape ``(n_groups,)``;
     ``guide(n_groups, init_scale)`` builds the matching variational module (``pbc.guides``);
-    ``init_scale`` is the layer's weight scale (``1/√fan_in``), which a prior with a global
-    scale starts from.
+    ``init_scale`` is where a prior with a global scale starts it: the layer's weight scale
+    ``1/√fan_in`` for means from a pretrained net, 1 from scratch (``pbc.layers``).
     """
 
     name: str = ""
