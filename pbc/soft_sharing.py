@@ -41,7 +41,10 @@ holding a thousand weights stays wider than ``σ ≈ 0.012`` at the tutorial's
 ``Gamma(250, 0.1)``, and its weights, the few large ones that matter most, keep that spread,
 which quantising to the mean removes (a lenet5 run at epoch 5: quantising the 3 172 weights
 of such components cost 1.4 points, the other 427 000 nothing).  ``--sws-rate`` lowers
-``β_j`` for ``j > 0``.
+``β_j`` for ``j > 0``.  With both rates lowered, the weights that sat between the spike and
+its neighbours stay in one or two wide components unless the pull is stronger: the
+Fashion-MNIST studies use ``--sws-tau 0.2 --sws-zero-rate 0.01 --sws-rate 0.001``, and
+quantising then costs nothing (lenet300 11.16% → 11.07%, lenet5 9.03% → 9.06%).
 
 Post-processing (:func:`merge_components`, :func:`quantise_to_components`): components whose
 symmetric KL divergence is below ``merge_kl`` are merged (moment matching, the zero
