@@ -65,8 +65,8 @@ def _layer_values(text: str) -> dict[str, float]:
 
 
 def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
-    from pbc.soft_sharing import RATE_HELP, ZERO_RATE_HELP
-    from pbc.train import PRIOR_CHOICES, SWS_RATE, SWS_ZERO_RATE
+    from pbc.soft_sharing import DEFAULT_TAU, GAMMA_OTHER, GAMMA_ZERO, RATE_HELP, ZERO_RATE_HELP
+    from pbc.train import PRIOR_CHOICES
 
     p.add_argument("--model", choices=sorted(ARCHITECTURES), default="lenet300")
     if with_prior:
@@ -94,11 +94,12 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
                         "ghs with --init-from")
     p.add_argument("--kl-warmup", type=_nonnegative_int, default=0,
                    help="epochs of linear KL annealing (0: none)")
-    p.add_argument("--sws-tau", type=_positive_float, default=0.005,
+    p.add_argument("--sws-tau", type=_positive_float, default=DEFAULT_TAU,
                    help="sws: weight of the mixture prior against the log-likelihood")
-    p.add_argument("--sws-zero-rate", type=_positive_float, default=SWS_ZERO_RATE,
+    p.add_argument("--sws-zero-rate", type=_positive_float, default=GAMMA_ZERO[1],
                    help="sws: " + ZERO_RATE_HELP)
-    p.add_argument("--sws-rate", type=_positive_float, default=SWS_RATE, help="sws: " + RATE_HELP)
+    p.add_argument("--sws-rate", type=_positive_float, default=GAMMA_OTHER[1],
+                   help="sws: " + RATE_HELP)
     p.add_argument("--dc-keep", type=_layer_values,
                    help="dc: per-layer keep fractions, e.g. fc1=0.12,fc2=0.1 "
                         "(default: Han et al.'s)")

@@ -48,7 +48,6 @@ from pbc.soft_sharing import GAMMA_OTHER, GAMMA_ZERO, SoftSharingNet
 BASELINES = ("sws", "dc")   # methods trained from a plain network without a Bayesian layer
 PRIOR_CHOICES = ("none", *PRIORS, *BASELINES)
 LR_SCHEDULES = ("cosine", "constant")
-SWS_ZERO_RATE, SWS_RATE = GAMMA_ZERO[1], GAMMA_OTHER[1]
 CHECKPOINT, CONFIG, METRICS = "checkpoint.pt", "config.json", "metrics.jsonl"
 
 
@@ -79,8 +78,8 @@ class TrainConfig:
     max_weight_var: float | None = None   # None: the prior's default, see effective_max_weight_var
     kl_warmup: int = 0
     sws_tau: float = SWS_DEFAULT_TAU
-    sws_zero_rate: float = SWS_ZERO_RATE
-    sws_rate: float = SWS_RATE
+    sws_zero_rate: float = GAMMA_ZERO[1]   # rates of the mixture's precision hyperpriors
+    sws_rate: float = GAMMA_OTHER[1]
     dc_keep: dict[str, float] | None = None   # per-layer keep fractions (dc); None: Han et al.
     threads: int | None = None
     progress: bool = True
