@@ -41,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pbc.infer import MeanFieldELBO
-from pbc.layers import BayesLayer
-from pbc.models import BayesNet, make_architecture
-from pbc.priors import make_prior
+from pbc.bayes.elbo import MeanFieldELBO
+from pbc.bayes.layers import BayesLayer
+from pbc.bayes.net import BayesNet
+from pbc.bayes.priors import make_prior
+from pbc.nets import make_architecture
 
 N_TRAIN = 60_000
 INPUT_SHAPE = (1, 28, 28)
@@ -383,7 +384,7 @@ def phase_breakdown(net, plain, x, y, idx, args, device, n: int = 100) -> None:
     """Median µs of each phase of pbc's step (and of plain's), over ``n`` steps."""
     from pyro import poutine
 
-    from pbc.handlers import LocalReparameterization
+    from pbc.bayes.handlers import LocalReparameterization
 
     elbo = MeanFieldELBO()
     optim = torch.optim.Adam(net.parameters(), lr=args.lr)

@@ -32,10 +32,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pbc.export import load_export
+from pbc.compression.export import load_export
 from pbc.io import ArtefactError, read_json, write_json
-
-BENCH = "bench.json"
+from pbc.nets import plain_network
+from pbc.reporting import figures
+from pbc.rundir import (
+    BENCH,
+    BENCH_FIGURE,
+    FIGURES,
+    PRUNED,
+    QUANTISED,
+    MissingStage,
+    load_trained,
+)
 
 
 class SparseLinear(nn.Module):
@@ -171,8 +180,6 @@ def pad_linear_widths(net: nn.Sequential, multiple: int = 16) -> nn.Sequential:
 
 def variants(run: Path, dense: nn.Module) -> dict[str, nn.Module]:
     """The timed networks; ``dense`` is the posterior-mean net of the original shape."""
-    from pbc.compress import PRUNED, QUANTISED
-
     quantised = load_export(run / QUANTISED)
     pruned = load_export(run / PRUNED)
     return {"dense": dense.eval(), "dense-pad16": pad_linear_widths(dense, 16),
@@ -183,21 +190,17 @@ def variants(run: Path, dense: nn.Module) -> dict[str, nn.Module]:
 def bench(run_dir, batch: int = 8192, device: str = "cpu", threads: int | None = None,
           repeats: int = 20, warmup: int = 3) -> dict:
     """Time every variant of a compressed run; write ``bench.json`` and a bar chart."""
-    from pbc import report
-    from pbc.compress import QUANTISED, MissingStage
-    from pbc.train import load_run, posterior_mean_network
-
     run = Path(run_dir)
     if not (run / QUANTISED).is_file():
-
         raise MissingStage(f"{run}: no compressed network; run `pbc compress {run}` first")
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ArtefactError("device 'cuda' requested but CUDA is not available")
-    config, arch, net, _ = load_run(run)
-    dense = posterior_mean_network(net, arch).cpu()
+    trained = load_trained(run)
+    config, arch = trained.config, trained.arch
+    dense = plain_network(arch, trained.method.plain_state(trained.net))
     nets = {k: v.to(dev) for k, v in variants(run, dense).items()}
     x = torch.rand(batch, *arch.input_shape, device=dev)
     meter = NvmlEnergy(dev) if dev.type == "cuda" else None
@@ -219,7 +222,7 @@ def bench(run_dir, batch: int = 8192, device: str = "cpu", threads: int | None =
               "NVML total energy, differenced over ≥ 2 s per variant",
               "variants": rows}
     write_json(run / BENCH, record)
-    report.bench_chart(record, run / "figures" / "bench.png")
+    figures.bench_chart(record, run / FIGURES / BENCH_FIGURE)
     return record
 
 

@@ -10,20 +10,30 @@ import argparse
 import sys
 from pathlib import Path
 
-from pbc.data import DATASETS, DataError
-from pbc.io import ArtefactError
-from pbc.models import ARCHITECTURES
+import torch
+
+from pbc import methods
+from pbc.analysis import ThresholdError, analyse, parse_thresholds
+from pbc.bench import bench
+from pbc.bayes.mixture import GAMMA_OTHER, GAMMA_ZERO
+from pbc.compress import compress
+from pbc.compression.export import load_compressed
+from pbc.config import TrainConfig
+from pbc.data import DATASETS, DataError, load_dataset
+from pbc.demo import run_demo
+from pbc.io import ArtefactError, StageError
+from pbc.methods.sws import DEFAULT_TAU, RATE_HELP, ZERO_RATE_HELP
+from pbc.nets import ARCHITECTURES, classification_error, parse_layer_values
+from pbc.reporting.pdf import build_report
+from pbc.train import TrainingDiverged, train
 
 
 class UsageError(Exception):
     """A bad argument combination found after parsing: exit status 2."""
 
 
-def _usage_errors():
-    """Library errors that mean "wrong arguments or stage order": exit status 2."""
-    from pbc.io import StageError
-
-    return (UsageError, StageError)
+# library errors that mean "wrong arguments or stage order": exit status 2
+USAGE_ERRORS = (UsageError, StageError)
 
 
 def _int_at_least(minimum: int):
@@ -56,8 +66,6 @@ def _positive_float(text: str) -> float:
 
 
 def _layer_values(text: str) -> dict[str, float]:
-    from pbc.architectures import parse_layer_values
-
     try:
         return parse_layer_values(text, "--dc-keep")
     except ValueError as e:
@@ -65,12 +73,9 @@ def _layer_values(text: str) -> dict[str, float]:
 
 
 def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
-    from pbc.soft_sharing import DEFAULT_TAU, GAMMA_OTHER, GAMMA_ZERO, RATE_HELP, ZERO_RATE_HELP
-    from pbc.train import PRIOR_CHOICES
-
     p.add_argument("--model", choices=sorted(ARCHITECTURES), default="lenet300")
     if with_prior:
-        p.add_argument("--prior", choices=PRIOR_CHOICES, default="gnj",
+        p.add_argument("--prior", choices=methods.names(), default="gnj",
                        help="gnj, ghs: Bayesian compression; svd: Sparse VD; sws: soft "
                             "weight-sharing; dc: Deep Compression (sws and dc need "
                             "--init-from); none: a plain deterministic net")
@@ -147,8 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_config(args, prior: str):
-    from pbc.train import TrainConfig
-
     return TrainConfig(
         out=args.out, model=args.model, prior=prior, data=args.data, data_dir=args.data_dir,
         download=args.download, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -162,8 +165,6 @@ def _train_config(args, prior: str):
 
 def run(args) -> int:
     if args.command in ("train", "pretrain"):
-        from pbc.train import train
-
         config = _train_config(args, "none" if args.command == "pretrain" else args.prior)
         try:
             config.validate()
@@ -175,8 +176,6 @@ def run(args) -> int:
               f"test error {last.get('test_error', float('nan')):.4f}")
         return 0
     if args.command == "analyse":
-        from pbc.analysis import ThresholdError, analyse, parse_thresholds
-
         if args.draws % 4:
             raise UsageError(f"--draws must be a multiple of 4 (4 chains), got {args.draws}")
         try:
@@ -194,8 +193,6 @@ def run(args) -> int:
                   f"({row['threshold_method']})")
         return 0
     if args.command == "compress":
-        from pbc.compress import compress
-
         r = compress(args.run_dir)
         e, rates = r["error"], r["rates"]
         for row in r["layers"]:
@@ -208,10 +205,6 @@ def run(args) -> int:
               f" packed file {r['packed_bytes']} bytes")
         return 0
     if args.command == "evaluate":
-        from pbc.data import load_dataset
-        from pbc.export import load_compressed
-        from pbc.infer import classification_error
-
         if not Path(args.model).is_file():
             raise UsageError(f"{args.model}: no such file")
         net = load_compressed(args.model)
@@ -220,11 +213,7 @@ def run(args) -> int:
               f" on {data.name} ({data.test_x.shape[0]} images)")
         return 0
     if args.command == "bench":
-        from pbc.bench import bench
-
         if args.device.startswith("cuda"):
-            import torch
-
             if not torch.cuda.is_available():
                 raise UsageError("device 'cuda' requested but CUDA is not available")
         r = bench(args.run_dir, batch=args.batch, device=args.device, threads=args.threads,
@@ -236,8 +225,6 @@ def run(args) -> int:
                   f"{v['speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x){energy}")
         return 0
     if args.command == "report":
-        from pbc.report_pdf import build_report
-
         if Path(args.out).suffix.lower() != ".pdf":
             raise UsageError(f"--out must name a .pdf file, got {args.out!r}")
         r = build_report(args.run_dirs, args.out)
@@ -245,8 +232,6 @@ def run(args) -> int:
               f"{', '.join(str(p) for p in r.csv.values())}")
         return 0
     if args.command == "demo":
-        from pbc.demo import run_demo
-
         run_demo(args.out, data_dir=args.data_dir, epochs=args.epochs,
                  pretrain_epochs=args.pretrain_epochs, threads=args.threads)
         return 0
@@ -256,11 +241,10 @@ def run(args) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from pbc.train import TrainingDiverged
 
     try:
         return run(args)
-    except _usage_errors() as e:
+    except USAGE_ERRORS as e:
         if args.debug:
             raise
         parser.exit(2, f"pbc: error: {e}\n")

@@ -1,19 +1,19 @@
 """The ``compress`` stage: posterior → pruned, quantised plain networks and a packed file.
 
 Reads a trained run (``checkpoint.pt``; for the Bayesian methods also the analyse stage's
-``analysis.json`` thresholds).  Each method supplies a :class:`CompressionPlan` — BC-GNJ,
-BC-GHS and Sparse VD from their posterior (:func:`posterior_plan`), Deep Compression and
-soft weight-sharing from their own modules — and one shared path writes
+``analysis.json`` thresholds).  The run's method supplies a
+:class:`~pbc.compression.plan.CompressionPlan` (what to prune, how to quantise) and one
+shared path writes
 
 * ``pruned.pt`` — the structured export: pruned units and channels physically removed
   (a ``select`` layer picks single kept inputs of a linear layer), holding ``E[w]``
-  (DESIGN §5.1–5.2, the network of the paper's Table 1); single pruned weights of the
+  (the network of the paper's Table 1); single pruned weights of the
   unstructured methods are zeros in it;
 * ``quantised.pt`` — the same, quantised: fixed point with step ``2^−t`` at each layer's
-  posterior bit precision (``t`` significand bits, §5.3) for the Bayesian methods, the
+  posterior bit precision (``t`` significand bits) for the Bayesian methods, the
   method's codebook for DC (k-means) and SWS (mixture means);
 * ``model.pbcz`` — the quantised net packed as relative-index CSR (5-bit indices for linear
-  layers, 8-bit for convolutions) with Huffman-coded value and index streams (§5.4);
+  layers, 8-bit for convolutions) with Huffman-coded value and index streams;
 * ``compression.json`` — per-layer sizes and bits, errors, rates, byte counts.
 
 Size conventions (all rates have the weights of the original 32-bit network as numerator,
@@ -32,154 +32,17 @@ biases excluded from both sides, as in the paper):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from pbc import codec
-from pbc.architectures import Architecture, LayerSpec, build_network
+from pbc.compression import codec
+from pbc.compression.export import load_packed, packed_meta, save_export
+from pbc.compression.plan import INDEX_BITS, KMEANS_BITS, Structured, structured_export
+from pbc.compression.quantise import kmeans_codes
 from pbc.data import load_dataset
-from pbc.export import load_packed, packed_meta, save_export
-from pbc.infer import classification_error
-from pbc.io import StageError, read_json, write_json
-from pbc.posterior import (
-    bit_precision,
-    kept_weight_mask,
-    layer_moments,
-    structured_masks,
-    weight_masks,
-)
-from pbc.train import load_run, posterior_mean_network
-
-INDEX_BITS = {"linear": 5, "conv": 8}     # relative-index bits of the CSR streams
-KMEANS_BITS = {"linear": 5, "conv": 8}    # Deep Compression's codebook sizes (2^bits)
-PRUNED, QUANTISED, PACKED, COMPRESSION = "pruned.pt", "quantised.pt", "model.pbcz", \
-    "compression.json"
-
-
-class MissingStage(StageError):
-    """A stage's input artefact is absent (e.g. ``compress`` before ``analyse``)."""
-
-
-@dataclass
-class Structured:
-    """A structurally pruned network: its architecture and plain state dict."""
-
-    arch: Architecture
-    state: dict[str, torch.Tensor]
-    weighted: list[str]          # names of the weighted layers, in order
-
-
-def structured_export(arch: Architecture, state: dict[str, torch.Tensor],
-                      masks: dict[str, tuple[np.ndarray, np.ndarray]]) -> Structured:
-    """Remove pruned units/channels from ``state`` (a ``build_network(arch)`` state dict).
-
-    ``masks[name] = (in_mask, out_mask)`` as from :func:`pbc.posterior.propagate_masks`.
-    """
-    specs, out, weighted = [], {}, []
-    alive = None                      # mask of the units the previous layers still produce
-    prev_out = None                   # out-size of the previous weighted layer
-    for s in arch.layers:
-        if s.kind in ("linear", "conv"):
-            in_m, out_m = masks[s.name]
-            if alive is None:
-                avail = np.ones(s.in_size, bool)
-            else:
-                avail = np.repeat(alive, s.in_size // prev_out)
-            if np.any(in_m & ~avail):
-                raise ValueError(f"{s.name}: input mask keeps units the previous layer removed")
-            in_t, out_t = torch.from_numpy(in_m), torch.from_numpy(out_m)
-            if s.kind == "linear" and not in_m[avail].all():
-                index = torch.from_numpy(np.flatnonzero(in_m[avail]))
-                sel = f"{s.name}_select"
-                specs.append(LayerSpec("select", sel, int(avail.sum()), int(index.numel())))
-                out[f"{sel}.index"] = index
-            w = state[f"{s.name}.weight"][out_t][:, in_t]
-            out[f"{s.name}.weight"] = w.contiguous()
-            out[f"{s.name}.bias"] = state[f"{s.name}.bias"][out_t].contiguous()
-            specs.append(LayerSpec(s.kind, s.name, int(in_m.sum()), int(out_m.sum()),
-                                   s.kernel, s.padding))
-            weighted.append(s.name)
-            alive, prev_out = out_m, s.out_size
-        elif s.kind == "batchnorm":
-            keep = torch.from_numpy(alive)
-            for key in ("weight", "bias", "running_mean", "running_var"):
-                out[f"{s.name}.{key}"] = state[f"{s.name}.{key}"][keep].clone()
-            out[f"{s.name}.num_batches_tracked"] = state[f"{s.name}.num_batches_tracked"]
-            specs.append(LayerSpec("batchnorm", s.name, int(alive.sum()), int(alive.sum())))
-        else:
-            specs.append(s)
-    return Structured(Architecture(arch.name + "-pruned", arch.input_shape, tuple(specs)),
-                      out, weighted)
-
-
-def fixed_point_codes(w: np.ndarray, t: int,
-                      max_codes: int = codec.MAX_K) -> tuple[np.ndarray, np.ndarray, int]:
-    """Round ``w`` to multiples of ``δ = 2^−t``; return ``(codes, codebook, t)``.
-
-    ``codebook[0] = 0`` and ``codebook[codes] == round(w/δ)·δ`` exactly (float32).  When a
-    near-deterministic posterior asks for so many bits that the codebook would exceed
-    ``max_codes`` entries (the packed format's limit), ``t`` is lowered until it fits; the
-    returned ``t`` is the one used.
-    """
-    w64 = w.astype(np.float64)
-    while True:
-        step = 2.0 ** -t
-        q = (np.floor(w64 / step + 0.5) * step).astype(np.float32)
-        values = np.unique(q[q != 0])
-        if values.size < max_codes or t <= 1:
-            break
-        t -= 1
-    codebook = np.concatenate([[0.0], values]).astype(np.float32)
-    codes = np.zeros(q.shape, np.int64)
-    nz = q != 0
-    codes[nz] = np.searchsorted(values, q[nz]) + 1
-    return codes, codebook, t
-
-
-def kmeans_1d(x: np.ndarray, k: int, iters: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's k-means on scalars, linear initialisation between ``min`` and ``max`` (Deep
-    Compression's choice); returns ``(centroids ascending, labels)``.
-
-    In one dimension the clusters are runs of the sorted values, cut at the midpoints of
-    consecutive centroids: after one sort, an iteration is ``k`` binary searches and prefix
-    sums, so VGG-16's 2.4M-weight layers with 256 centroids take well under a second.  An
-    empty cluster keeps its centroid.
-    """
-    x = np.asarray(x, np.float64).ravel()
-    xs = np.sort(x)
-    prefix = np.concatenate([[0.0], np.cumsum(xs)])
-    centroids = np.linspace(xs[0], xs[-1], k)
-    for _ in range(iters):
-        mids = 0.5 * (centroids[1:] + centroids[:-1])
-        # a value equal to a midpoint goes to the lower cluster, as in the labels below
-        cuts = np.concatenate([[0], np.searchsorted(xs, mids, side="right"), [xs.size]])
-        counts = np.diff(cuts)
-        sums = np.diff(prefix[cuts])
-        new = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
-        if np.array_equal(new, centroids):
-            break
-        centroids = new
-    labels = np.searchsorted(0.5 * (centroids[1:] + centroids[:-1]), x)
-    return centroids, labels
-
-
-def kmeans_codes(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer k-means weight sharing: ``2^bits`` centroids (:func:`kmeans_1d`) over the
-    nonzero weights; exact zeros keep code 0."""
-    flat = w.astype(np.float64).ravel()
-    nz = flat != 0
-    if nz.sum() == 0:
-        return np.zeros(w.shape, np.int64), np.zeros(1, np.float32)
-    k = int(min(2**bits, np.unique(flat[nz]).size))
-    centroids, labels = kmeans_1d(flat[nz], k)
-    codes = np.zeros(flat.shape, np.int64)
-    codes[nz] = labels + 1
-    codebook = np.concatenate([[0.0], centroids]).astype(np.float32)
-    return codes.reshape(w.shape), codebook
+from pbc.io import StageError, write_json
+from pbc.nets import classification_error, plain_network
+from pbc.rundir import COMPRESSION, PACKED, PRUNED, QUANTISED, load_trained
 
 
 def _with_weights(structured: Structured, weights: dict[str, torch.Tensor]) -> dict:
@@ -188,102 +51,17 @@ def _with_weights(structured: Structured, weights: dict[str, torch.Tensor]) -> d
     return state
 
 
-def _network(arch: Architecture, state: dict) -> torch.nn.Module:
-    net = build_network(arch)
-    net.load_state_dict(state, strict=True)
-    return net.eval()
-
-
-@dataclass
-class Quantised:
-    """One layer's quantisation: ``codebook[codes]`` are its weights; ``bits`` the record's
-    bit fields (``bits`` = bits per weight of the dense fast-prediction format)."""
-
-    codes: np.ndarray
-    codebook: np.ndarray
-    bits: dict
-
-
-@dataclass
-class CompressionPlan:
-    """What a method hands to the shared export → quantise → pack → account path.
-
-    ``state`` is the trained network's plain state dict (posterior means for the Bayesian
-    methods); ``weight_keep`` the unstructured keep masks of the methods that prune single
-    weights (applied before the structured export); ``masks`` the structured
-    ``(in_mask, out_mask)`` per weighted layer; ``quantise(name, w)`` quantises the pruned
-    weights of a layer; ``thresholds`` is recorded per layer (``None`` where none applies).
-    """
-
-    state: dict[str, torch.Tensor]
-    masks: dict[str, tuple[np.ndarray, np.ndarray]]
-    quantise: Callable[[str, np.ndarray], Quantised]
-    weight_keep: dict[str, np.ndarray] = field(default_factory=dict)
-    thresholds: dict[str, float | None] = field(default_factory=dict)
-
-
-def posterior_plan(run: Path, arch: Architecture, net) -> CompressionPlan:
-    """BC-GNJ, BC-GHS and Sparse VD: the analyse stage's thresholds prune groups (or single
-    weights), and each layer is rounded to fixed point at its posterior bit precision."""
-    if not (run / "analysis.json").is_file():
-        raise MissingStage(f"{run}: no analysis.json; run `pbc analyse {run}` first")
-    thresholds = read_json(run / "analysis.json")["thresholds"]
-    posts = {layer.site: layer_moments(layer) for layer in net.bayes_layers()}
-    masks = structured_masks(arch, posts, thresholds)
-    w_keep = weight_masks(posts, thresholds)
-    full = posterior_mean_network(net, arch).cpu().eval()
-
-    def quantise(name: str, w: np.ndarray) -> Quantised:
-        post = posts[name]
-        keep = kept_weight_mask(post.kind, post.w_mean.shape, *masks[name])
-        if name in w_keep:
-            keep = keep & w_keep[name]
-        bits = bit_precision(post.w_mean[keep], post.w_var[keep])
-        codes, codebook, t_used = fixed_point_codes(w, bits["significand_bits"])
-        return Quantised(codes, codebook, {**bits, "codebook_significand_bits": t_used})
-
-    return CompressionPlan(full.state_dict(), masks, quantise, w_keep, dict(thresholds))
-
-
-def unstructured_plan(arch: Architecture, state: dict[str, torch.Tensor],
-                      weight_keep: dict[str, np.ndarray],
-                      quantise: Callable[[str, np.ndarray], Quantised]) -> CompressionPlan:
-    """The plan of a method that prunes single weights (DC, SWS): the structured masks are
-    the units left without a weight (:func:`pbc.posterior.groups_of_weights`, propagated);
-    no threshold applies."""
-    from pbc.posterior import groups_of_weights, propagate_masks
-
-    groups = {s.name: groups_of_weights(s.kind, weight_keep[s.name],
-                                        state[f"{s.name}.bias"].numpy())
-              for s in arch.weighted_layers()}
-    return CompressionPlan(state, propagate_masks(arch, groups), quantise, weight_keep,
-                           dict.fromkeys(groups))
-
-
-def _method_plan(run: Path, config, arch: Architecture, net) -> CompressionPlan:
-    if config.prior == "none":
-        raise StageError(f"{run}: a deterministic run (prior 'none') has nothing to compress; "
-                         f"train with --prior gnj|ghs|svd|sws|dc")
-    if config.prior == "dc":
-        from pbc.deep_compression import compression_plan
-        return compression_plan(net, arch)
-    if config.prior == "sws":
-        from pbc.soft_sharing import compression_plan
-        return compression_plan(net, arch)
-    return posterior_plan(run, arch, net)
-
-
 def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
     """Run the compress stage on a trained run (analysed first where the method has a
     posterior); returns the ``compression.json`` record."""
-    run = Path(run_dir)
-    config, arch, net, _ = load_run(run)
-    plan = _method_plan(run, config, arch, net)
+    trained = load_trained(run_dir)
+    run, config, arch = trained.dir, trained.config, trained.arch
+    plan = trained.method.compression_plan(run, config, arch, trained.net)
     empty = [n for n, (in_m, out_m) in plan.masks.items() if not in_m.any() or not out_m.any()]
     if empty:
         raise StageError(f"{run}: every unit of {', '.join(empty)} is pruned, so the network "
                          f"is a constant; train with a weaker prior or fewer pruning steps")
-    full = _network(arch, plan.state)
+    full = plain_network(arch, plan.state)
     state = dict(plan.state)
     for name, keep in plan.weight_keep.items():
         state[f"{name}.weight"] = state[f"{name}.weight"] * torch.from_numpy(keep)
@@ -314,10 +92,10 @@ def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
                        "nonzero_quantised": int((q.codes != 0).sum()),
                        "kmeans_bits": kb})
 
-    pruned_net = _network(structured.arch, structured.state)
+    pruned_net = plain_network(structured.arch, structured.state)
     quant_state = _with_weights(structured, fixed_w)
-    quant_net = _network(structured.arch, quant_state)
-    kmeans_net = _network(structured.arch, _with_weights(structured, kmeans_w))
+    quant_net = plain_network(structured.arch, quant_state)
+    kmeans_net = plain_network(structured.arch, _with_weights(structured, kmeans_w))
     save_export(run / PRUNED, structured.arch, structured.state)
     save_export(run / QUANTISED, structured.arch, quant_state)
     extra = {k: v for k, v in structured.state.items()

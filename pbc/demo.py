@@ -14,7 +14,9 @@ from pathlib import Path
 from pbc.analysis import analyse
 from pbc.bench import bench
 from pbc.compress import compress
-from pbc.train import TrainConfig, train
+from pbc.config import TrainConfig
+from pbc.reporting.pdf import build_report
+from pbc.train import train
 
 STAGES = 6
 
@@ -49,8 +51,6 @@ def run_demo(out: str = "runs/demo", data_dir: str | None = None, epochs: int = 
         print(f"      {v['name']:>9}: {v['median_s'] * 1e3:7.2f} ms, speed-up "
               f"{v['speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x)")
     _stage(6, f"report → {out / 'report.pdf'} (+ CSV tables)")
-    from pbc.report_pdf import build_report
-
     build_report([run, pre.out], out / "report.pdf")
     e, rates = rec["error"], rec["rates"]
     print(f"done: test error plain {pre.metrics[-1]['test_error']:.4f}; BC-GNJ full "

@@ -14,11 +14,8 @@ import json
 import os
 import pickle
 import re
-import tempfile
+import secrets
 from pathlib import Path
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class ArtefactError(Exception):
@@ -38,11 +35,15 @@ def atomic_path(path: str | os.PathLike):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # the temporary name keeps the suffix: writers that infer the format from it (savefig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
-                               dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artefacts get the usual mode
+    # the temporary name keeps the suffix: writers that infer the format from it (savefig);
+    # created with mode 0666 less the process umask, the mode of any new file
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:  # the content reaches the disk before the rename

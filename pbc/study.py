@@ -17,9 +17,15 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pbc.io import read_jsonl
-
-BAYESIAN = ("gnj", "ghs", "svd")
+from pbc import methods
+from pbc.analysis import analyse
+from pbc.bench import bench
+from pbc.compress import compress
+from pbc.config import TrainConfig
+from pbc.data import write_synthetic_dataset
+from pbc.reporting.pdf import build_report
+from pbc.rundir import ANALYSIS, BENCH, COMPRESSION, REPORT, RunDir
+from pbc.train import train
 
 
 @dataclass(frozen=True)
@@ -53,16 +59,8 @@ def parse_args(study: Study, argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _epochs_done(run: Path) -> int:
-    metrics = run / "metrics.jsonl"
-    return len(read_jsonl(metrics)) if (run / "checkpoint.pt").is_file() and \
-        metrics.is_file() else 0
-
-
 def _train(config) -> None:
-    from pbc.train import train
-
-    done = _epochs_done(Path(config.out))
+    done = RunDir(config.out).epochs_done()
     if done >= config.epochs:
         print(f"      {config.out}: {done} epochs already trained", flush=True)
         return
@@ -72,13 +70,9 @@ def _train(config) -> None:
 
 def run_study(study: Study, args: argparse.Namespace) -> Path:
     """Run (or continue) every stage; return the run directory."""
-    from pbc.train import TrainConfig
-
     out = Path(args.out)
     data_dir, common = args.data_dir, {}
     if args.smoke:
-        from pbc.data import write_synthetic_dataset
-
         data_dir = str(write_synthetic_dataset(out / "smoke-data", study.data))
         args.epochs, args.pretrain_epochs, args.bench_batch = 1, 1, 64
         args.device = "cpu"  # the smoke run checks the pipeline, on any machine
@@ -107,28 +101,17 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
         else:
             fn()
 
-    if study.prior in BAYESIAN:
-        from pbc.analysis import analyse
-
-        stage("analysis.json", "analyse the posterior (ArviZ)",
+    if methods.get(study.prior).has_posterior:
+        stage(ANALYSIS, "analyse the posterior (ArviZ)",
               lambda: analyse(run, draws=40 if args.smoke else 1000, figures=True))
     else:
         step(f"analyse: not applicable to {study.prior} (no posterior)")
-    from pbc.bench import bench
-    from pbc.compress import compress
-
-    stage("compression.json", "compress: prune, quantise, pack", lambda: compress(run))
-    stage("bench.json", f"bench dense vs compressed ({args.device}, batch {args.bench_batch})",
+    stage(COMPRESSION, "compress: prune, quantise, pack", lambda: compress(run))
+    stage(BENCH, f"bench dense vs compressed ({args.device}, batch {args.bench_batch})",
           lambda: bench(run, batch=args.bench_batch, device=args.device, threads=args.threads,
                         repeats=2 if args.smoke else 20))
-    stage("report.pdf", f"report → {run / 'report.pdf'}", lambda: _report(run, pre))
+    stage(REPORT, f"report → {run / REPORT}", lambda: build_report([run, pre], run / REPORT))
     return run
-
-
-def _report(run: Path, pre: Path) -> None:
-    from pbc.report_pdf import build_report
-
-    build_report([run, pre], run / "report.pdf")
 
 
 class _Steps:
@@ -143,9 +126,7 @@ class _Steps:
 def main(study: Study, argv=None) -> int:
     args = parse_args(study, argv)
     run = run_study(study, args)
-    from pbc.io import read_json
-
-    rec = read_json(run / "compression.json")
+    rec = RunDir(run).compression()
     e, r = rec["error"], rec["rates"]
     print(f"{study.name}: error full {e['full']:.4f}, packed {e['packed']:.4f}; "
           f"|w≠0|/|w| {100 * r['nonzero_fraction']:.2f}%, pruning {r['pruning']:.1f}x, "

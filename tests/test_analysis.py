@@ -9,19 +9,17 @@ import pandas as pd
 import pytest
 import torch
 
-from pbc.analysis import analyse, parse_thresholds, read_posterior, summary
+from pbc.analysis.inference_data import read_posterior, summary
+from pbc.analysis.stage import analyse, parse_thresholds
+from pbc.analysis.thresholds import find_threshold
+from pbc.bayes.priors import make_prior
+from pbc.bayes.summaries import layer_moments
 from pbc.cli import main
-from pbc.models import lenet5, lenet300
-from pbc.posterior import (
-    bit_precision,
-    exponent_bits,
-    find_threshold,
-    layer_moments,
-    propagate_masks,
-    significand_bits,
-)
-from pbc.priors import make_prior
-from pbc.train import TrainConfig, train
+from pbc.compression.masks import propagate_masks
+from pbc.compression.quantise import bit_precision, exponent_bits, significand_bits
+from pbc.config import TrainConfig
+from pbc.nets import lenet5, lenet300
+from pbc.train import train
 
 
 @torch.no_grad()
@@ -30,7 +28,7 @@ def _set(param, value):
 
 
 def test_gnj_moments_and_log_alpha_by_hand():
-    from pbc.layers import BayesLinear
+    from pbc.bayes.layers import BayesLinear
 
     layer = BayesLinear("fc", 3, 2, make_prior("gnj"))
     q = layer.q_scale
@@ -49,7 +47,7 @@ def test_gnj_moments_and_log_alpha_by_hand():
 
 
 def test_ghs_moments_by_hand():
-    from pbc.layers import BayesConv2d
+    from pbc.bayes.layers import BayesConv2d
 
     layer = BayesConv2d("conv", 1, 2, 1, make_prior("ghs", tau0=1e-3))
     q = layer.q_scale
@@ -168,13 +166,13 @@ def test_analyse_writes_consistent_artefacts(trained_run, prior):
         np.testing.assert_allclose(moments[f"{name}.w_mean"].values, r.post.w_mean)
         np.testing.assert_allclose(row.threshold, r.threshold.value)
     # per-layer KL in bits sums to the ELBO's KL (which does not depend on the data)
-    from pbc.infer import LN2, MeanFieldELBO
-    from pbc.train import load_run
+    from pbc.bayes.elbo import LN2, MeanFieldELBO
+    from pbc.rundir import load_trained
 
-    _, _, net, _ = load_run(run)
+    net = load_trained(run).net
     x, y = torch.zeros(3, 1, 28, 28), torch.zeros(3, dtype=torch.long)
     with torch.no_grad():
-        kl = MeanFieldELBO()(net.model, net.guide, x, y).kl.item()
+        kl = MeanFieldELBO().terms(net.model, net.guide, x, y).kl.item()
     assert layers.kl_bits.sum() == pytest.approx(kl / LN2, rel=1e-5)
     assert (layers.kl_bits > 0).all()
 

@@ -10,19 +10,15 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from torch.distributions import kl_divergence
 
+from pbc.bayes.mixture import Components, GaussianMixtureWeights
 from pbc.cli import main
-from pbc.deep_compression import MaskedNetwork, magnitude_mask, scheduled_keep
-from pbc.models import lenet300
-from pbc.soft_sharing import (
-    Components,
-    GaussianMixtureWeights,
-    SoftSharingNet,
-    merge_components,
-    quantise_to_components,
-)
-from pbc.train import load_run
+from pbc.methods.dc import MaskedNetwork, magnitude_mask, scheduled_keep
+from pbc.methods.sws import SoftSharingNet, merge_components, quantise_to_components
+from pbc.nets import lenet300
+from pbc.rundir import load_trained
 
 
 # ---------------------------------------------------------------------------- Deep Compression
@@ -148,11 +144,12 @@ def test_point_estimate_kl_is_minus_the_log_prior():
 def test_sws_elbo_is_loglik_minus_tau_times_log_prior():
     pyro.set_rng_seed(0)
     net = SoftSharingNet(lenet300())
-    from pbc.infer import MeanFieldELBO
+    from pbc.bayes.elbo import MeanFieldELBO
 
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
-    terms = MeanFieldELBO()(net.model, net.guide, x, y, subsample=torch.arange(4), size=40,
-                            kl_weight=0.005)
+    # τ weighs the complexity through the guide's scale, as the train stage does
+    terms = MeanFieldELBO().terms(net.model, poutine.scale(net.guide, scale=0.005), x, y,
+                                  subsample=torch.arange(4), size=40)
     logits = net(x)
     loglik = 10 * torch.distributions.Categorical(logits=logits).log_prob(y).sum()
     prior = net.prior
@@ -161,7 +158,7 @@ def test_sws_elbo_is_loglik_minus_tau_times_log_prior():
         w = getattr(net.body, name).weight
         log_prior = log_prior + prior.distribution(w.shape).log_prob(w)
     assert terms.expected_loglik.item() == pytest.approx(loglik.item(), rel=1e-5)
-    assert terms.kl.item() == pytest.approx(-log_prior.item(), rel=1e-5)
+    assert terms.kl.item() == pytest.approx(0.005 * -log_prior.item(), rel=1e-5)
     assert terms.loss.item() == pytest.approx(-(loglik - 0.005 * -log_prior).item(), rel=1e-5)
 
 
@@ -221,7 +218,7 @@ def test_quantisation_sends_each_weight_to_its_most_responsible_mean():
 def test_sws_cli_smoke(plain_run, idx_dir, tmp_path, capsys):
     out, rec = _train_compress_evaluate("sws", plain_run, idx_dir, tmp_path, capsys,
                                         "--sws-zero-rate", "0.01", "--sws-rate", "0.001")
-    _, _, net, _ = load_run(out)
+    net = load_trained(out).net
     # the hyperprior rates reach the net that a later stage rebuilds from config.json
     rates = net.prior.gamma_rate.tolist()
     assert rates[0] == pytest.approx(0.01) and rates[1:] == pytest.approx([0.001] * 16)
@@ -232,7 +229,7 @@ def test_sws_cli_smoke(plain_run, idx_dir, tmp_path, capsys):
 
 
 def test_dc_keep_overrides_han_et_al_per_layer():
-    from pbc.deep_compression import keep_fractions
+    from pbc.methods.dc import keep_fractions
 
     arch = lenet300()
     assert keep_fractions(arch) == {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26}

@@ -10,7 +10,8 @@ from torch import nn
 
 from pbc.bench import SparseLinear, flops, pad_linear_widths, time_forward, to_csr
 from pbc.cli import main
-from pbc.train import TrainConfig, train
+from pbc.config import TrainConfig
+from pbc.train import train
 
 
 def test_flops_of_small_layers_by_hand():

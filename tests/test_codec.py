@@ -9,7 +9,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from pbc.codec import (
+from pbc.compression.codec import (
     FORMAT_VERSION,
     CodecError,
     PackedLayer,

@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from pbc import codec
-from pbc.architectures import build_network, lenet5, lenet300
+from pbc.bayes.net import BayesNet
+from pbc.bayes.priors import make_prior
 from pbc.cli import main
-from pbc.compress import fixed_point_codes, kmeans_codes, structured_export
-from pbc.export import load_compressed
-from pbc.models import BayesNet
-from pbc.posterior import kept_weight_mask, propagate_masks
-from pbc.priors import make_prior
-from pbc.train import TrainConfig, train
+from pbc.compression import codec
+from pbc.compression.export import load_compressed
+from pbc.compression.masks import kept_weight_mask, propagate_masks
+from pbc.compression.plan import structured_export
+from pbc.compression.quantise import fixed_point_codes, kmeans_codes
+from pbc.config import TrainConfig
+from pbc.nets import build_network, lenet5, lenet300
+from pbc.train import train
 
 
 def test_fixed_point_codes_round_to_the_step():
@@ -152,7 +154,7 @@ def test_compress_end_to_end(analysed_run, idx_dir, capsys):
 def test_exported_networks_load_without_pyro(analysed_run):
     main(["compress", str(analysed_run)])
     paths = [str(analysed_run / f) for f in ("model.pbcz", "pruned.pt", "quantised.pt")]
-    code = ("import sys; from pbc.export import load_compressed; "
+    code = ("import sys; from pbc.compression.export import load_compressed; "
             f"[load_compressed(p) for p in {paths!r}]; "
             "assert 'pyro' not in sys.modules, 'pyro imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

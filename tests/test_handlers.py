@@ -15,9 +15,10 @@ import pytest
 import torch
 from pyro import poutine
 
-from pbc.handlers import LocalReparameterization, local_reparam_output
-from pbc.layers import BayesConv2d, BayesLinear
-from pbc.priors import GroupScaledNormal, make_prior
+from pbc.bayes.distributions import GroupScaledNormal
+from pbc.bayes.handlers import LocalReparameterization, local_reparam_output
+from pbc.bayes.layers import BayesConv2d, BayesLinear
+from pbc.bayes.priors import make_prior
 
 N_LR = 20_000  # replicated rows through the local-reparameterisation path
 N_SE = 5.0  # tolerance in standard errors (each test makes ≤ 100 comparisons)

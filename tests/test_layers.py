@@ -12,18 +12,12 @@ import torch.nn.functional as F
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from pbc.handlers import LocalReparameterization
-from pbc.infer import MeanFieldELBO
-from pbc.models import (
-    Architecture,
-    BayesNet,
-    LayerSpec,
-    build_network,
-    lenet5,
-    lenet300,
-    vgg16,
-)
-from pbc.priors import K1, K2, K3, make_prior
+from pbc.bayes.elbo import MeanFieldELBO
+from pbc.bayes.handlers import LocalReparameterization
+from pbc.bayes.kl import K1, K2, K3
+from pbc.bayes.net import BayesNet
+from pbc.bayes.priors import make_prior
+from pbc.nets import Architecture, LayerSpec, build_network, lenet5, lenet300, vgg16
 
 TAU0 = 1e-1
 
@@ -247,7 +241,7 @@ def test_mean_field_elbo_is_closed_form_kl_and_scaled_loglik(prior_name):
     elbo = MeanFieldELBO(local_reparam=False)
 
     pyro.set_rng_seed(4)
-    terms = elbo(net.model, net.guide, x, y, subsample, size)
+    terms = elbo.terms(net.model, net.guide, x, y, subsample, size)
     pyro.set_rng_seed(4)  # the same draws, taken by hand
     guide_tr = poutine.trace(net.guide).get_trace(x, y, subsample, size)
     loglik = _hand_loglik(net, guide_tr, x, y, scale=size / len(subsample))
@@ -256,9 +250,9 @@ def test_mean_field_elbo_is_closed_form_kl_and_scaled_loglik(prior_name):
     assert terms.expected_loglik.item() == pytest.approx(loglik.item(), rel=1e-5)
     assert terms.kl.item() == pytest.approx(kl.item(), rel=1e-5)
     assert terms.loss.item() == pytest.approx(-(loglik - kl).item(), rel=1e-5)
-    # β-weighting of the KL
+    # β-weighting of the KL: the guide's scale multiplies its sites' KL terms
     pyro.set_rng_seed(4)
-    half = elbo(net.model, net.guide, x, y, subsample, size, kl_weight=0.5)
+    half = elbo.terms(net.model, poutine.scale(net.guide, scale=0.5), x, y, subsample, size)
     assert half.loss.item() == pytest.approx(-(loglik - 0.5 * kl).item(), rel=1e-5)
     # gradients reach the variational parameters through the KL and the likelihood
     terms.loss.backward()
@@ -271,7 +265,7 @@ def test_mean_field_elbo_local_reparam_has_same_kl():
     net = BayesNet(_tiny_arch(), _prior("gnj"))
     _randomise(net)
     x, y = torch.randn(4, 1, 3, 3), torch.tensor([0, 2, 1, 2])
-    terms = MeanFieldELBO()(net.model, net.guide, x, y)
+    terms = MeanFieldELBO().terms(net.model, net.guide, x, y)
     assert terms.kl.item() == pytest.approx(_hand_kl(net).item(), rel=1e-5)
     assert torch.isfinite(terms.expected_loglik)
 
@@ -290,10 +284,10 @@ def test_mean_field_elbo_refuses_site_without_closed_form():
     with pytest.raises(NotImplementedError):  # the premise: torch has no such closed form
         torch.distributions.kl_divergence(dist.Normal(0.3, 0.5), dist.StudentT(3.0, 0.0, 1.0))
     with pytest.raises(NotImplementedError, match="'u'"):
-        MeanFieldELBO(local_reparam=False)(_model_without_closed_form, _guide_normal, obs)
+        MeanFieldELBO(local_reparam=False).terms(_model_without_closed_form, _guide_normal, obs)
 
     pyro.set_rng_seed(6)
-    terms = MeanFieldELBO(local_reparam=False, mc_fallback=True)(
+    terms = MeanFieldELBO(local_reparam=False, mc_fallback=True).terms(
         _model_without_closed_form, _guide_normal, obs)
     pyro.set_rng_seed(6)
     u = poutine.trace(_guide_normal).get_trace(obs).nodes["u"]["value"]

@@ -25,11 +25,12 @@ import torch
 from conftest import make_idx_dataset
 
 import pbc
-from pbc import codec
 from pbc.cli import main
+from pbc.compression import codec
+from pbc.config import TrainConfig
 from pbc.data import DataError, write_cifar_batches, write_idx
 from pbc.io import ArtefactError, load_torch, save_torch, write_json, write_jsonl
-from pbc.train import TrainConfig, TrainingDiverged, train
+from pbc.train import TrainingDiverged, train
 
 TIMING = ("seconds", "eval_seconds")
 PKG = pathlib.Path(pbc.__file__).parent
@@ -244,7 +245,7 @@ def test_evaluate_missing_file_exits_2(runs, tmp_path, capsys, name):
 
 
 def test_usage_error_with_debug_raises(runs, tmp_path):
-    from pbc.compress import MissingStage
+    from pbc.rundir import MissingStage
 
     run = _copy_run(runs["gnj"], tmp_path / "gnj")
     with pytest.raises(MissingStage):
@@ -359,7 +360,7 @@ def _tiny_layer():
 
 
 def _idata(value: float):
-    from pbc.analysis import to_inference_data
+    from pbc.analysis.inference_data import to_inference_data
 
     return to_inference_data({"fc.z": np.full((2, 5, 3), value)},
                              {"fc.score": (["fc_group"], np.full(3, value))},
@@ -393,15 +394,14 @@ def _write_pbcz(path, v):
 def _write_csv(path, v):
     import pandas as pd
 
-    from pbc.analysis import _write_csv as write_csv
+    from pbc.analysis.stage import _write_csv as write_csv
 
     write_csv(pd.DataFrame({"value": [v, v]}), path)
 
 
 def _save_export(path, v):
-    from pbc.architectures import make_architecture
-    from pbc.export import save_export
-    from pbc.models import build_network
+    from pbc.compression.export import save_export
+    from pbc.nets import build_network, make_architecture
 
     arch = make_architecture("lenet300", (1, 28, 28), 10)
     torch.manual_seed(int(v))
@@ -409,7 +409,7 @@ def _save_export(path, v):
 
 
 def _write_netcdf(path, v, fail=None):
-    from pbc.analysis import write_netcdf
+    from pbc.analysis.inference_data import write_netcdf
 
     idata = _idata(v)
     if fail is not None:
@@ -424,7 +424,7 @@ def _write_netcdf(path, v, fail=None):
 
 
 def _save_figure(path, v, fail=None):
-    from pbc.report import save_figure
+    from pbc.reporting.figures import save_figure
 
     fig = _figure(v)
     if fail is not None:
@@ -508,8 +508,11 @@ def test_crash_midway_keeps_previous_file_and_leaves_no_temporaries(tmp_path, mo
 
 # ----------------------------------------------------------------------------- source scans
 def _sources():
-    for path in sorted(PKG.glob("*.py")):
-        yield path, path.read_text(), ast.parse(path.read_text(), filename=str(path))
+    """Every module of the package, subpackages included, as (path relative to pbc/, text,
+    syntax tree)."""
+    for path in sorted(PKG.rglob("*.py")):
+        text = path.read_text()
+        yield path.relative_to(PKG), text, ast.parse(text, filename=str(path))
 
 
 def _parents(tree):
@@ -578,16 +581,16 @@ WRITE_ALLOW_LIST: set[tuple[str, str]] = set()
 def test_every_artefact_write_is_atomic():
     offenders = []
     for path, _, tree in _sources():
-        if path.name == "io.py":
+        if path.as_posix() == "io.py":
             continue
         parents = _parents(tree)
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and _is_write(node)):
                 continue
             fn = _enclosing_function(node, parents)
-            if _inside_atomic_block(node, parents) or (path.name, fn) in WRITE_ALLOW_LIST:
+            if _inside_atomic_block(node, parents) or (path.as_posix(), fn) in WRITE_ALLOW_LIST:
                 continue
-            offenders.append(f"pbc/{path.name}:{node.lineno} in {fn}(): {ast.unparse(node)}")
+            offenders.append(f"pbc/{path.as_posix()}:{node.lineno} in {fn}(): {ast.unparse(node)}")
     assert not offenders, "writes outside an atomic_write/atomic_path block:\n" + "\n".join(
         offenders)
 
@@ -600,9 +603,9 @@ def test_scanner_sees_the_known_writers():
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and _is_write(node) \
                     and _inside_atomic_block(node, parents):
-                seen.add((path.name, _enclosing_function(node, parents)))
-    assert {("analysis.py", "write_netcdf"), ("report.py", "save_figure"),
-            ("analysis.py", "_write_csv")} <= seen
+                seen.add((path.as_posix(), _enclosing_function(node, parents)))
+    assert {("analysis/inference_data.py", "write_netcdf"),
+            ("reporting/figures.py", "save_figure"), ("analysis/stage.py", "_write_csv")} <= seen
 
 
 def test_every_torch_load_is_weights_only_and_nothing_unpickles_freely():
@@ -612,7 +615,7 @@ def test_every_torch_load_is_weights_only_and_nothing_unpickles_freely():
             if not isinstance(node, ast.Call):
                 continue
             name = ast.unparse(node.func)
-            where = f"pbc/{path.name}:{node.lineno}: {ast.unparse(node)}"
+            where = f"pbc/{path.as_posix()}:{node.lineno}: {ast.unparse(node)}"
             if name == "torch.load":
                 loads += 1
                 safe = [k for k in node.keywords if k.arg == "weights_only"
@@ -698,8 +701,8 @@ def _corruptions(blob: bytes):
 @pytest.mark.parametrize("corruption", ["truncated", "bad-magic", "huge-metadata", "garbage",
                                         "empty"])
 def test_evaluate_corrupted_pbcz_is_one_line_exit_1(runs, tmp_path, capsys, corruption):
-    from pbc.architectures import make_architecture
-    from pbc.export import packed_meta
+    from pbc.compression.export import packed_meta
+    from pbc.nets import make_architecture
 
     arch = make_architecture("lenet300", (1, 28, 28), 10)
     blob = codec.encode([_tiny_layer()], packed_meta(arch, {}, {"run": "test"}))

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pbc import paper
 from pbc.cli import main
-from pbc.report_pdf import build_report
+from pbc.reporting import paper
+from pbc.reporting.pdf import build_report
 
 REAL = Path(__file__).resolve().parents[1] / "reports" / "fashion-mnist"
 RUNS = ("lenet300-gnj", "lenet5-ghs", "lenet300-none")

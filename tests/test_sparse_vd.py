@@ -11,14 +11,17 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
-from pbc.analysis import analyse
-from pbc.architectures import lenet300
+from pbc.analysis.stage import analyse
+from pbc.bayes.elbo import MeanFieldELBO
+from pbc.bayes.kl import K1, K2, K3
+from pbc.bayes.net import BayesNet
+from pbc.bayes.priors import SparseVD
+from pbc.bayes.summaries import layer_moments
 from pbc.cli import main
-from pbc.infer import MeanFieldELBO
-from pbc.models import BayesNet
-from pbc.posterior import layer_moments, structured_masks, weight_masks
-from pbc.priors import K1, K2, K3, SparseVD
-from pbc.train import TrainConfig, train
+from pbc.compression.masks import structured_masks, weight_masks
+from pbc.config import TrainConfig
+from pbc.nets import lenet300
+from pbc.train import train
 
 
 def _molchanov_kl(log_alpha: float) -> float:
@@ -45,7 +48,7 @@ def test_elbo_kl_is_the_sum_over_weights_plus_the_bias_terms():
     torch.manual_seed(0)
     net = BayesNet(lenet300(), SparseVD())
     x, y = torch.randn(5, 1, 28, 28), torch.randint(0, 10, (5,))
-    terms = MeanFieldELBO()(net.model, net.guide, x, y, subsample=torch.arange(5), size=50)
+    terms = MeanFieldELBO().terms(net.model, net.guide, x, y, subsample=torch.arange(5), size=50)
     want = 0.0
     for layer in net.bayes_layers():
         lv, mu = layer.w_logvar.detach().double(), layer.w_loc.detach().double()
@@ -94,9 +97,9 @@ def test_svd_cli_train_analyse_compress_evaluate(svd_run, idx_dir, capsys):
     assert rec["prior"] == "svd"
     assert rec["packed_bytes"] == (run / "model.pbcz").stat().st_size == rec["accounted_bytes"]
     # the kept weights are exactly those with log α < 3
-    from pbc.train import load_run
+    from pbc.rundir import load_trained
 
-    _, _, net, _ = load_run(run)
+    net = load_trained(run).net
     n_keep = sum(int((layer_moments(m).score < 3.0).sum()) for m in net.bayes_layers())
     assert sum(r["weights_nonzero"] for r in rec["layers"]) == n_keep
     capsys.readouterr()

@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from pbc.infer import ELBOTerms, MeanFieldELBO
+from pbc.bayes.elbo import ELBOTerms, MeanFieldELBO
+from pbc.config import TrainConfig
 from pbc.io import ArtefactError, load_torch
-from pbc.train import TrainConfig, TrainingDiverged, train
+from pbc.train import TrainingDiverged, train
 
 TIMING = ("seconds", "eval_seconds")
 
@@ -100,13 +101,13 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(idx_dir, tmp_path, monk
     out = tmp_path / "nan"
     train(_config(idx_dir, out, epochs=1, lr_schedule="constant"))
     before = (out / "checkpoint.pt").read_bytes()
-    real = MeanFieldELBO.forward
+    real = MeanFieldELBO.terms
 
     def poisoned(self, *args, **kwargs):
         t = real(self, *args, **kwargs)
         return ELBOTerms(t.loss * float("nan"), t.expected_loglik, t.kl)
 
-    monkeypatch.setattr(MeanFieldELBO, "forward", poisoned)
+    monkeypatch.setattr(MeanFieldELBO, "terms", poisoned)
     with pytest.raises(TrainingDiverged, match=r"epoch 2, step 1"):
         train(_config(idx_dir, out, epochs=3, resume=True, lr_schedule="constant"))
     assert (out / "checkpoint.pt").read_bytes() == before
@@ -133,18 +134,17 @@ def test_plain_training_learns_the_toy_task(idx_dir, tmp_path):
 def test_default_variance_bound_and_scale_start_follow_the_starting_point():
     """Louizos et al.'s clip_var (0.04) bounds GNJ always and GHS from scratch; GHS from a
     pretrained net has no bound and starts its scale at the weight scale."""
-    from pbc.models import make_architecture
-    from pbc.train import build, effective_max_weight_var
+    from pbc.nets import make_architecture
 
     def bound(prior, init_from=None, **kw):
-        return effective_max_weight_var(TrainConfig(out="x", prior=prior, init_from=init_from,
-                                                    **kw))
+        config = TrainConfig(out="x", prior=prior, init_from=init_from, **kw)
+        return config.method.max_weight_var(config)
 
     assert bound("gnj") == bound("gnj", "run") == bound("ghs") == 0.04
     assert bound("ghs", "run") is None and bound("svd") is None
     assert bound("ghs", "run", max_weight_var=0.5) == 0.5
     arch = make_architecture("lenet300", (1, 28, 28), 10)
-    fc1 = [build(TrainConfig(out="x", prior="ghs", init_from=f), arch).bayes_layers()[0]
-           for f in (None, "run")]
+    configs = [TrainConfig(out="x", prior="ghs", init_from=f) for f in (None, "run")]
+    fc1 = [c.method.build(c, arch).bayes_layers()[0] for c in configs]
     assert fc1[0].q_scale.mean().mean().item() == pytest.approx(1.0, rel=0.05)
     assert fc1[1].q_scale.mean().mean().item() == pytest.approx(784 ** -0.5, rel=0.05)

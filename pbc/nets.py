@@ -1,4 +1,4 @@
-"""Named architectures as plain records, and the plain-torch network they build.
+"""Named architectures as plain records, the plain-torch network they build, and its error.
 
 An :class:`Architecture` is a JSON-able record of layer specs.  :func:`build_network` turns
 it into an ``nn.Sequential`` whose state-dict keys are ``<layer>.weight`` etc.  This module
@@ -163,3 +163,25 @@ def plain_layer(spec: LayerSpec) -> nn.Module:
 def build_network(arch: Architecture) -> nn.Sequential:
     """The plain torch network of ``arch``; state-dict keys are ``<layer>.weight`` etc."""
     return nn.Sequential(OrderedDict((s.name, plain_layer(s)) for s in arch.layers))
+
+
+def plain_network(arch: Architecture, state: dict[str, torch.Tensor]) -> nn.Sequential:
+    """:func:`build_network` of ``arch`` holding ``state`` (on the CPU), in eval mode."""
+    net = build_network(arch)
+    net.load_state_dict({k: v.cpu() for k, v in state.items()}, strict=True)
+    return net.eval()
+
+
+@torch.no_grad()
+def classification_error(net: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         batch_size: int = 1000, device: str | torch.device = "cpu") -> float:
+    """Fraction of ``x: (N, ...)`` that the deterministic ``net`` misclassifies."""
+    was_training = net.training
+    net.eval()
+    wrong = 0
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size].to(device, non_blocking=True)
+        yb = y[i:i + batch_size].to(device, non_blocking=True)
+        wrong += (net(xb).argmax(-1) != yb).sum().item()
+    net.train(was_training)
+    return wrong / max(1, x.shape[0])

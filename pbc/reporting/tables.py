@@ -1,7 +1,7 @@
 """Run directories' artefacts → the comparison report's tables (pandas); nothing is drawn here.
 
 Every number in a table is a value read from an artefact of a run directory (or from
-:mod:`pbc.paper`); nothing is trained, sampled or re-estimated.  The only arithmetic is
+:mod:`pbc.reporting.paper`); nothing is trained, sampled or re-estimated.  The only arithmetic is
 bookkeeping on those values, named where it happens: the kept units of a layer are
 ``out_kept`` for a convolution and ``in_kept`` for a linear layer (the paper's Table 1
 convention); ``nonzero_pct`` is ``100·Σ weights_nonzero / Σ weights_total`` over the layers
@@ -19,124 +19,24 @@ Tables (long form, one CSV each, see :func:`write_tables`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from pbc import paper
-from pbc.io import ArtefactError, StageError, atomic_write, read_json, read_jsonl
+from pbc.io import atomic_write
+from pbc.reporting import paper
+from pbc.rundir import ANALYSIS, COMPRESSION, LAYERS, METRICS, RunRecord
 
-CONFIG, METRICS, LAYERS, ANALYSIS = "config.json", "metrics.jsonl", "layers.csv", "analysis.json"
-COMPRESSION, BENCH = "compression.json", "bench.json"
-ARTEFACTS = (CONFIG, METRICS, LAYERS, ANALYSIS, COMPRESSION, BENCH)
-BENCH_FIGURES = ("bench.png",)    # written by the bench stage, drawn afresh from bench.json
 RUN_LAYER = "(run)"               # the layer name of a run-level row in the MDL table
 KL_NOT_RECORDED = "per-layer KL not recorded (no kl_bits in layers.csv or analysis.json)"
 
 
-@dataclass
-class Run:
-    """One run directory's artefacts, as read (``None``: the file is absent)."""
-
-    path: Path
-    label: str                                  # short unique name: the directory's name
-    saved: dict                                 # config.json: config, arch, dataset, environment
-    metrics: list[dict] = field(default_factory=list)
-    layers: pd.DataFrame | None = None
-    analysis: dict | None = None
-    compression: dict | None = None
-    bench: dict | None = None
-    figures: list[Path] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-
-    @property
-    def config(self) -> dict:
-        return self.saved["config"]
-
-    @property
-    def model(self) -> str:
-        return self.config["model"]
-
-    @property
-    def prior(self) -> str:
-        return self.config["prior"]
-
-    @property
-    def method(self) -> str:
-        return paper.method_name(self.prior)
-
-    @property
-    def data(self) -> str:
-        return self.config.get("data", "")
-
-    @property
-    def git_commit(self) -> str | None:
-        return self.saved.get("environment", {}).get("git_commit")
-
-    def weighted_layers(self) -> list[dict]:
-        """config.json's weighted layers (``linear``/``conv``) in order: name, kind, sizes."""
-        return [s for s in self.saved.get("arch", {}).get("layers", [])
-                if s.get("kind") in ("linear", "conv")]
-
-
-def load_run_dir(path) -> Run:
-    """Read every artefact of a run directory that is there; needs at least ``config.json``.
-
-    Raises :class:`StageError` for a path that is not a run directory and
-    :class:`ArtefactError` for an artefact that cannot be read.
-    """
-    run = Path(path)
-    if not run.is_dir():
-        raise StageError(f"{run}: no such run directory")
-    if not (run / CONFIG).is_file():
-        raise StageError(f"{run}: not a run directory (no {CONFIG}); "
-                         f"give directories written by `pbc train`")
-    saved = read_json(run / CONFIG)
-    cfg = saved.get("config") if isinstance(saved, dict) else None
-    if not isinstance(cfg, dict) or "model" not in cfg or "prior" not in cfg:
-        raise ArtefactError(f"{run / CONFIG}: no config.model / config.prior")
-    r = Run(path=run, label=run.resolve().name, saved=saved)
-    r.missing = [name for name in ARTEFACTS if not (run / name).is_file()]
-    r.metrics = read_jsonl(run / METRICS)
-    if (run / LAYERS).is_file():
-        try:
-            r.layers = pd.read_csv(run / LAYERS)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise ArtefactError(f"{run / LAYERS}: not a readable CSV ({e})") from None
-    for name, attr in ((ANALYSIS, "analysis"), (COMPRESSION, "compression"), (BENCH, "bench")):
-        if (run / name).is_file():
-            setattr(r, attr, read_json(run / name))
-    r.figures = _analysis_figures(run, r.analysis)
-    return r
-
-
-def load_runs(paths) -> list[Run]:
-    """:func:`load_run_dir` for each path; labels made unique (``name``, ``name#2``, …)."""
-    runs = [load_run_dir(p) for p in paths]
-    seen: dict[str, int] = {}
-    for r in runs:
-        seen[r.label] = seen.get(r.label, 0) + 1
-        if seen[r.label] > 1:
-            r.label = f"{r.label}#{seen[r.label]}"
-    return runs
-
-
-def _analysis_figures(run: Path, analysis: dict | None) -> list[Path]:
-    """The analyse stage's PNGs: ``analysis.json["figures"]`` if listed, else figures/*.png
-    less the bench stage's chart."""
-    if analysis and isinstance(analysis.get("figures"), list):
-        paths = [run / p for p in analysis["figures"]]
-        return [p for p in paths if p.suffix.lower() == ".png" and p.is_file()]
-    return sorted(p for p in (run / "figures").glob("*.png") if p.name not in BENCH_FIGURES)
-
-
-def _missing_note(run: Run, *names: str) -> str:
+def _missing_note(run: RunRecord, *names: str) -> str:
     gone = [n for n in names if n in run.missing]
     return f"no {' or '.join(gone)}" if gone else ""
 
 
-def _compression_layers(run: Run) -> tuple[list[dict], str]:
+def _compression_layers(run: RunRecord) -> tuple[list[dict], str]:
     """Per-layer records (name, kind, in_kept, out_kept, weights…, bits) and their artefact."""
     if run.compression is not None:
         return run.compression.get("layers", []), COMPRESSION
@@ -152,7 +52,7 @@ def _units_total(spec: dict | None) -> int | None:
     return spec["out_size"] if spec["kind"] == "conv" else spec["in_size"]
 
 
-def table1(runs: list[Run]) -> pd.DataFrame:
+def table1(runs: list[RunRecord]) -> pd.DataFrame:
     """Pruned architecture and bit precision per weighted layer (the paper's Table 1).
 
     Columns: ``source`` (``run``/``paper``), ``model``, ``method``, ``run``, ``layer_index``,
@@ -192,7 +92,7 @@ def table1(runs: list[Run]) -> pd.DataFrame:
                 rec = by_name.get(spec["name"])
                 kept_from = "out_kept" if spec["kind"] == "conv" else "in_kept"
                 rows.append({
-                    "source": "run", "model": model, "method": run.method, "run": run.label,
+                    "source": "run", "model": model, "method": paper.method_name(run.prior), "run": run.label,
                     "layer_index": i, "layer": spec["name"], "kind": spec["kind"],
                     "units_total": _units_total(spec) if "in_size" in spec else None,
                     "units_kept": rec.get(kept_from) if rec else None,
@@ -207,10 +107,10 @@ _T1_COLUMNS = ["source", "model", "method", "run", "layer_index", "layer", "kind
 _T1_INTS = ["layer_index", "units_total", "units_kept", "bits"]
 
 
-def table2(runs: list[Run]) -> pd.DataFrame:
+def table2(runs: list[RunRecord]) -> pd.DataFrame:
     """Errors, ``|w≠0|/|w|`` and compression rates (the paper's Table 2).
 
-    Run rows: ``error_full``/``error_pruned``/``error_quantised``/``error_kmeans``/
+    RunRecord rows: ``error_full``/``error_pruned``/``error_quantised``/``error_kmeans``/
     ``error_packed`` (fractions, compression.json ``error``), ``test_error_last_epoch``
     (metrics.jsonl), ``weights_total``/``weights_kept`` (sums over compression.json layers),
     ``nonzero_pct``, ``pruning``/``fast_prediction``/``max_compression`` (compression.json
@@ -230,7 +130,7 @@ def table2(runs: list[Run]) -> pd.DataFrame:
                          "max_compression": prow.max_compression, "artefact": "pbc.paper",
                          "note": "" if known else "paper value not read"})
         for run in members:
-            row = {"source": "run", "model": model, "method": run.method, "run": run.label,
+            row = {"source": "run", "model": model, "method": paper.method_name(run.prior), "run": run.label,
                    "test_error_last_epoch": run.metrics[-1].get("test_error")
                    if run.metrics else None}
             comp = run.compression
@@ -263,7 +163,7 @@ _T2_COLUMNS = ["source", "model", "method", "run", "error_full", "error_pruned",
                "fast_prediction", "max_compression", "packed_bytes", "artefact", "note"]
 
 
-def _layer_kl_bits(run: Run) -> tuple[dict[str, float], str]:
+def _layer_kl_bits(run: RunRecord) -> tuple[dict[str, float], str]:
     """Per-layer KL in bits, where an artefact records it: layers.csv column ``kl_bits`` or
     analysis.json ``kl_bits`` (a dict by layer)."""
     if run.layers is not None and "kl_bits" in run.layers.columns:
@@ -273,7 +173,7 @@ def _layer_kl_bits(run: Run) -> tuple[dict[str, float], str]:
     return {}, ""
 
 
-def mdl_table(runs: list[Run]) -> pd.DataFrame:
+def mdl_table(runs: list[RunRecord]) -> pd.DataFrame:
     """KL term (bits) beside the packed size (bits), per layer and per run.
 
     Per layer: ``kl_bits`` only where layers.csv/analysis.json record it; ``packed_bytes`` is
@@ -283,7 +183,7 @@ def mdl_table(runs: list[Run]) -> pd.DataFrame:
     """
     rows: list[dict] = []
     for run in runs:
-        base = {"model": run.model, "method": run.method, "run": run.label}
+        base = {"model": run.model, "method": paper.method_name(run.prior), "run": run.label}
         kl, kl_src = _layer_kl_bits(run)
         parts = (run.compression or {}).get("size_parts", {})
         names = ([s["name"] for s in run.weighted_layers()] or list(parts)
@@ -322,7 +222,7 @@ def mdl_table(runs: list[Run]) -> pd.DataFrame:
     return frame
 
 
-def bench_rows(run: Run) -> list[dict]:
+def bench_rows(run: RunRecord) -> list[dict]:
     """bench.json's variants, flattened: name, median_s, q25, q75, speedup, ideal, energy_j."""
     if run.bench is None:
         return []
@@ -348,9 +248,9 @@ def write_tables(out_pdf, t1: pd.DataFrame, t2: pd.DataFrame, mdl: pd.DataFrame)
     return paths
 
 
-def _by_model(runs: list[Run]) -> dict[str, list[Run]]:
+def _by_model(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     """Runs grouped by model, models in order of first appearance."""
-    groups: dict[str, list[Run]] = {}
+    groups: dict[str, list[RunRecord]] = {}
     for r in runs:
         groups.setdefault(r.model, []).append(r)
     return groups

@@ -12,14 +12,13 @@ and the guide ``q(z) q(w̃) q(b̃)`` with ``q(w̃) = N(μ, σ²)``, ``q(b̃) = N
 are the *input units* of a linear layer and the *output channels* of a convolution.
 
 ``forward(x)`` is the model half; ``guide()`` the guide half.  Under
-:class:`pbc.handlers.LocalReparameterization` the guide draws none of ``z``, ``w``, ``b``
+:class:`pbc.bayes.handlers.LocalReparameterization` the guide draws none of ``z``, ``w``, ``b``
 (only their distributions enter the KL) and the model's ``layer_output`` is drawn from the
 Gaussian pre-activation, with ``z`` drawn per example.
 
-Parameters live in the module (Pyro's ``module_local_params`` style).  Hot paths read them
-through ``self._parameters`` / ``self._modules``: on a ``PyroModule`` plain attribute access
-of an ``nn.Parameter`` emits a ``param`` message per access, which would cost more than the
-arithmetic of a small layer.
+The layers are plain ``nn.Module`` objects: their parameters live in the module (never in Pyro's
+global param store) and a torch optimiser, or :class:`pbc.bayes.elbo.MeanFieldELBO` with
+:class:`pyro.infer.SVI` through :meth:`pbc.bayes.net.BayesNet.model`, trains them.
 """
 
 from __future__ import annotations
@@ -31,12 +30,12 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.nn import PyroModule
 from pyro.poutine.runtime import effectful
 from torch import nn
 
-from pbc.guides import DEFERRED
-from pbc.priors import GroupPrior, GroupScaledNormal
+from pbc.bayes.distributions import GroupScaledNormal
+from pbc.bayes.handlers import DEFERRED
+from pbc.bayes.priors import GroupPrior
 
 
 @effectful(type="bayes_layer")
@@ -54,7 +53,7 @@ def _standard_normal(shape: torch.Size, dtype: torch.dtype, device: torch.device
                                                                      device=device))
 
 
-class BayesLayer(PyroModule):
+class BayesLayer(nn.Module):
     """Shared body of :class:`BayesLinear` and :class:`BayesConv2d`.
 
     Parameters
@@ -69,12 +68,6 @@ class BayesLayer(PyroModule):
 
     groups_on_input: bool = True
 
-    # A BayesLayer declares no PyroParam/PyroSample attributes and reads its parameters
-    # through ``_parameters``, so PyroModule's per-call context (≈100 µs a call, measured by
-    # benchmarks/svi_step.py) buys nothing here; it stays a PyroModule so that it nests in
-    # PyroModule models.
-    __call__ = nn.Module.__call__
-
     def __init__(self, name: str, weight_shape: tuple[int, ...], prior: GroupPrior,
                  pretrained: bool = False):
         super().__init__()
@@ -85,7 +78,7 @@ class BayesLayer(PyroModule):
         # A prior with a global scale (GHS) starts it at 1 for training from scratch, so that
         # w̃ = w and Adam's steps move the weights by ~lr, and at the weight scale 1/√fan_in
         # when the means come from a pretrained net, so that w̃ = O(1) against its N(0, 1)
-        # prior and a group can prune (see pbc.guides.HorseshoeScaleGuide).
+        # prior and a group can prune (see :class:`pbc.bayes.priors.HorseshoeScaleGuide`).
         init_scale = fan_in ** -0.5 if pretrained else 1.0
         # None for a per-weight prior (Sparse VD): the layer then has no z
         self.add_module("scale_guide", prior.guide(self.n_groups, init_scale=init_scale))
@@ -108,8 +101,8 @@ class BayesLayer(PyroModule):
 
     @property
     def q_scale(self) -> nn.Module | None:
-        """The variational module of ``z`` (see ``pbc.guides``); ``None`` without groups."""
-        return self._modules["scale_guide"]
+        """The variational module of ``z`` (see :mod:`pbc.bayes.priors`); ``None`` without groups."""
+        return self.scale_guide
 
     @torch.no_grad()
     def _z_view_of_mean(self):
@@ -119,14 +112,12 @@ class BayesLayer(PyroModule):
 
     def variational_moments(self):
         """``(μ, σ²)`` of ``w̃`` and of ``b̃`` — four tensors of the weight and bias shapes."""
-        p = self._parameters
-        return p["w_loc"], p["w_logvar"].exp(), p["b_loc"], p["b_logvar"].exp()
+        return self.w_loc, self.w_logvar.exp(), self.b_loc, self.b_logvar.exp()
 
     # -- model and guide ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Model half: sample ``z``, ``w | z``, ``b`` from the prior and apply the layer."""
-        p = self._parameters
-        w_like, b_like = p["w_loc"], p["b_loc"]
+        w_like, b_like = self.w_loc, self.b_loc
         if self.q_scale is None:  # per-weight prior (Sparse VD): w ~ p(w), b ~ N(0, 1)
             w = pyro.sample(f"{self.site}.w", self.prior.weight_prior(w_like.shape, w_like))
             b = pyro.sample(f"{self.site}.b", self._standard_bias_prior(b_like))
@@ -143,19 +134,18 @@ class BayesLayer(PyroModule):
 
     def guide(self) -> None:
         """Guide half: ``z ~ q(z)``, then ``w̃ ~ N(μ, σ²)``, ``b̃ ~ N(μ_b, σ_b²)``."""
-        p = self._parameters
         if self.q_scale is None:  # per-weight q(w) = N(θ, σ²), additive parameterisation
             # event dims: the whole weight tensor
-            w_q = dist.Normal(p["w_loc"], (0.5 * p["w_logvar"]).exp()).to_event(p["w_loc"].dim())
+            w_q = dist.Normal(self.w_loc, (0.5 * self.w_logvar).exp()).to_event(self.w_loc.dim())
             pyro.sample(f"{self.site}.w", w_q, infer=DEFERRED)
             pyro.sample(f"{self.site}.b", self._bias_guide(), infer=DEFERRED)
             return
         z = self.q_scale.sample(self.site)
         pyro.sample(f"{self.site}.w",
-                    GroupScaledNormal(p["w_loc"], z=self.group_view(z), logvar=p["w_logvar"]),
+                    GroupScaledNormal(self.w_loc, z=self.group_view(z), logvar=self.w_logvar),
                     infer=DEFERRED)
         b_q = (self._bias_guide() if self.groups_on_input
-               else GroupScaledNormal(p["b_loc"], z=z, logvar=p["b_logvar"]))
+               else GroupScaledNormal(self.b_loc, z=z, logvar=self.b_logvar))
         pyro.sample(f"{self.site}.b", b_q, infer=DEFERRED)
 
     @staticmethod
@@ -164,8 +154,7 @@ class BayesLayer(PyroModule):
 
     def _bias_guide(self):
         """``q(b) = N(μ_b, σ_b²)``, one event of shape ``(out,)`` (``z = 1``)."""
-        p = self._parameters
-        return GroupScaledNormal(p["b_loc"], logvar=p["b_logvar"])
+        return GroupScaledNormal(self.b_loc, logvar=self.b_logvar)
 
     # -- posterior summaries --------------------------------------------------------------------
     @torch.no_grad()
@@ -186,17 +175,17 @@ class BayesLayer(PyroModule):
         that the KL term ``½(σ² − 1 − log σ²)`` would otherwise drive towards ``σ² = 1``.
         """
         limit = math.log(max_var)
-        self._parameters["w_logvar"].clamp_(max=limit)
-        self._parameters["b_logvar"].clamp_(max=limit)
+        self.w_logvar.clamp_(max=limit)
+        self.b_logvar.clamp_(max=limit)
 
     @torch.no_grad()
     def load_point_estimate(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """Start the posterior means from a deterministic net's weights: ``μ = w / E[z]``
         (and ``μ_b = b / E[z]`` for a conv), so that :meth:`posterior_mean` returns them."""
-        self._parameters["w_loc"].copy_(weight / self._z_view_of_mean())
+        self.w_loc.copy_(weight / self._z_view_of_mean())
         if bias is not None:
             unscaled = self.groups_on_input or self.q_scale is None
-            self._parameters["b_loc"].copy_(bias if unscaled else bias / self.q_scale.mean())
+            self.b_loc.copy_(bias if unscaled else bias / self.q_scale.mean())
 
 
 class BayesLinear(BayesLayer):

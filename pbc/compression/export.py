@@ -4,10 +4,10 @@ Two on-disk forms:
 
 * ``*.pt`` — ``{"arch": Architecture.to_dict(), "state_dict": {...}}`` saved with
   ``torch.save``; loads with ``torch.load(weights_only=True)``.
-* ``*.pbcz`` — the packed format of :mod:`pbc.codec` (relative CSR + Huffman); its metadata
+* ``*.pbcz`` — the packed format of :mod:`pbc.compression.codec` (relative CSR + Huffman); its metadata
   holds the architecture and the small non-weight state (``select`` indices, batch norm).
 
-Both load into ``build_network(arch)`` of :mod:`pbc.architectures`.
+Both load into ``build_network(arch)`` of :mod:`pbc.nets`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pbc import codec
-from pbc.architectures import Architecture, build_network
+from pbc.compression import codec
+from pbc.nets import Architecture, build_network
 from pbc.io import ArtefactError, load_torch, save_torch
 
 FORMAT = "pbc-compressed-network"

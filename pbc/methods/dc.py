@@ -8,10 +8,10 @@
 2. **Weight sharing** (the compress stage, :func:`compression_plan`).  Per-layer k-means on
    the surviving weights, linear initialisation between their min and max, ``2^8``
    centroids for convolutions and ``2^5`` for linear layers
-   (:data:`pbc.compress.KMEANS_BITS`).  Han et al. also fine-tune the shared centroids;
+   (:data:`pbc.compression.plan.KMEANS_BITS`).  Han et al. also fine-tune the shared centroids;
    this reference does not.
 3. **Huffman coding** of the codes and of the relative CSR indices: the shared packed format
-   (:mod:`pbc.codec`), so DC's sizes come from the same accounting as every other method.
+   (:mod:`pbc.compression.codec`), so DC's sizes come from the same accounting as every other method.
 
 Target keep fractions are Han et al.'s (2015, "Learning both weights and connections",
 Table 1/2) for LeNet-300-100 and LeNet-5 on MNIST; other architectures use
@@ -25,7 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pbc.architectures import Architecture, build_network
+from pbc.compression.plan import KMEANS_BITS, unstructured_plan
+from pbc.compression.quantise import Quantised, kmeans_codes
+from pbc.methods.base import Method
+from pbc.nets import Architecture, build_network
 
 KEEP = {
     "lenet300": {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26},
@@ -126,17 +129,39 @@ class MaskedNetwork(nn.Module):
         self.body.load_state_dict(state)
 
 
-def compression_plan(net: MaskedNetwork, arch: Architecture):
-    """The compress stage's plan: masks as pruned, k-means codebooks per layer."""
-    from pbc.compress import KMEANS_BITS, Quantised, kmeans_codes, unstructured_plan
+class DeepCompression(Method):
+    """``--prior dc``: prune by magnitude while retraining, then k-means weight sharing."""
 
-    state = {k: v.cpu() for k, v in net.posterior_mean_state_dict().items()}
-    kinds = {s.name: s.kind for s in arch.weighted_layers()}
+    name = "dc"
+    needs_init_from = True
 
-    def quantise(name: str, w: np.ndarray) -> Quantised:
-        bits = KMEANS_BITS[kinds[name]]
-        codes, codebook = kmeans_codes(w, bits)
-        return Quantised(codes, codebook, {"bits": bits})
+    def build(self, config, arch):
+        return MaskedNetwork(arch, config.dc_keep)
 
-    keep = {n: net.mask(n).cpu().numpy().astype(bool) for n in kinds}
-    return unstructured_plan(arch, state, keep, quantise)
+    def load_point_estimate(self, net, state):
+        net.load_point_estimate(state)
+
+    def before_epoch(self, net, epoch, config):
+        net.before_epoch(epoch, config.epochs)
+
+    def after_step(self, net, config):
+        net.after_step()
+
+    def epoch_metrics(self, net):
+        return {"kept_fraction": net.kept_fraction()}
+
+    def plain_state(self, net):
+        return net.posterior_mean_state_dict()
+
+    def compression_plan(self, run, config, arch, net):
+        """Masks as pruned; a k-means codebook per layer."""
+        state = {k: v.cpu() for k, v in net.posterior_mean_state_dict().items()}
+        kinds = {s.name: s.kind for s in arch.weighted_layers()}
+
+        def quantise(name: str, w: np.ndarray) -> Quantised:
+            bits = KMEANS_BITS[kinds[name]]
+            codes, codebook = kmeans_codes(w, bits)
+            return Quantised(codes, codebook, {"bits": bits})
+
+        keep = {n: net.mask(n).cpu().numpy().astype(bool) for n in kinds}
+        return unstructured_plan(arch, state, keep, quantise)

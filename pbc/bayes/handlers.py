@@ -13,7 +13,7 @@ layer's pre-activation instead of its weights.  With ``z`` drawn per example ``n
       mean = z ⊙ (conv(x, μ) + μ_b),    var = z² ⊙ (conv(x², σ²) + σ_b²)
 
 and ``out = mean + √var · ε``, ``ε ~ N(0, 1)``.  A layer without group scales (Sparse VD's
-per-weight posterior) is the special case ``z = 1``.  The layers of ``pbc.layers`` sample
+per-weight posterior) is the special case ``z = 1``.  The layers of :mod:`pbc.bayes.layers` sample
 ``z``, ``w`` and ``b`` as named sites and call the effectful ``layer_output``; this handler
 
 1. does not draw the guide's sites marked ``infer={"local_reparam": True}`` — the global
@@ -31,9 +31,21 @@ from __future__ import annotations
 
 import torch
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.runtime import _PYRO_STACK
+from pyro.poutine.runtime import effectful
 
 _VAR_EPS = 1e-8  # keeps √var differentiable where a variance underflows to 0
+
+# The guide marks its sites of z, w and b with this: under local reparameterisation the layer
+# draws z per example itself, so the guide's global draws are not needed.
+DEFERRED = {"local_reparam": True}
+
+
+@effectful(type="local_reparam_active")
+def local_reparam_active() -> bool:
+    """Whether a :class:`LocalReparameterization` handles this call: the guide's deferred
+    sites then hold placeholders, not draws.  An effect that the handler answers with
+    ``True``; without it the default, ``False``."""
+    return False
 
 
 class LocalReparameterization(Messenger):
@@ -47,6 +59,9 @@ class LocalReparameterization(Messenger):
         layer, x = msg["args"][0], msg["args"][1]
         msg["value"] = local_reparam_output(layer, x)
 
+    def _pyro_local_reparam_active(self, msg):
+        msg["value"] = True
+
 
 def placeholder(fn) -> torch.Tensor:
     """The value of a deferred site: ones of the site's shape as an expanded scalar.
@@ -59,12 +74,6 @@ def placeholder(fn) -> torch.Tensor:
     base = getattr(fn, "base_dist", fn)
     like = base.loc
     return like.new_ones(()).expand(fn.batch_shape + fn.event_shape)
-
-
-def local_reparam_active() -> bool:
-    """Whether a :class:`LocalReparameterization` is on Pyro's handler stack: the guide's
-    deferred sites then hold placeholders, not draws."""
-    return any(isinstance(m, LocalReparameterization) for m in _PYRO_STACK)
 
 
 def local_reparam_output(layer, x: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,11 @@
-"""The Bayesian counterpart of the named architectures of :mod:`pbc.architectures`.
+"""The Bayesian counterpart of the named architectures of :mod:`pbc.nets`.
 
-The same :class:`~pbc.architectures.Architecture` record builds
+The same :class:`~pbc.nets.Architecture` record builds
 
-* :func:`~pbc.architectures.build_network` — a plain ``nn.Sequential`` (torch only;
+* :func:`~pbc.nets.build_network` — a plain ``nn.Sequential`` (torch only;
   deterministic training, posterior-mean evaluation, the compressed export), and
-* :class:`BayesNet` — the same layers with :class:`~pbc.layers.BayesLinear` /
-  :class:`~pbc.layers.BayesConv2d` in place of ``Linear`` / ``Conv2d``, plus ``model`` and
+* :class:`BayesNet` — the same layers with :class:`~pbc.bayes.layers.BayesLinear` /
+  :class:`~pbc.bayes.layers.BayesConv2d` in place of ``Linear`` / ``Conv2d``, plus ``model`` and
   ``guide`` callables with a shared signature.
 
 Layer names are stable (``conv1``, ``fc1`` …) and are the Pyro site prefixes.
@@ -20,19 +20,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pbc.architectures import (  # noqa: F401  (re-exported: the named architectures)
-    ARCHITECTURES,
-    Architecture,
-    LayerSpec,
-    build_network,
-    lenet5,
-    lenet300,
-    make_architecture,
-    plain_layer,
-    vgg16,
-)
-from pbc.layers import BayesConv2d, BayesLayer, BayesLinear
-from pbc.priors import GroupPrior
+from pbc.bayes.layers import BayesConv2d, BayesLayer, BayesLinear
+from pbc.bayes.priors import GroupPrior
+from pbc.nets import Architecture, plain_layer
 
 
 class BayesNet(nn.Module):
@@ -44,7 +34,7 @@ class BayesNet(nn.Module):
     ``guide(x, y, subsample, size)`` samples every layer's guide sites; its arguments are
     unused (mean field) but kept so model and guide share a signature.
     ``pretrained`` starts a global group scale (GHS) at the layer's weight scale for means
-    that :meth:`load_point_estimate` will load (see :class:`pbc.layers.BayesLayer`).
+    that :meth:`load_point_estimate` will load (see :class:`pbc.bayes.layers.BayesLayer`).
     """
 
     def __init__(self, arch: Architecture, prior: GroupPrior, pretrained: bool = False):

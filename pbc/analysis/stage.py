@@ -1,6 +1,6 @@
 """The ``analyse`` stage: posterior → ArviZ InferenceData, group and layer tables, figures.
 
-The only module that imports ArviZ.  Numbers come from :mod:`pbc.posterior`; this module
+The only module that imports ArviZ.  Numbers come from :mod:`pbc.bayes.summaries`; this module
 adapts them (xarray/ArviZ, pandas) and writes, into the run directory:
 
 * ``posterior.nc`` — group ``posterior``: draws of every ``<layer>.z`` (and ``<layer>.s`` for
@@ -19,86 +19,29 @@ report R-hat and ESS, which for iid draws should read ≈1 and ≈ the number of
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import torch
 
-from pbc import report
+from pbc.analysis.inference_data import (
+    arviz,
+    arviz_major,
+    to_inference_data,
+    write_moments_netcdf,
+    write_netcdf,
+)
+from pbc.analysis.thresholds import Threshold, find_threshold
+from pbc.bayes.elbo import LN2, MeanFieldELBO
+from pbc.bayes.summaries import LayerPosterior, layer_moments
+from pbc.compression.masks import kept_weight_mask, structured_masks, weight_masks
+from pbc.compression.quantise import bit_precision
 from pbc.io import StageError, atomic_path, atomic_write, write_json
-
-if TYPE_CHECKING:
-    from pbc.posterior import LayerPosterior, Threshold
-
-# The ArviZ adapter (to_inference_data … summary) needs neither torch nor Pyro, so that it
-# can be checked against either ArviZ major version on its own; the stage imports them.
-
-POSTERIOR, GROUPS, LAYERS, ANALYSIS = "posterior.nc", "groups.csv", "layers.csv", "analysis.json"
-SCORE_NAMES = {"gnj": "log_alpha", "ghs": "log_alpha", "svd": "log_alpha (per weight)"}
-SCORE_LABELS = {"gnj": "log α", "ghs": "log α = log(e^Var[log z] − 1)", "svd": "log α per weight"}
-
-
-def _arviz():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # 0.x announces the 1.x refactor
-        import arviz as az
-    return az
-
-
-def arviz_major() -> int:
-    return int(_arviz().__version__.split(".")[0])
-
-
-def to_inference_data(posterior: dict[str, np.ndarray], moments: dict[str, tuple], dims: dict,
-                      attrs: dict, coords: dict | None = None):
-    """Build InferenceData (ArviZ 0.x) or a DataTree (ArviZ 1.x) with ``from_dict``.
-
-    ``posterior``: name → array ``(chains, draws, *shape)``; ``moments``: name →
-    ``(dims, array)`` for the ``posterior_moments`` group (left out when empty); ``dims``:
-    posterior var → dims; ``coords``: dim → labels.
-    """
-    import xarray as xr
-
-    az = _arviz()
-    moments_ds = xr.Dataset({k: (d, v) for k, (d, v) in moments.items()}, attrs=attrs)
-    if arviz_major() >= 1:
-        tree = az.from_dict({"posterior": posterior}, dims=dims, coords=coords)
-        if moments:
-            tree["posterior_moments"] = xr.DataTree(moments_ds)
-        tree["posterior"].attrs.update(attrs)
-        return tree
-    idata = az.from_dict(posterior=posterior, dims=dims, coords=coords, attrs=attrs)
-    if moments:
-        idata.add_groups({"posterior_moments": moments_ds})
-    return idata
-
-
-def write_netcdf(data, path: Path) -> None:
-    """Write InferenceData / DataTree to netCDF through a temporary file and a rename."""
-    with atomic_path(path) as tmp:
-        data.to_netcdf(str(tmp))
-
-
-def write_moments_netcdf(moments: dict[str, tuple], attrs: dict, path: Path) -> None:
-    """A per-weight posterior (Sparse VD) has no draws: write its moments as a dataset."""
-    import xarray as xr
-
-    ds = xr.Dataset({k: (d, v) for k, (d, v) in moments.items()}, attrs=attrs)
-    with atomic_path(path) as tmp:
-        ds.to_netcdf(str(tmp), group="posterior_moments")
-
-
-def read_posterior(path):
-    """Open ``posterior.nc`` with plain ArviZ."""
-    return _arviz().from_netcdf(str(path))
-
-
-def summary(data, var_names=None) -> pd.DataFrame:
-    """``az.summary`` of the posterior draws (mean, sd, intervals, ESS, R-hat)."""
-    return _arviz().summary(data, var_names=var_names)
+from pbc.nets import parse_layer_values
+from pbc.reporting import figures
+from pbc.rundir import ANALYSIS, FIGURES, GROUPS, LAYERS, POSTERIOR, load_trained
 
 
 class ThresholdError(ValueError):
@@ -118,8 +61,6 @@ class LayerAnalysis:
 
 def parse_thresholds(text: str | None) -> dict[str, float]:
     """``"fc1=3,fc2=2.5"`` → ``{"fc1": 3.0, "fc2": 2.5}``; ThresholdError with a reason."""
-    from pbc.architectures import parse_layer_values
-
     try:
         return parse_layer_values(text, "--thresholds")
     except ValueError as e:
@@ -129,22 +70,11 @@ def parse_thresholds(text: str | None) -> dict[str, float]:
 def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None = None,
             figures: bool = True, seed: int = 0) -> dict[str, LayerAnalysis]:
     """Run the analyse stage on a trained run directory; returns per-layer results."""
-    import torch
-
-    from pbc.posterior import (
-        Threshold,
-        find_threshold,
-        layer_moments,
-        structured_masks,
-        weight_masks,
-    )
-    from pbc.priors import SVD_LOG_ALPHA_THRESHOLD
-    from pbc.train import load_run
-
-    run = Path(run_dir)
-    config, arch, net, _ = load_run(run)
-    if config.prior == "none":
-        raise StageError(f"{run}: a deterministic run (prior 'none') has no posterior")
+    trained = load_trained(run_dir)
+    run, config, arch, net, method = (trained.dir.path, trained.config, trained.arch,
+                                      trained.net, trained.method)
+    if not method.has_posterior:
+        raise StageError(f"{run}: prior {config.prior!r} has no posterior to analyse")
     thresholds = dict(thresholds or {})
     layers = {layer.site: layer for layer in net.bayes_layers()}
     unknown = set(thresholds) - set(layers)
@@ -152,18 +82,19 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
         raise ThresholdError(f"--thresholds names unknown layers {sorted(unknown)}; "
                          f"layers are {list(layers)}")
     posts = {name: layer_moments(layer) for name, layer in layers.items()}
+    fixed = method.fixed_threshold()
     chosen = {}
     for name, post in posts.items():
         if name in thresholds:
             chosen[name] = Threshold(thresholds[name], "given", math.nan)
-        elif post.per_weight:
-            chosen[name] = Threshold(SVD_LOG_ALPHA_THRESHOLD, "sparse-vd", math.nan)
+        elif fixed is not None:
+            chosen[name] = Threshold(*fixed, math.nan)
         else:
             chosen[name] = find_threshold(post.score)
     values = {n: t.value for n, t in chosen.items()}
     masks = structured_masks(arch, posts, values)
     w_masks = weight_masks(posts, values)
-    result = {name: _layer_result(posts[name], chosen[name], *masks[name], config.prior,
+    result = {name: _layer_result(posts[name], chosen[name], *masks[name], method.score_name,
                                   w_masks.get(name)) for name in posts}
 
     torch.manual_seed(seed)
@@ -186,7 +117,7 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
         moments[f"{name}.score"] = ([f"{name}_group"], post.score)
         moments[f"{name}.kept"] = ([f"{name}_group"], res.groups_kept_mask.astype(np.int8))
     attrs = {"prior": config.prior, "model": config.model, "data": config.data,
-             "score": SCORE_NAMES[config.prior]}
+             "score": method.score_name}
     if posterior:
         write_netcdf(to_inference_data(posterior, moments, dims, attrs), run / POSTERIOR)
     else:  # nothing is drawn: the moments alone, as a plain netCDF dataset
@@ -201,17 +132,13 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
                                 "histograms": {n: _histogram(r.post.score)
                                                for n, r in result.items()}})
     if figures:
-        _figures(run, result, config.prior, posterior)
+        _figures(run, result, method.score_label, posterior)
     return result
 
 
 def layer_kl_bits(net, arch) -> dict[str, float]:
     """Per layer, the ELBO's KL term in bits (the sum over the layer's sites ``<layer>.*``):
     the description length of its weights beside which the MDL page puts the packed size."""
-    import torch
-
-    from pbc.infer import LN2, MeanFieldELBO
-
     x = torch.zeros(1, *arch.input_shape, device=next(net.parameters()).device)
     by_site = MeanFieldELBO().kl_by_site(net.model, net.guide, x)
     out = {}
@@ -221,9 +148,8 @@ def layer_kl_bits(net, arch) -> dict[str, float]:
     return out
 
 
-def _layer_result(post, threshold, in_mask, out_mask, prior, w_mask=None) -> LayerAnalysis:
-    from pbc.posterior import bit_precision, kept_weight_mask
-
+def _layer_result(post, threshold, in_mask, out_mask, score_name,
+                  w_mask=None) -> LayerAnalysis:
     keep_w = kept_weight_mask(post.kind, post.w_mean.shape, in_mask, out_mask)
     if w_mask is not None:
         keep_w = keep_w & w_mask
@@ -233,7 +159,7 @@ def _layer_result(post, threshold, in_mask, out_mask, prior, w_mask=None) -> Lay
            "groups_kept": int(groups_mask.sum()), "in_kept": int(in_mask.sum()),
            "out_kept": int(out_mask.sum()), "weights_total": int(post.w_mean.size),
            "weights_kept": int(keep_w.sum()), **bits, "threshold": threshold.value,
-           "threshold_on": SCORE_NAMES[prior],
+           "threshold_on": score_name,
            "threshold_method": threshold.method, "separation": threshold.separation}
     return LayerAnalysis(post, threshold, in_mask, out_mask, groups_mask, keep_w, row)
 
@@ -275,18 +201,18 @@ def _save_arviz_plot(plot, path: Path, title: str) -> None:
         with atomic_path(path) as tmp:
             plot.savefig(tmp)
     else:
-        report.save_axes(plot, path, title=title)
+        figures.save_axes(plot, path, title=title)
 
 
-def _figures(run: Path, result: dict[str, LayerAnalysis], prior: str,
+def _figures(run: Path, result: dict[str, LayerAnalysis], score_label: str,
              posterior: dict[str, np.ndarray]) -> None:
-    fig_dir = run / "figures"
-    report.score_histograms({n: (r.post.score.ravel(), r.threshold.value)
-                             for n, r in result.items()},
-                            SCORE_LABELS[prior], fig_dir / "scores.png")
-    report.weight_scatter({n: (r.post.w_mean, r.post.w_var, r.weights_kept_mask)
+    fig_dir = run / FIGURES
+    figures.score_histograms({n: (r.post.score.ravel(), r.threshold.value)
+                              for n, r in result.items()},
+                             score_label, fig_dir / "scores.png")
+    figures.weight_scatter({n: (r.post.w_mean, r.post.w_var, r.weights_kept_mask)
                            for n, r in result.items()}, fig_dir / "weights.png")
-    az = _arviz()
+    az = arviz()
     new_api = arviz_major() >= 1
     for name, r in result.items():
         if r.post.per_weight:
@@ -300,7 +226,7 @@ def _figures(run: Path, result: dict[str, LayerAnalysis], prior: str,
         plot = az.plot_forest(data, combined=True, **extra)
         _save_arviz_plot(plot, fig_dir / f"forest_{name}.png",
                          f"{name}: log |z|, 24 groups across the score range")
-    if prior == "ghs":
+    if all(f"{n}.s" in posterior for n in result):   # a global scale per layer (GHS)
         data = _log_abs_data({f"{n}.s": posterior[f"{n}.s"] for n in result}, {}, {})
         plot = (az.plot_dist(data, backend="matplotlib") if new_api else
                 az.plot_posterior(data, figsize=(3.2 * len(result), 2.8)))

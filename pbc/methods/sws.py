@@ -55,25 +55,20 @@ component, exactly 0 for the zero component.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.distributions.torch_distribution import TorchDistribution
 from torch import nn
-from torch.distributions import constraints
-from torch.distributions.kl import register_kl
 from torch.func import functional_call
 
-from pbc.architectures import Architecture, build_network
+from pbc.bayes.mixture import GAMMA_OTHER, GAMMA_ZERO, Components, MixturePrior
+from pbc.compression.plan import unstructured_plan
+from pbc.compression.quantise import Quantised
+from pbc.methods.base import ELBOMethod
+from pbc.nets import Architecture, build_network
 
-N_COMPONENTS = 17
-PI_ZERO = 0.99
-INIT_MEAN_RANGE = 0.6          # until load_point_estimate spreads the means over the weights
-GAMMA_ZERO = (5000.0, 2.0)    # (concentration, rate) on the zero component's precision
-GAMMA_OTHER = (250.0, 0.1)
 DEFAULT_TAU = 0.005
 ZERO_RATE_HELP = ("rate of the Gamma hyperprior on the zero component's precision (default 2, "
                   "the authors' tutorial's); smaller lets the zero spike narrow further "
@@ -81,134 +76,7 @@ ZERO_RATE_HELP = ("rate of the Gamma hyperprior on the zero component's precisio
 RATE_HELP = ("rate of the Gamma hyperprior on the other components' precisions (default 0.1, "
              "the tutorial's); smaller lets a component with few weights narrow")
 MERGE_KL = 0.1
-MIXTURE_CHUNK = 8192         # weights per block of _MixtureNLL (a (17, 8192) block fits in L2)
 LR_SCALES = {"means": 0.2, "log_precision": 6.0, "mix_logits": 6.0}
-
-
-class _MixtureNLL(torch.autograd.Function):
-    """``−Σ_i log Σ_j exp(log π_j) N(w_i | μ_j, 1/λ_j)`` with its gradients computed in the
-    forward pass, over chunks of :data:`MIXTURE_CHUNK` weights.
-
-    Each chunk's ``(J, chunk)`` block of log-densities, responsibilities ``r`` and offsets
-    ``d = w − μ`` stays in cache, and only ``∂/∂w`` (shape of ``w``) and three ``(J,)`` sums
-    are kept for the backward pass.  Autograd through ``MixtureSameFamily`` keeps about thirty
-    ``(n, J)`` temporaries per step (130 ms for lenet300's 266 200 weights × 17 components on
-    one thread); an unchunked hand-written version 63 ms (lenet5's 431 080: 104 ms); this
-    45 ms (72 ms), value and gradients unchanged.
-    """
-
-    @staticmethod
-    def forward(ctx, w, log_pi, mu, lam):
-        flat = w.reshape(-1)
-        scale = (-0.5 * lam).reshape(-1, 1)
-        const = (log_pi + 0.5 * torch.log(lam / (2 * math.pi))).reshape(-1, 1)
-        grad_w = torch.empty_like(flat)
-        resp, sum_rd, sum_rd2 = (torch.zeros_like(mu) for _ in range(3))
-        log_p = flat.new_zeros(())
-        for s in range(0, flat.numel(), MIXTURE_CHUNK):
-            d = flat[s:s + MIXTURE_CHUNK].reshape(1, -1) - mu.reshape(-1, 1)   # (J, chunk)
-            e = d * d
-            e.mul_(scale).add_(const)                                   # log π_j N(w | μ_j, 1/λ_j)
-            m = e.amax(0)
-            e.sub_(m).exp_()
-            total = e.sum(0)
-            log_p += m.sum() + total.log().sum()
-            e.div_(total)                                               # r
-            resp += e.sum(1)
-            e.mul_(d)                                                   # r·d
-            torch.mv(e.t(), lam, out=grad_w[s:s + MIXTURE_CHUNK])       # Σ_j λ_j r_j d_j
-            sum_rd += e.sum(1)
-            sum_rd2 += e.mul_(d).sum(1)                                 # Σ_i r·d²
-        ctx.save_for_backward(grad_w.reshape(w.shape), resp, sum_rd, sum_rd2, lam)
-        return -log_p
-
-    @staticmethod
-    def backward(ctx, g):
-        grad_w, resp, sum_rd, sum_rd2, lam = ctx.saved_tensors
-        return (g * grad_w,
-                -g * resp,                                          # ∂/∂log π
-                -g * lam * sum_rd,                                  # ∂/∂μ
-                -g * (resp / (2 * lam) - 0.5 * sum_rd2))            # ∂/∂λ
-
-
-class GaussianMixtureWeights(TorchDistribution):
-    """``w_i ~ Σ_j π_j N(μ_j, 1/λ_j)`` i.i.d. over a whole weight tensor (one event).
-
-    ``log_prob(w)`` is the event's total log-density, computed by :class:`_MixtureNLL`.
-    """
-
-    arg_constraints = {}
-    support = constraints.real
-
-    def __init__(self, log_pi, mu, lam, event_shape, validate_args=None):
-        self.log_pi, self.mu, self.lam = log_pi, mu, lam
-        super().__init__(torch.Size(), torch.Size(event_shape), validate_args=validate_args)
-
-    def log_prob(self, value):
-        if value.shape != self.event_shape:
-            raise ValueError(f"expected one event of shape {tuple(self.event_shape)}, "
-                             f"got {tuple(value.shape)}")
-        return -_MixtureNLL.apply(value, self.log_pi, self.mu, self.lam)
-
-    def sample(self, sample_shape=torch.Size()):
-        shape = torch.Size(sample_shape) + self.event_shape
-        with torch.no_grad():
-            j = torch.distributions.Categorical(logits=self.log_pi).sample(shape)
-            return self.mu[j] + self.lam[j].rsqrt() * torch.randn(shape, dtype=self.mu.dtype)
-
-
-@register_kl(dist.Delta, torch.distributions.Gamma)
-@register_kl(dist.Delta, GaussianMixtureWeights)
-def _kl_delta(q, p):
-    """A point estimate's complexity cost ``−log p(v)`` (plus the Delta's own log-density,
-    0 by default, so that the value is ``log q(v) − log p(v)``)."""
-    lp = p.log_prob(q.v)
-    return q.log_density - lp
-
-
-class MixturePrior(nn.Module):
-    """The learned mixture ``Σ_j π_j N(μ_j, 1/λ_j)`` and its precision hyperprior."""
-
-    def __init__(self, n_components: int = N_COMPONENTS, pi_zero: float = PI_ZERO,
-                 zero_rate: float = GAMMA_ZERO[1], rate: float = GAMMA_OTHER[1]):
-        super().__init__()
-        j = n_components
-        self.pi_zero = pi_zero
-        self.means = nn.Parameter(torch.linspace(-INIT_MEAN_RANGE, INIT_MEAN_RANGE, j - 1))
-        alpha = torch.tensor([GAMMA_ZERO[0]] + [GAMMA_OTHER[0]] * (j - 1))
-        beta = torch.tensor([GAMMA_ZERO[1]] + [GAMMA_OTHER[1]] * (j - 1))
-        # start at the default hyperpriors' modes (σ ≈ 0.02), whatever the rates are
-        self.log_precision = nn.Parameter(((alpha - 1) / beta).log())
-        beta[0], beta[1:] = zero_rate, rate
-        self.mix_logits = nn.Parameter(torch.zeros(j - 1))
-        self.register_buffer("gamma_concentration", alpha)
-        self.register_buffer("gamma_rate", beta)
-
-    def mixing(self) -> torch.Tensor:
-        """``π``, shape ``(J,)``: ``π_0`` fixed, the rest a softmax sharing ``1 − π_0``."""
-        rest = (1.0 - self.pi_zero) * torch.softmax(self.mix_logits, 0)
-        return torch.cat([rest.new_tensor([self.pi_zero]), rest])
-
-    def all_means(self) -> torch.Tensor:
-        return torch.cat([self.means.new_zeros(1), self.means])
-
-    def precision(self) -> torch.Tensor:
-        return self.log_precision.exp()
-
-    def distribution(self, shape, precision: torch.Tensor | None = None
-                     ) -> GaussianMixtureWeights:
-        """The prior of one weight tensor of ``shape``."""
-        lam = self.precision() if precision is None else precision
-        return GaussianMixtureWeights(self.mixing().log(), self.all_means(), lam, shape)
-
-    def hyperprior(self) -> dist.Distribution:
-        # event dim: components (J,)
-        return dist.Gamma(self.gamma_concentration, self.gamma_rate).to_event(1)
-
-    @torch.no_grad()
-    def components(self) -> Components:
-        return Components(self.mixing().double().numpy(), self.all_means().double().numpy(),
-                          (1.0 / self.precision()).double().numpy())
 
 
 class SoftSharingNet(nn.Module):
@@ -270,15 +138,6 @@ class SoftSharingNet(nn.Module):
                                               self.prior.means.numel()))
 
 
-@dataclass
-class Components:
-    """A 1-D Gaussian mixture as numpy arrays ``(J,)``; index 0 is the zero component."""
-
-    pi: np.ndarray
-    mean: np.ndarray
-    var: np.ndarray
-
-
 def _sym_kl(m1, v1, m2, v2) -> float:
     """Symmetric KL between ``N(m1, v1)`` and ``N(m2, v2)``."""
     d = (m1 - m2) ** 2
@@ -333,19 +192,38 @@ def quantise_to_components(w: np.ndarray, c: Components) -> tuple[np.ndarray, np
     return lookup[resp], codebook
 
 
-def compression_plan(net: SoftSharingNet, arch: Architecture):
-    """The compress stage's plan: zero-component weights pruned, the rest shared."""
-    from pbc.compress import Quantised, unstructured_plan
+class SoftWeightSharing(ELBOMethod):
+    """``--prior sws``: retrain a plain network under the mixture prior (see module doc)."""
 
-    state = {k: v.cpu() for k, v in net.posterior_mean_state_dict().items()}
-    comps = merge_components(net.prior.components())
-    index_bits = max(1, math.ceil(math.log2(comps.pi.size)))
+    name = "sws"
+    needs_init_from = True
 
-    def quantise(name: str, w: np.ndarray) -> Quantised:
-        codes, codebook = quantise_to_components(w, comps)
-        return Quantised(codes, codebook, {"bits": index_bits,
-                                           "components_merged": int(comps.pi.size)})
+    def build(self, config, arch):
+        return SoftSharingNet(arch, zero_rate=config.sws_zero_rate, rate=config.sws_rate)
 
-    keep = {s.name: responsibilities_argmax(state[f"{s.name}.weight"].numpy(), comps) != 0
-            for s in arch.weighted_layers()}
-    return unstructured_plan(arch, state, keep, quantise)
+    def load_point_estimate(self, net, state):
+        net.load_point_estimate(state)
+
+    def param_groups(self, net):
+        return net.param_groups()
+
+    def complexity_scale(self, config):
+        return config.sws_tau
+
+    def plain_state(self, net):
+        return net.posterior_mean_state_dict()
+
+    def compression_plan(self, run, config, arch, net):
+        """Zero-component weights pruned, the rest shared at their component's mean."""
+        state = {k: v.cpu() for k, v in net.posterior_mean_state_dict().items()}
+        comps = merge_components(net.prior.components())
+        index_bits = max(1, math.ceil(math.log2(comps.pi.size)))
+
+        def quantise(name: str, w: np.ndarray) -> Quantised:
+            codes, codebook = quantise_to_components(w, comps)
+            return Quantised(codes, codebook, {"bits": index_bits,
+                                               "components_merged": int(comps.pi.size)})
+
+        keep = {s.name: responsibilities_argmax(state[f"{s.name}.weight"].numpy(), comps) != 0
+                for s in arch.weighted_layers()}
+        return unstructured_plan(arch, state, keep, quantise)

@@ -32,7 +32,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
-from pbc import comparison, paper  # noqa: E402
+from pbc.reporting import paper, tables  # noqa: E402
+from pbc.rundir import RunRecord, read_runs  # noqa: E402
 from pbc.io import atomic_path  # noqa: E402
 
 PAGE = (11.69, 8.27)          # A4 landscape, inches
@@ -48,15 +49,15 @@ class Report:
     pdf: Path
     csv: dict[str, Path]
     pages: list[str] = field(default_factory=list)
-    runs: list[comparison.Run] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)
 
 
 def build_report(run_dirs, out) -> Report:
     """Read the run directories, write ``out`` (a PDF) and the CSV tables beside it."""
     out = Path(out)
-    runs = comparison.load_runs(run_dirs)
-    t1, t2 = comparison.table1(runs), comparison.table2(runs)
-    mdl = comparison.mdl_table(runs)
+    runs = read_runs(run_dirs)
+    t1, t2 = tables.table1(runs), tables.table2(runs)
+    mdl = tables.mdl_table(runs)
     result = Report(out, {}, runs=runs)
     with atomic_path(out) as tmp:
         with PdfPages(tmp, metadata={"Title": f"pbc comparison report: {out.stem}",
@@ -67,7 +68,7 @@ def build_report(run_dirs, out) -> Report:
                 finally:
                     plt.close(fig)
                 result.pages.append(title)
-    result.csv = comparison.write_tables(out, t1, t2, mdl)
+    result.csv = tables.write_tables(out, t1, t2, mdl)
     return result
 
 
@@ -183,8 +184,8 @@ def _paper_source(model: str) -> str:
     return "paper (CIFAR-10)" if model == "vgg16" else "paper (MNIST)"
 
 
-def _run_desc(run: comparison.Run) -> str:
-    return f"{run.label} ({run.method}, {paper.model_name(run.model)})"
+def _run_desc(run: RunRecord) -> str:
+    return f"{run.label} ({paper.method_name(run.prior)}, {paper.model_name(run.model)})"
 
 
 # ---------------------------------------------------------------------------------- pages
@@ -200,7 +201,7 @@ def _pages(runs, t1, t2, mdl):
     yield from _mdl_pages(mdl)
 
 
-def _dataset(run: comparison.Run) -> str:
+def _dataset(run: RunRecord) -> str:
     d = run.saved.get("dataset", {})
     if "train" in d and "test" in d:
         return f"{run.data} ({d['train']} train / {d['test']} test images)"
@@ -215,14 +216,14 @@ def _title_page(runs):
     fig.text(0.04, 0.86, textwrap.fill(
         "Bayesian Compression for Deep Learning (Louizos, Ullrich & Welling 2017), reproduced "
         "with pbc. Every number in this report is read from the run directories' artefacts "
-        "(nothing is trained or recomputed); the paper's numbers come from pbc/paper.py.", 150),
+        "(nothing is trained or recomputed); the paper's numbers come from pbc/reporting/paper.py.", 150),
         fontsize=10, va="top")
     header = ["#", "run directory", "method", "model", "data", "epochs (config / trained)",
               "git commit", "missing artefacts"]
     rows = []
     for i, r in enumerate(runs, 1):
         commit = r.git_commit[:12] if r.git_commit else DASH
-        rows.append([str(i), str(r.path), r.method, paper.model_name(r.model), r.data,
+        rows.append([str(i), str(r.path), paper.method_name(r.prior), paper.model_name(r.model), r.data,
                      f"{r.config.get('epochs', DASH)} / {len(r.metrics)}", commit,
                      ", ".join(r.missing) or "none"])
     widths = [2, 25, 7, 10, 9, 7, 9, 22]
@@ -232,7 +233,7 @@ def _title_page(runs):
         f = fig if k == 0 else _page("pbc comparison report (runs, continued)")
         _table(f, rect, head, body[i:j], [heights[0], *heights[i + 1:j + 1]], widths)
         _notes(f, ["'—' marks a value that no artefact records (or a paper value not read; "
-                   "see pbc/paper.py). Tables 1, 2 and MDL are also written as CSV next to "
+                   "see pbc/reporting/paper.py). Tables 1, 2 and MDL are also written as CSV next to "
                    "this PDF, unrounded.",
                    "Paper values: " + "; ".join(f"[{key}] {text}" for key, text in
                                                 paper.SOURCES.items()) + "."])
@@ -344,11 +345,11 @@ def _bench_page(runs):
     cols = min(len(benched), 3)
     nrows = math.ceil(len(benched) / cols)
     energy_any = any(v["energy_j"] is not None for r in benched
-                     for v in comparison.bench_rows(r))
+                     for v in tables.bench_rows(r))
     gs = fig.add_gridspec(nrows * (2 if energy_any else 1), cols, left=0.07, right=0.97,
                           top=0.83, bottom=0.2, hspace=0.75, wspace=0.3)
     for i, run in enumerate(benched):
-        rows = comparison.bench_rows(run)
+        rows = tables.bench_rows(run)
         b = run.bench
         row, col = divmod(i, cols)
         ax = fig.add_subplot(gs[row * (2 if energy_any else 1), col])
@@ -491,15 +492,15 @@ def _mdl_pages(mdl: pd.DataFrame):
     for _, r in mdl.iterrows():
         ratio = (DASH if _missing(r["kl_bits"]) or _missing(r["packed_bits"])
                  else f"{float(r['kl_bits']) / float(r['packed_bits']):.2f}")
-        is_run = r["layer"] == comparison.RUN_LAYER
+        is_run = r["layer"] == tables.RUN_LAYER
         note = r["note"] if isinstance(r["note"], str) else ""
-        note = note.replace(comparison.KL_NOT_RECORDED, "").strip("; ")  # said in the notes
+        note = note.replace(tables.KL_NOT_RECORDED, "").strip("; ")  # said in the notes
         if is_run and not _missing(r["kl_bits"]):
             note = "; ".join(filter(None, [f"KL: {r['kl_source']}; packed: whole file", note]))
         rows.append([r["run"], r["method"], "whole run" if is_run else r["layer"],
                      _int(r["kl_bits"]), _int(r["packed_bits"]), ratio, note])
         shade.append(is_run)
-    per_layer = mdl[mdl.layer != comparison.RUN_LAYER]
+    per_layer = mdl[mdl.layer != tables.RUN_LAYER]
     kl_recorded = per_layer["kl_bits"].notna().any()
     notes = ["MDL view: the KL term of the ELBO, in bits, is the description length "
              "of the weights under q; beside it the size in bits of what pbc's packed file "

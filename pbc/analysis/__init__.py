@@ -1,0 +1,9 @@
+"""The ``analyse`` stage and its parts: the ArviZ adapter (:mod:`.inference_data`, the only
+place pbc imports ArviZ), threshold rules (:mod:`.thresholds`) and the stage
+(:mod:`.stage`)."""
+
+from pbc.analysis.inference_data import read_posterior, summary, to_inference_data, write_netcdf
+from pbc.analysis.stage import LayerAnalysis, ThresholdError, analyse, parse_thresholds
+
+__all__ = ["LayerAnalysis", "ThresholdError", "analyse", "parse_thresholds", "read_posterior",
+           "summary", "to_inference_data", "write_netcdf"]

@@ -1,0 +1,76 @@
+"""Keep masks: from per-group decisions to consistent unit masks of every weighted layer.
+
+* :func:`structured_masks` — keep the groups whose prune score is at most the layer's
+  threshold, then :func:`propagate_masks`;
+* :func:`propagate_masks` — group masks → consistent ``(in_mask, out_mask)`` per layer: a
+  layer's output unit goes when the next layer's input unit goes, and the other way round;
+* :func:`groups_of_weights` — the groups an unstructured (per-weight) mask empties;
+* :func:`kept_weight_mask` — the weights that survive structured pruning.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pbc.bayes.summaries import LayerPosterior
+from pbc.nets import Architecture
+
+
+def propagate_masks(arch: Architecture, group_masks: dict[str, np.ndarray]
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Consistent ``(in_mask, out_mask)`` per weighted layer from per-group keep masks.
+
+    Groups are input units of linear layers and output channels of convolutions.  A unit
+    goes from a layer's outputs when the next layer no longer reads it, and from a layer's
+    inputs when the previous layer no longer produces it; a flatten maps channel ``c`` to the
+    ``c·P … c·P + P − 1`` inputs of the next linear layer (``P`` spatial positions).
+    """
+    specs = arch.weighted_layers()
+    ins = [np.ones(s.in_size, bool) for s in specs]
+    outs = [np.ones(s.out_size, bool) for s in specs]
+    for i, s in enumerate(specs):
+        g = np.asarray(group_masks[s.name], bool)
+        if s.kind == "linear":
+            ins[i] &= g
+        else:
+            outs[i] &= g
+    for _ in range(2):  # forward then backward; a second sweep settles chains of removals
+        for i in range(1, len(specs)):
+            ins[i] &= np.repeat(outs[i - 1], specs[i].in_size // specs[i - 1].out_size)
+        for i in range(len(specs) - 1, 0, -1):
+            per = specs[i].in_size // specs[i - 1].out_size
+            outs[i - 1] &= ins[i].reshape(specs[i - 1].out_size, per).any(axis=1)
+    return {s.name: (ins[i], outs[i]) for i, s in enumerate(specs)}
+
+
+def groups_of_weights(kind: str, weight_kept: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Group keep mask implied by an unstructured weight mask, exactly: a linear layer's input
+    unit goes when its whole column is pruned; a conv filter only when all its weights are
+    pruned *and* its bias is zero (otherwise it still outputs a constant)."""
+    if kind == "linear":
+        return weight_kept.any(axis=0)
+    return weight_kept.reshape(weight_kept.shape[0], -1).any(axis=1) | (bias != 0)
+
+
+def weight_masks(posts: dict[str, LayerPosterior], thresholds: dict[str, float]
+                 ) -> dict[str, np.ndarray]:
+    """Unstructured keep masks (weight shape) of per-weight posteriors: score ``≤`` threshold."""
+    return {n: p.score <= thresholds[n] for n, p in posts.items() if p.per_weight}
+
+
+def structured_masks(arch: Architecture, posts: dict[str, LayerPosterior],
+                     thresholds: dict[str, float]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Keep the groups whose prune score is ``≤`` their layer's threshold, then propagate.
+
+    For a per-weight posterior the groups are those that keep a weight
+    (:func:`groups_of_weights`)."""
+    w_masks = weight_masks(posts, thresholds)
+    groups = {n: (groups_of_weights(p.kind, w_masks[n], p.b_mean) if p.per_weight
+                  else p.score <= thresholds[n]) for n, p in posts.items()}
+    return propagate_masks(arch, groups)
+
+
+def kept_weight_mask(kind: str, shape: tuple[int, ...], in_mask, out_mask) -> np.ndarray:
+    """Boolean mask of the weights that survive structured pruning, of the weight's shape."""
+    m = np.outer(out_mask, in_mask)
+    return np.broadcast_to(m[:, :, None, None], shape) if kind == "conv" else m

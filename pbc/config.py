@@ -1,0 +1,84 @@
+"""The training configuration: one record of every setting, saved in ``config.json``.
+
+``pbc train`` flags map one-to-one onto :class:`TrainConfig`'s fields.  Method-specific
+fields (``tau0``, ``sws_*``, ``dc_keep``, ``max_weight_var``) are read only by their method.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from pbc import methods
+from pbc.bayes.mixture import GAMMA_OTHER, GAMMA_ZERO
+from pbc.methods.sws import DEFAULT_TAU as SWS_DEFAULT_TAU
+from pbc.nets import ARCHITECTURES
+
+LR_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (``pbc train`` flags map one-to-one onto these)."""
+
+    out: str
+    model: str = "lenet300"
+    prior: str = "gnj"
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    download: bool = False
+    epochs: int = 30
+    batch_size: int = 100
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    seed: int = 0
+    device: str = "cpu"
+    subset: int | None = None
+    init_from: str | None = None
+    resume: bool = False
+    tau0: float = 1e-5
+    max_weight_var: float | None = None   # None: the method's default bound
+    kl_warmup: int = 0
+    sws_tau: float = SWS_DEFAULT_TAU
+    sws_zero_rate: float = GAMMA_ZERO[1]   # rates of the mixture's precision hyperpriors
+    sws_rate: float = GAMMA_OTHER[1]
+    dc_keep: dict[str, float] | None = None   # per-layer keep fractions (dc); None: Han et al.
+    threads: int | None = None
+    progress: bool = True
+
+    @property
+    def method(self) -> methods.Method:
+        """The registered method named by ``prior``."""
+        return methods.get(self.prior)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a one-line reason for an impossible setting."""
+        if self.model not in ARCHITECTURES:
+            raise ValueError(f"unknown model {self.model!r}; choose from {sorted(ARCHITECTURES)}")
+        method = self.method
+        for field in ("epochs", "batch_size"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; choose from "
+                             f"{list(LR_SCHEDULES)}")
+        if self.kl_warmup < 0:
+            raise ValueError(f"kl_warmup must be ≥ 0, got {self.kl_warmup}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.subset is not None and self.subset < 1:
+            raise ValueError(f"subset must be at least 1, got {self.subset}")
+        if not self.tau0 > 0:
+            raise ValueError(f"tau0 must be positive, got {self.tau0}")
+        method.validate(self)
+        if not self.sws_tau > 0:
+            raise ValueError(f"sws_tau must be positive, got {self.sws_tau}")
+        for field in ("sws_zero_rate", "sws_rate"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"{field} must be positive, got {getattr(self, field)}")
+        if self.max_weight_var is not None and not self.max_weight_var > 0:
+            raise ValueError(f"max_weight_var must be positive, got {self.max_weight_var}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")

@@ -1,0 +1,30 @@
+"""BC-GHS: group horseshoe scales (Louizos, Ullrich & Welling 2017, eqs. 10–13).
+
+``z_g = s·z̃_g``, ``s ~ C⁺(0, τ0)`` (``--tau0``), ``z̃_g ~ C⁺(0, 1)``, log-normal ``q`` for every
+half-Cauchy factor.  A group is pruned when the dropout rate of its log-normal scale,
+``log α_g = log(e^{Var[log z_g]} − 1)``, is above its layer's threshold.
+
+Two starting points: from scratch the global scale starts at 1 (``w̃ = w``) and the weights'
+variance is bounded by Louizos et al.'s ``clip_var``; from a pretrained net (``--init-from``)
+it starts at the weight scale ``1/√fan_in``, so that ``w̃ = O(1)`` against its ``N(0, 1)``
+prior, and there is no bound: a group prunes when ``w̃`` returns to its prior and ``z``
+shrinks, which a bound far below 1 forbids.
+"""
+
+from __future__ import annotations
+
+from pbc.bayes.priors import GroupHorseshoe
+from pbc.methods.posterior import CLIP_VAR, PosteriorMethod
+
+
+class GHS(PosteriorMethod):
+    name = "ghs"
+    score_label = "log α = log(e^Var[log z] − 1)"
+
+    def prior(self, config):
+        return GroupHorseshoe(config.tau0)
+
+    def max_weight_var(self, config):
+        if config.max_weight_var is not None:
+            return config.max_weight_var
+        return None if config.init_from else CLIP_VAR

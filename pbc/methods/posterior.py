@@ -1,0 +1,70 @@
+"""The shared body of the variational-posterior methods (BC-GNJ, BC-GHS, Sparse VD).
+
+Each trains a :class:`pbc.bayes.net.BayesNet` under its prior by maximising the ELBO;
+the analyse stage chooses a threshold on each layer's prune scores and writes it to
+``analysis.json``; the compress stage keeps the groups (or weights) at or below it and rounds
+each layer's kept weights to fixed point at the layer's posterior bit precision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pbc.bayes.net import BayesNet
+from pbc.bayes.priors import GroupPrior
+from pbc.bayes.summaries import layer_moments
+from pbc.compression.masks import kept_weight_mask, structured_masks, weight_masks
+from pbc.compression.plan import CompressionPlan
+from pbc.compression.quantise import Quantised, bit_precision, fixed_point_codes
+from pbc.methods.base import ELBOMethod
+from pbc.nets import plain_network
+
+# Bound on Var[w̃] (Louizos et al.'s clip_var): it keeps the KL term ½(σ² − 1 − log σ²) from
+# drowning the weights in noise where w̃ = w (a scale that starts at 1).
+CLIP_VAR = 0.04
+
+
+class PosteriorMethod(ELBOMethod):
+    """A :class:`~pbc.bayes.net.BayesNet` under :meth:`prior`; see the module docstring."""
+
+    has_posterior = True
+    score_name = "log_alpha"
+
+    def prior(self, config) -> GroupPrior:
+        raise NotImplementedError
+
+    def max_weight_var(self, config) -> float | None:
+        """The bound on ``Var[w̃]`` in force: ``config.max_weight_var`` or the method's."""
+        return config.max_weight_var
+
+    def build(self, config, arch):
+        return BayesNet(arch, self.prior(config), pretrained=bool(config.init_from))
+
+    def load_point_estimate(self, net, state):
+        net.load_point_estimate(state)
+
+    def after_step(self, net, config):
+        net.clip_variances(self.max_weight_var(config))
+
+    def plain_state(self, net):
+        return net.posterior_mean_state_dict()
+
+    def compression_plan(self, run, config, arch, net) -> CompressionPlan:
+        """The analyse stage's thresholds prune groups (or single weights); each layer is
+        rounded to fixed point at its posterior bit precision."""
+        thresholds = run.analysis()["thresholds"]
+        posts = {layer.site: layer_moments(layer) for layer in net.bayes_layers()}
+        masks = structured_masks(arch, posts, thresholds)
+        w_keep = weight_masks(posts, thresholds)
+        full = plain_network(arch, net.posterior_mean_state_dict())
+
+        def quantise(name: str, w: np.ndarray) -> Quantised:
+            post = posts[name]
+            keep = kept_weight_mask(post.kind, post.w_mean.shape, *masks[name])
+            if name in w_keep:
+                keep = keep & w_keep[name]
+            bits = bit_precision(post.w_mean[keep], post.w_var[keep])
+            codes, codebook, t_used = fixed_point_codes(w, bits["significand_bits"])
+            return Quantised(codes, codebook, {**bits, "codebook_significand_bits": t_used})
+
+        return CompressionPlan(full.state_dict(), masks, quantise, w_keep, dict(thresholds))
