@@ -2,18 +2,18 @@
 
 For each (model, prior) case, one process times
 
-* **pbc** — what :func:`pbc.train._train_epoch` does for a :class:`~pbc.models.BayesNet`:
-  ``MeanFieldELBO()(net.model, net.guide, xb, yb, subsample=idx, size=N)``, ``backward``,
+* **pbc** — what :func:`pbc.train._train_epoch` does for a :class:`~pbc.bayes.net.BayesNet`:
+  ``MeanFieldELBO().terms(net.model, net.guide, xb, yb, subsample=idx, size=N)``, ``backward``,
   ``Adam.step`` (under ``pyro.validation_enabled(False)``, ``module_local_params=True``);
 * **plain** — the same layers, parameterisation and objective written by hand in torch
   (no Pyro): local reparameterisation with ``z`` drawn per example and the closed-form KLs
-  of ``pbc.priors`` (DESIGN.md §3–4), its parameters copied from the pbc net.
+  of :mod:`pbc.bayes.kl` and :mod:`pbc.bayes.priors`, its parameters copied from the pbc net.
 
 Before timing, a check evaluates both losses from the same RNG seed (the plain reference
 first makes the guide's unused draws of ``z`` so that both consume the same random numbers)
 and compares the log-likelihood term, the KL term, the loss and every parameter's gradient.
 
-Timing follows STYLE principle 12: threads stated, warm-up, ``--repeats`` × ``--steps``
+Timing: threads stated, warm-up, ``--repeats`` × ``--steps``
 timed steps per implementation, pbc and plain interleaved within each repeat (alternating
 which goes first), median and min–max of ms/step, and the ratio of medians pbc/plain.
 The output ends with one line per case: ``ratio <model> <prior> <value>``.
@@ -83,7 +83,7 @@ def _param(t: torch.Tensor) -> nn.Parameter:
 class PlainBayesLayer(nn.Module):
     """One Bayesian linear or conv layer with group scales, torch only.
 
-    Parameters are copied from a :class:`pbc.layers.BayesLayer` ``src``: ``w_loc``,
+    Parameters are copied from a :class:`pbc.bayes.layers.BayesLayer` ``src``: ``w_loc``,
     ``w_logvar``, ``b_loc``, ``b_logvar``, and the group-scale posterior (GNJ: ``z_loc``,
     ``z_logvar``; GHS: ``{sa,sb,za,zb}_{loc,logvar}``).
     """
@@ -155,7 +155,7 @@ class PlainBayesLayer(nn.Module):
 
 
 class PlainBayesNet(nn.Module):
-    """The plain counterpart of a :class:`~pbc.models.BayesNet` (lenet300 / lenet5 specs)."""
+    """The plain counterpart of a :class:`~pbc.bayes.net.BayesNet` (lenet300 / lenet5 specs)."""
 
     def __init__(self, net: BayesNet, prior: str, tau0: float):
         super().__init__()
@@ -233,7 +233,7 @@ def pbc_stepper(net, x, y, idx, lr: float):
 
     def step():
         optim.zero_grad(set_to_none=True)
-        terms = elbo(net.model, net.guide, x, y, subsample=idx, size=N_TRAIN)
+        terms = elbo.terms(net.model, net.guide, x, y, subsample=idx, size=N_TRAIN)
         terms.loss.backward()
         optim.step()
 
@@ -282,7 +282,7 @@ def check(net, plain, x, y, idx, seed: int, rtol: float) -> dict:
     def pbc_terms(part):
         net.zero_grad(set_to_none=True)
         torch.manual_seed(seed)
-        t = MeanFieldELBO()(net.model, net.guide, x, y, subsample=idx, size=N_TRAIN)
+        t = MeanFieldELBO().terms(net.model, net.guide, x, y, subsample=idx, size=N_TRAIN)
         getattr(t, part).backward()
         return t
 
@@ -410,8 +410,8 @@ def phase_breakdown(net, plain, x, y, idx, args, device, n: int = 100) -> None:
                 guide_tr, t_g = clock(lambda: poutine.trace(net.guide).get_trace(x, y, **kw))
                 model_tr, t_m = clock(lambda gt=guide_tr: poutine.trace(
                     poutine.replay(net.model, trace=gt)).get_trace(x, y, **kw))
-            _, t_all = clock(lambda: elbo(net.model, net.guide, x, y, **kw))
-            terms, _ = clock(lambda: elbo(net.model, net.guide, x, y, **kw))
+            _, t_all = clock(lambda: elbo.terms(net.model, net.guide, x, y, **kw))
+            terms, _ = clock(lambda: elbo.terms(net.model, net.guide, x, y, **kw))
             _, t_b = clock(terms.loss.backward)
             _, t_o = clock(optim.step)
             poptim.zero_grad(set_to_none=True)

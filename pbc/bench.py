@@ -150,8 +150,8 @@ def pad_linear_widths(net: nn.Sequential, multiple: int = 16) -> nn.Sequential:
     columns to match; the last linear layer keeps its width.  The function is unchanged
     (a padded unit outputs 0, through ReLU too); only the layout is.
 
-    Why: CPU GEMM kernels are much faster at aligned widths.  On this machine (1 thread,
-    batch 8192, 724 inputs) 107 outputs took 28.9 ms and 112 outputs 18.4 ms.
+    Why: CPU GEMM kernels are much faster at aligned widths (a measurement is in
+    ``benchmarks/README.md``).
     """
     mods = [m for m in net]
     linear_at = [i for i, m in enumerate(mods) if isinstance(m, nn.Linear)]

@@ -14,18 +14,18 @@ import torch
 
 from pbc import methods
 from pbc.analysis import ThresholdError, analyse, parse_thresholds
-from pbc.bench import bench
 from pbc.bayes.mixture import GAMMA_OTHER, GAMMA_ZERO
+from pbc.bench import bench
 from pbc.compress import compress
 from pbc.compression.export import load_compressed
-from pbc.config import TrainConfig
+from pbc.config import SWS_DEFAULT_TAU, TrainConfig
 from pbc.data import DATASETS, DataError, load_dataset
 from pbc.demo import run_demo
 from pbc.io import ArtefactError, StageError
-from pbc.methods.sws import DEFAULT_TAU, RATE_HELP, ZERO_RATE_HELP
+from pbc.methods.sws import RATE_HELP, ZERO_RATE_HELP
 from pbc.nets import ARCHITECTURES, classification_error, parse_layer_values
 from pbc.reporting.pdf import build_report
-from pbc.train import TrainingDiverged, train
+from pbc.train import TrainingDiverged, check_config, train
 
 
 class UsageError(Exception):
@@ -99,7 +99,7 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
                         "ghs with --init-from")
     p.add_argument("--kl-warmup", type=_nonnegative_int, default=0,
                    help="epochs of linear KL annealing (0: none)")
-    p.add_argument("--sws-tau", type=_positive_float, default=DEFAULT_TAU,
+    p.add_argument("--sws-tau", type=_positive_float, default=SWS_DEFAULT_TAU,
                    help="sws: weight of the mixture prior against the log-likelihood")
     p.add_argument("--sws-zero-rate", type=_positive_float, default=GAMMA_ZERO[1],
                    help="sws: " + ZERO_RATE_HELP)
@@ -167,7 +167,7 @@ def run(args) -> int:
     if args.command in ("train", "pretrain"):
         config = _train_config(args, "none" if args.command == "pretrain" else args.prior)
         try:
-            config.validate()
+            check_config(config)
         except ValueError as e:
             raise UsageError(str(e)) from None
         result = train(config)

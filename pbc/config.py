@@ -1,7 +1,8 @@
 """The training configuration: one record of every setting, saved in ``config.json``.
 
 ``pbc train`` flags map one-to-one onto :class:`TrainConfig`'s fields.  Method-specific
-fields (``tau0``, ``sws_*``, ``dc_keep``, ``max_weight_var``) are read only by their method.
+fields (``tau0``, ``sws_*``, ``dc_keep``, ``max_weight_var``) are read only by their method
+(:mod:`pbc.methods`), which :func:`pbc.train.check_config` asks to validate them.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from pbc import methods
 from pbc.bayes.mixture import GAMMA_OTHER, GAMMA_ZERO
-from pbc.methods.sws import DEFAULT_TAU as SWS_DEFAULT_TAU
 from pbc.nets import ARCHITECTURES
 
 LR_SCHEDULES = ("cosine", "constant")
+# soft weight-sharing's weight of the prior against the log-likelihood (Ullrich et al. 2017)
+SWS_DEFAULT_TAU = 0.005
 
 
 @dataclass
@@ -48,16 +49,11 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
 
-    @property
-    def method(self) -> methods.Method:
-        """The registered method named by ``prior``."""
-        return methods.get(self.prior)
-
     def validate(self) -> None:
-        """Raise ``ValueError`` with a one-line reason for an impossible setting."""
+        """Raise ``ValueError`` with a one-line reason for an impossible setting (the
+        method checks its own settings: :meth:`pbc.methods.Method.validate`)."""
         if self.model not in ARCHITECTURES:
             raise ValueError(f"unknown model {self.model!r}; choose from {sorted(ARCHITECTURES)}")
-        method = self.method
         for field in ("epochs", "batch_size"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
@@ -72,7 +68,6 @@ class TrainConfig:
             raise ValueError(f"subset must be at least 1, got {self.subset}")
         if not self.tau0 > 0:
             raise ValueError(f"tau0 must be positive, got {self.tau0}")
-        method.validate(self)
         if not self.sws_tau > 0:
             raise ValueError(f"sws_tau must be positive, got {self.sws_tau}")
         for field in ("sws_zero_rate", "sws_rate"):

@@ -22,7 +22,7 @@ WEIGHTED = ("linear", "conv")
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One layer: ``kind`` in linear | conv | relu | maxpool | flatten | batchnorm."""
+    """One layer: ``kind`` in linear | conv | relu | maxpool | flatten | batchnorm | select."""
 
     kind: str
     name: str

@@ -39,7 +39,7 @@ import pandas as pd
 import pyro
 import torch
 
-from pbc import __version__
+from pbc import __version__, methods
 from pbc.config import TrainConfig
 from pbc.io import (
     ArtefactError,
@@ -153,7 +153,7 @@ def load_trained(path) -> TrainedRun:
     try:
         config = TrainConfig(**saved["config"])
         arch = Architecture.from_dict(saved["arch"])
-        method = config.method
+        method = methods.get(config.prior)
         net = method.build(config, arch)
         net.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, RuntimeError, ValueError) as e:

@@ -30,7 +30,7 @@ from pbc.train import train
 
 @dataclass(frozen=True)
 class Study:
-    """What a study runs.  ``train`` holds extra :class:`pbc.train.TrainConfig` settings."""
+    """What a study runs.  ``train`` holds extra :class:`pbc.config.TrainConfig` settings."""
 
     name: str
     model: str

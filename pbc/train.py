@@ -24,6 +24,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from pbc import methods
 from pbc.bayes.elbo import MeanFieldELBO
 from pbc.config import TrainConfig
 from pbc.data import load_dataset
@@ -50,6 +51,15 @@ class TrainResult:
     metrics: list[dict]
     net: torch.nn.Module
     arch: Architecture
+
+
+def check_config(config: TrainConfig) -> Method:
+    """Validate ``config`` (its fields, then its method's settings); return the method.
+    ``ValueError`` with a one-line reason."""
+    config.validate()
+    method = methods.get(config.prior)
+    method.validate(config)
+    return method
 
 
 def kl_weight(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
@@ -102,8 +112,7 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int):
 
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) training; write the run's artefacts; return a :class:`TrainResult`."""
-    config.validate()
-    method = config.method
+    method = check_config(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     pyro.settings.set(module_local_params=True)

@@ -16,9 +16,15 @@ import torch
 from pyro import poutine
 
 from pbc.bayes.distributions import GroupScaledNormal
-from pbc.bayes.handlers import LocalReparameterization, local_reparam_output
+from pbc.bayes.handlers import (
+    LocalReparameterization,
+    local_reparam_active,
+    local_reparam_output,
+)
 from pbc.bayes.layers import BayesConv2d, BayesLinear
+from pbc.bayes.net import BayesNet
 from pbc.bayes.priors import make_prior
+from pbc.nets import lenet300
 
 N_LR = 20_000  # replicated rows through the local-reparameterisation path
 N_SE = 5.0  # tolerance in standard errors (each test makes ≤ 100 comparisons)
@@ -191,3 +197,49 @@ def test_without_handler_layer_applies_traced_weights(kind, prior_name):
         assert torch.equal(b_fn.z, z)
     else:
         assert b_fn.z == 1.0
+
+
+def test_local_reparam_active_is_an_effect_the_handler_answers():
+    """``local_reparam_active()`` is ``False`` with no handler or under others, ``True``
+    inside :class:`LocalReparameterization` (also beneath other handlers), ``False`` again
+    after it exits.  Like a sample site, the effect does not reach the handler through
+    ``poutine.block``: there the guide's sites are drawn, and the answer says so."""
+    assert local_reparam_active() is False
+    with poutine.trace(), poutine.scale(scale=2.0):
+        assert local_reparam_active() is False
+    with LocalReparameterization():
+        assert local_reparam_active() is True
+        with poutine.trace(), poutine.scale(scale=2.0):
+            assert local_reparam_active() is True
+        with poutine.block():
+            assert local_reparam_active() is False
+            d = pyro.distributions.Normal(torch.zeros(3), 1.0).to_event(1)
+            v = pyro.sample("v", d, infer={"local_reparam": True})
+            assert not torch.all(v == 1)  # drawn, not a placeholder
+    assert local_reparam_active() is False
+
+
+def test_horseshoe_deterministic_sites_only_without_the_handler():
+    """GHS records ``L.s`` and ``L.z`` (functions of its factors' draws) in model and guide
+    without local reparameterisation; under it the factors are placeholders and neither
+    trace records them."""
+    torch.manual_seed(15)
+    net = BayesNet(lenet300(), make_prior("ghs", tau0=1e-1))
+    x, y = torch.randn(2, 1, 28, 28), torch.tensor([1, 7])
+    deterministic = {f"{layer}.{s}" for layer in ("fc1", "fc2", "fc3") for s in ("s", "z")}
+
+    def traces():
+        guide_tr = poutine.trace(net.guide).get_trace(x, y)
+        model_tr = poutine.trace(poutine.replay(net.model, trace=guide_tr)).get_trace(x, y)
+        return guide_tr, model_tr
+
+    with torch.no_grad():
+        plain = traces()
+        with LocalReparameterization():
+            handled = traces()
+    for tr in plain:
+        assert deterministic <= set(tr.nodes)
+        assert all(tr.nodes[n]["infer"].get("_deterministic") for n in deterministic)
+    for tr in handled:
+        assert deterministic.isdisjoint(tr.nodes)
+        assert {"fc1.sa", "fc1.za", "fc1.w"} <= set(tr.nodes)  # the factors' sites remain

@@ -214,20 +214,21 @@ def _figures(run: Path, result: dict[str, LayerAnalysis], score_label: str,
                            for n, r in result.items()}, fig_dir / "weights.png")
     az = arviz()
     new_api = arviz_major() >= 1
-    for name, r in result.items():
-        if r.post.per_weight:
-            continue
-        order = np.argsort(r.post.score)
-        pick = order[np.linspace(0, order.size - 1, min(24, order.size)).round().astype(int)]
-        dim = f"{name}_group"
-        data = _log_abs_data({f"{name}.z": posterior[f"{name}.z"][..., pick]}, {f"{name}.z": [dim]},
-                             {dim: pick})
-        extra = {"backend": "matplotlib"} if new_api else {"figsize": (6, 7)}
-        plot = az.plot_forest(data, combined=True, **extra)
-        _save_arviz_plot(plot, fig_dir / f"forest_{name}.png",
-                         f"{name}: log |z|, 24 groups across the score range")
-    if all(f"{n}.s" in posterior for n in result):   # a global scale per layer (GHS)
-        data = _log_abs_data({f"{n}.s": posterior[f"{n}.s"] for n in result}, {}, {})
-        plot = (az.plot_dist(data, backend="matplotlib") if new_api else
-                az.plot_posterior(data, figsize=(3.2 * len(result), 2.8)))
-        _save_arviz_plot(plot, fig_dir / "global_scales.png", "log s per layer")
+    with figures.pyplot_figures_closed():   # ArviZ draws through pyplot
+        for name, r in result.items():
+            if r.post.per_weight:
+                continue
+            order = np.argsort(r.post.score)
+            pick = order[np.linspace(0, order.size - 1, min(24, order.size)).round().astype(int)]
+            dim = f"{name}_group"
+            data = _log_abs_data({f"{name}.z": posterior[f"{name}.z"][..., pick]},
+                                 {f"{name}.z": [dim]}, {dim: pick})
+            extra = {"backend": "matplotlib"} if new_api else {"figsize": (6, 7)}
+            plot = az.plot_forest(data, combined=True, **extra)
+            _save_arviz_plot(plot, fig_dir / f"forest_{name}.png",
+                             f"{name}: log |z|, 24 groups across the score range")
+        if all(f"{n}.s" in posterior for n in result):   # a global scale per layer (GHS)
+            data = _log_abs_data({f"{n}.s": posterior[f"{n}.s"] for n in result}, {}, {})
+            plot = (az.plot_dist(data, backend="matplotlib") if new_api else
+                    az.plot_posterior(data, figsize=(3.2 * len(result), 2.8)))
+            _save_arviz_plot(plot, fig_dir / "global_scales.png", "log s per layer")

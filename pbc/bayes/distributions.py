@@ -4,7 +4,7 @@
   event: the conditional prior (``μ = 0, σ = 1``) and posterior of the weights given the
   group scales (paper eq. 9);
 * :class:`ImproperLogUniform` — the scale-invariant prior ``p(z) ∝ 1/|z|`` (paper eq. 8;
-  Sparse VD's per-weight prior);
+  Sparse VD's per-weight prior); improper, so its ``sample`` gives a prototype, not a draw;
 * :class:`LogNormalFactor` — the log-normal guide of one horseshoe factor (paper eqs. 12–13).
 
 Their closed-form KL divergences live in :mod:`pbc.bayes.kl`.
@@ -93,9 +93,18 @@ class GroupScaledNormal(TorchDistribution):
 class ImproperLogUniform(TorchDistribution):
     """The improper scale-invariant (Jeffreys) prior ``p(z) ∝ 1/|z|``, elementwise.
 
-    It has no sampler; in SVI its site is always replayed from the guide.  ``log_prob`` is
-    ``−log|z|`` (unnormalised).  ``log_alpha_clip = (lo, hi)`` clamps the dropout rate inside
-    its KL (Sparse VD's ``[−8, 8]``); ``None`` (the group scales of BC-GNJ) does not.
+    ``log_prob`` is ``−log|z|`` (unnormalised).  ``log_alpha_clip = (lo, hi)`` clamps the
+    dropout rate inside its KL (Sparse VD's ``[−8, 8]``); ``None`` (the group scales of
+    BC-GNJ) does not.
+
+    An improper prior has no draws.  In inference its site always takes the guide's value
+    (replayed by an ELBO, conditioned on by :class:`pyro.infer.Predictive`), and only its KL
+    against the guide enters the loss.  ``sample`` returns a *prototype* instead: ones of the
+    requested shape, a point of the support (the unit scale, where the guides of
+    :mod:`pbc.bayes.priors` start).  It is what Pyro's ``InitMessenger`` (``init_to_sample``)
+    gets when it traces the model alone for its structure, as ``Predictive`` does to find the
+    plate nesting and the sites' shapes before it runs the model on the guide's draws.  A run
+    of the model alone is therefore no draw from a prior predictive: it sets these sites to 1.
     """
 
     arg_constraints = {}
@@ -109,12 +118,12 @@ class ImproperLogUniform(TorchDistribution):
         return ImproperLogUniform(batch_shape, log_alpha_clip=self.log_alpha_clip)
 
     def sample(self, sample_shape=torch.Size()):
-        raise NotImplementedError("the log-uniform prior is improper and cannot be sampled")
+        """The prototype (see class docstring): ones of shape ``sample_shape + batch_shape``,
+        as an expanded scalar."""
+        return torch.ones(()).expand(self._extended_shape(sample_shape))
 
     def log_prob(self, value):
         return -value.abs().log()
-
-
 
 
 class LogNormalFactor(TorchDistribution):

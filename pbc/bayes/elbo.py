@@ -18,9 +18,10 @@ replacing by Monte Carlo, a latent site without a closed form — unless asked
 (``mc_fallback=True``).  With ``local_reparam=True`` (default) both traces run under
 :class:`pbc.bayes.handlers.LocalReparameterization`, so no weight is sampled.
 
-It works with :class:`pyro.infer.SVI` (``loss``, ``loss_and_grads``) and with a torch
-optimiser over module-local parameters (``differentiable_loss``, or ``elbo(model, guide)``
-as an ``nn.Module``); :meth:`MeanFieldELBO.terms` returns the two parts separately.
+It works with :class:`pyro.infer.SVI` (``loss``, ``loss_and_grads``; ``SVI`` optimises the
+parameters of the ``param`` sites it sees) and with a torch optimiser over module-local
+parameters (``differentiable_loss``, or ``elbo(model, guide)`` as an ``nn.Module``);
+:meth:`MeanFieldELBO.terms` returns the two parts separately.
 """
 
 from __future__ import annotations

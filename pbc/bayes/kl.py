@@ -48,9 +48,9 @@ class _StandardNormalKL(torch.autograd.Function):
     """``Σ KL(N(μ, e^v) ‖ N(0, 1)) = ½ Σ (e^v + μ² − 1 − v)`` over all elements, with the
     gradients ``∂/∂μ = μ`` and ``∂/∂v = ½(e^v − 1)`` written out.
 
-    Autograd through the formula makes six full-size passes forward and as many backward
-    for the largest tensors of a step (lenet300's 235 200 ``fc1`` weights); this makes
-    four reductions and one ``exp`` forward, two elementwise passes backward.
+    Autograd through the formula makes six passes over the weight tensor forward and as many
+    backward; this makes four reductions and one ``exp`` forward, two elementwise passes
+    backward.
     """
 
     @staticmethod

@@ -16,9 +16,9 @@ are the *input units* of a linear layer and the *output channels* of a convoluti
 (only their distributions enter the KL) and the model's ``layer_output`` is drawn from the
 Gaussian pre-activation, with ``z`` drawn per example.
 
-The layers are plain ``nn.Module`` objects: their parameters live in the module (never in Pyro's
-global param store) and a torch optimiser, or :class:`pbc.bayes.elbo.MeanFieldELBO` with
-:class:`pyro.infer.SVI` through :meth:`pbc.bayes.net.BayesNet.model`, trains them.
+The layers are plain ``nn.Module`` objects whose parameters live in the module: a torch
+optimiser trains them, or :class:`pyro.infer.SVI` with Pyro's global param store, where
+:meth:`pbc.bayes.net.BayesNet.guide` registers them (see :class:`pbc.bayes.net.BayesNet`).
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ class BayesLayer(nn.Module):
 
     @property
     def q_scale(self) -> nn.Module | None:
-        """The variational module of ``z`` (see :mod:`pbc.bayes.priors`); ``None`` without groups."""
+        """The variational module of ``z`` (see :mod:`pbc.bayes.priors`); ``None`` without
+        groups."""
         return self.scale_guide
 
     @torch.no_grad()

@@ -35,11 +35,25 @@ class BayesNet(nn.Module):
     unused (mean field) but kept so model and guide share a signature.
     ``pretrained`` starts a global group scale (GHS) at the layer's weight scale for means
     that :meth:`load_point_estimate` will load (see :class:`pbc.bayes.layers.BayesLayer`).
+
+    Parameters live in the module.  Two ways to train them:
+
+    * module-local parameters (``pyro.settings.set(module_local_params=True)``, what
+      :mod:`pbc.train` does): a torch optimiser over ``net.parameters()`` and the loss
+      ``MeanFieldELBO().differentiable_loss(net.model, net.guide, ...)`` (or ``.terms``);
+    * Pyro's global param store (``module_local_params=False``, Pyro's default):
+      :class:`pyro.infer.SVI` with a :mod:`pyro.optim` optimiser.  The guide then registers
+      every parameter of the net with ``pyro.module(name, net)`` (store names
+      ``"<name>$$$body.fc1.w_loc"`` …), which emits the ``param`` sites where ``SVI`` finds
+      what to optimise.  As with any ``pyro.module``, a name holds the parameters of the
+      first net registered under it: give two nets in one store different ``name`` s, or
+      call ``pyro.clear_param_store()`` between them.
     """
 
-    def __init__(self, arch: Architecture, prior: GroupPrior, pretrained: bool = False):
+    def __init__(self, arch: Architecture, prior: GroupPrior, pretrained: bool = False,
+                 name: str = "net"):
         super().__init__()
-        self.arch, self.prior = arch, prior
+        self.arch, self.prior, self.name = arch, prior, name
         mods = []
         for s in arch.layers:
             if s.kind == "linear":
@@ -70,6 +84,9 @@ class BayesNet(nn.Module):
             return pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
 
     def guide(self, x=None, y=None, subsample=None, size=None):
+        if not pyro.settings.get("module_local_params"):
+            # global param store: `param` sites for SVI (module-local: nothing per step)
+            pyro.module(self.name, self)
         for layer in self._bayes:
             layer.guide()
 

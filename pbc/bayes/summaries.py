@@ -76,7 +76,7 @@ def layer_moments(layer) -> LayerPosterior:
 
 def prune_score(post: LayerPosterior) -> np.ndarray:
     """``log α`` of the groups' scales (GNJ, GHS) or of the weights (SVD): above the threshold
-    goes.  For GHS this replaced ``−E[log z]``: on Fashion-MNIST LeNet-300-100 the groups the
-    data did not need kept E[log z] like the others but a scale posterior as wide as the prior
-    (log α ≈ −1.4 against ≈ −6), and pruning them left the test error unchanged."""
+    goes.  For GHS a group the data does not need keeps a scale posterior about as wide as
+    its prior (large ``log α``), whatever its ``E[log z]``; so the score is ``log α``, not
+    ``−E[log z]``."""
     return post.log_alpha

@@ -4,8 +4,9 @@ Two on-disk forms:
 
 * ``*.pt`` — ``{"arch": Architecture.to_dict(), "state_dict": {...}}`` saved with
   ``torch.save``; loads with ``torch.load(weights_only=True)``.
-* ``*.pbcz`` — the packed format of :mod:`pbc.compression.codec` (relative CSR + Huffman); its metadata
-  holds the architecture and the small non-weight state (``select`` indices, batch norm).
+* ``*.pbcz`` — the packed format of :mod:`pbc.compression.codec` (relative CSR + Huffman);
+  its metadata holds the architecture and the small non-weight state (``select`` indices,
+  batch norm).
 
 Both load into ``build_network(arch)`` of :mod:`pbc.nets`.
 """
@@ -19,8 +20,8 @@ import torch
 from torch import nn
 
 from pbc.compression import codec
-from pbc.nets import Architecture, build_network
 from pbc.io import ArtefactError, load_torch, save_torch
+from pbc.nets import Architecture, build_network
 
 FORMAT = "pbc-compressed-network"
 

@@ -17,8 +17,6 @@ The defaults describe a plain network trained by maximum likelihood.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
 
 import torch
@@ -28,13 +26,12 @@ from torch import nn
 
 from pbc.bayes.elbo import MeanFieldELBO
 from pbc.compression.plan import CompressionPlan
+from pbc.config import TrainConfig
 from pbc.io import StageError
 from pbc.nets import Architecture, build_network
 
 LN2 = math.log(2.0)
 
-if TYPE_CHECKING:  # pbc.config imports the registry of methods
-    from pbc.config import TrainConfig
 
 
 class Method:

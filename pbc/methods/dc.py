@@ -11,7 +11,8 @@
    (:data:`pbc.compression.plan.KMEANS_BITS`).  Han et al. also fine-tune the shared centroids;
    this reference does not.
 3. **Huffman coding** of the codes and of the relative CSR indices: the shared packed format
-   (:mod:`pbc.compression.codec`), so DC's sizes come from the same accounting as every other method.
+   (:mod:`pbc.compression.codec`), so DC's sizes come from the same accounting as every other
+   method.
 
 Target keep fractions are Han et al.'s (2015, "Learning both weights and connections",
 Table 1/2) for LeNet-300-100 and LeNet-5 on MNIST; other architectures use

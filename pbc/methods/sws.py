@@ -9,9 +9,9 @@ Generative model (a Pyro model; every weight is a point estimate, i.e. a ``Delta
 with ``J = 17`` components, component 0 fixed at ``μ_0 = 0`` with fixed ``π_0 = 0.99`` (the
 pruning component), and ``μ_1…μ_16``, ``log λ``, and the logits of ``π_1…π_16`` (which share
 ``1 − π_0``) learned with the weights (empirical Bayes).  The guide is
-``Delta(w) · Delta(λ)``, so :class:`pbc.infer.MeanFieldELBO`'s "KL" of each site is the
-complexity cost ``−log p(w)`` (resp. ``−log p(λ)``) at the point estimate — registered below
-as ``KL(Delta ‖ ·)``.  As in the paper, ``L = −log p(T | X, w) − τ·log p(w, λ)``: the
+``Delta(w) · Delta(λ)``, so :class:`pbc.bayes.elbo.MeanFieldELBO`'s "KL" of each site is the
+complexity cost ``−log p(w)`` (resp. ``−log p(λ)``) at the point estimate (Pyro's
+``KL(Delta ‖ ·)``).  As in the paper, ``L = −log p(T | X, w) − τ·log p(w, λ)``: the
 complexity is weighted by ``τ`` against the full-data log-likelihood (``--sws-tau``,
 default 0.005, the paper's value; the authors' tutorial uses 0.003 with the mean
 cross-entropy and ``τ/N``, the same thing).
@@ -19,32 +19,21 @@ cross-entropy and ``τ/N``, the same thing).
 Hyperpriors as in the authors' tutorial: ``Gamma(5000, rate 2)`` on the zero component's
 precision and ``Gamma(250, rate 0.1)`` on the others'.  Initialisation: equal non-zero mixing
 proportions (tutorial); means evenly spaced over the range of the pretrained weights (the
-tutorial uses a fixed ``[−0.6, 0.6]``, wider than lenet300's weights); precisions at their
-hyperprior's mode, ``σ ≈ 0.02`` (the tutorial starts at ``σ = 0.25`` and lets the hyperprior
-pull them in, which a short run does not finish: with ``σ_0 = 0.25`` and ``π_0 = 0.99`` every
-weight is most responsible to the zero component).  Learning rates relative to the
-weights' (:data:`LR_SCALES`) follow the tutorial's Adam settings (weights 5e-4, means 1e-4,
-log-precisions and mixing logits 3e-3).  Training starts from a plain network
-(``--init-from``).
+tutorial uses a fixed ``[−0.6, 0.6]``); precisions at their hyperprior's mode, ``σ ≈ 0.02``
+(the tutorial starts at ``σ = 0.25``, at which, with ``π_0 = 0.99``, every weight is most
+responsible to the zero component until the hyperprior has pulled the precisions in).
+Learning rates relative to the weights' (:data:`LR_SCALES`) follow the tutorial's Adam
+settings (weights 5e-4, means 1e-4, log-precisions and mixing logits 3e-3).  Training starts
+from a plain network (``--init-from``).
 
-The zero component's hyperprior bounds its precision: at the optimum
-``λ_0 = (n_0/2 + α_0 − 1)/(Σ_0 w²/2 + β_0)`` for the ``n_0`` weights it holds, so however
-far those weights collapse, ``λ_0 < (n_0/2 + α_0 − 1)/β_0``; for lenet300 (``n_0 ≈ 2·10⁵``) and the
-tutorial's ``β_0 = 2`` the spike stays wider than ``σ ≈ 0.0045``, and the weights in it
-settle at that width.  On MNIST most pixels are 0 and such weights do nothing; on
-Fashion-MNIST most pixels are not, and setting the few hundred such weights of a unit to 0
-shifts its input by up to ±1 (a lenet300 run at τ = 0.3, epoch 7: 11.1% test error,
-19.3% once quantised).  ``--sws-zero-rate``
-(:class:`MixturePrior`'s ``zero_rate``) lowers ``β_0`` so that the spike keeps narrowing.
-The same bound holds for every component, ``λ_j < (n_j/2 + α_j − 1)/β_j``: a component
-holding a thousand weights stays wider than ``σ ≈ 0.012`` at the tutorial's
-``Gamma(250, 0.1)``, and its weights, the few large ones that matter most, keep that spread,
-which quantising to the mean removes (a lenet5 run at epoch 5: quantising the 3 172 weights
-of such components cost 1.4 points, the other 427 000 nothing).  ``--sws-rate`` lowers
-``β_j`` for ``j > 0``.  With both rates lowered, the weights that sat between the spike and
-its neighbours stay in one or two wide components unless the pull is stronger: the
-Fashion-MNIST studies use ``--sws-tau 0.2 --sws-zero-rate 0.01 --sws-rate 0.001``, and
-quantising then costs nothing (lenet300 11.16% → 11.07%, lenet5 9.03% → 9.06%).
+The hyperpriors bound the precisions: at the optimum
+``λ_j = (n_j/2 + α_j − 1)/(Σ_j (w − μ_j)²/2 + β_j)`` for the ``n_j`` weights component ``j`` holds,
+so however far those weights collapse, ``λ_j < (n_j/2 + α_j − 1)/β_j``.  The rate ``β_j``
+therefore sets how narrow a component can get, and so how far its weights stay spread
+around the mean that quantisation sends them to.  ``--sws-zero-rate``
+(:class:`MixturePrior`'s ``zero_rate``) lowers ``β_0`` so that the zero spike keeps
+narrowing; ``--sws-rate`` lowers ``β_j`` for ``j > 0``.  With both lowered, a larger ``τ``
+draws in the weights that sit between the spike and its neighbours.
 
 Post-processing (:func:`merge_components`, :func:`quantise_to_components`): components whose
 symmetric KL divergence is below ``merge_kl`` are merged (moment matching, the zero
@@ -69,10 +58,9 @@ from pbc.compression.quantise import Quantised
 from pbc.methods.base import ELBOMethod
 from pbc.nets import Architecture, build_network
 
-DEFAULT_TAU = 0.005
 ZERO_RATE_HELP = ("rate of the Gamma hyperprior on the zero component's precision (default 2, "
                   "the authors' tutorial's); smaller lets the zero spike narrow further "
-                  "(see pbc.soft_sharing)")
+                  "(see pbc.methods.sws)")
 RATE_HELP = ("rate of the Gamma hyperprior on the other components' precisions (default 0.1, "
              "the tutorial's); smaller lets a component with few weights narrow")
 MERGE_KL = 0.1

