@@ -86,11 +86,15 @@ VGG16_CHANNELS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
                   512, 512, 512, "M", 512, 512, 512, "M")
 
 
-def vgg16(input_shape=(3, 32, 32), num_classes=10) -> Architecture:
+def vgg16(input_shape=(3, 32, 32), num_classes=10, width: int = 1) -> Architecture:
     """VGG-16 for CIFAR-10: 13 conv 3×3 with batch norm and ReLU — (2×64)-(2×128)-(3×256)-
-    (6×512), a max-pool after each block — then fc 512 → ReLU → fc ``num_classes``."""
+    (6×512), a max-pool after each block — then fc 512 → ReLU → fc ``num_classes``.
+    ``width = k`` divides every layer's width by ``k`` (``vgg16-narrow``: ``k = 8``)."""
     layers, c_in, i, p = [], input_shape[0], 0, 0
+    name = "vgg16" if width == 1 else "vgg16-narrow" if width == 8 else f"vgg16/{width}"
     for c in VGG16_CHANNELS:
+        if c != "M":
+            c //= width
         if c == "M":
             p += 1
             layers.append(LayerSpec("maxpool", f"pool{p}", kernel=2))
@@ -100,12 +104,20 @@ def vgg16(input_shape=(3, 32, 32), num_classes=10) -> Architecture:
                    LayerSpec("batchnorm", f"bn{i}", c, c), LayerSpec("relu", f"relu{i}")]
         c_in = c
     side = input_shape[1] // 32
-    layers += [LayerSpec("flatten", "flatten"), _fc("fc1", 512 * side * side, 512),
-               LayerSpec("relu", "relu_fc1"), _fc("fc2", 512, num_classes)]
-    return Architecture("vgg16", tuple(input_shape), tuple(layers))
+    fc = 512 // width
+    layers += [LayerSpec("flatten", "flatten"), _fc("fc1", c_in * side * side, fc),
+               LayerSpec("relu", "relu_fc1"), _fc("fc2", fc, num_classes)]
+    return Architecture(name, tuple(input_shape), tuple(layers))
 
 
-ARCHITECTURES = {"lenet300": lenet300, "lenet5": lenet5, "vgg16": vgg16}
+def vgg16_narrow(input_shape=(3, 32, 32), num_classes=10) -> Architecture:
+    """VGG-16 at an eighth of the width ((2×8)-(2×16)-(3×32)-(6×64), fc 64): the same
+    structure for quick checks and CPU budgets."""
+    return vgg16(input_shape, num_classes, width=8)
+
+
+ARCHITECTURES = {"lenet300": lenet300, "lenet5": lenet5, "vgg16": vgg16,
+                 "vgg16-narrow": vgg16_narrow}
 
 
 def parse_layer_values(text: str | None, flag: str = "value") -> dict[str, float]:

@@ -27,6 +27,9 @@ from pbc.reporting.pdf import build_report
 from pbc.rundir import ANALYSIS, BENCH, COMPRESSION, REPORT, RunDir
 from pbc.train import train
 
+# the smoke run of a study checks the pipeline: a network of the same structure, smaller
+SMOKE_MODELS = {"vgg16": "vgg16-narrow"}
+
 
 @dataclass(frozen=True)
 class Study:
@@ -77,20 +80,21 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
         args.epochs, args.pretrain_epochs, args.bench_batch = 1, 1, 64
         args.device = "cpu"  # the smoke run checks the pipeline, on any machine
         common = {"subset": 200, "batch_size": 20}
-    common.update(model=study.model, data=study.data, data_dir=data_dir, device=args.device,
+    model = SMOKE_MODELS.get(study.model, study.model) if args.smoke else study.model
+    common.update(model=model, data=study.data, data_dir=data_dir, device=args.device,
                   threads=args.threads, progress=not args.smoke)
     step = _Steps(6)
 
     pre = Path(args.pretrained) if args.pretrained else out / "pretrain"
     if not args.pretrained:
-        step(f"pretrain {study.model} (plain, {args.pretrain_epochs} epochs) → {pre}")
+        step(f"pretrain {model} (plain, {args.pretrain_epochs} epochs) → {pre}")
         lr = {"lr": 1e-2} if args.smoke else {}  # tiny data: weights must move in one epoch
         _train(TrainConfig(out=str(pre), prior="none", epochs=args.pretrain_epochs,
                            **common, **lr))
     else:
         step(f"pretrained plain run: {pre}")
     run = out / "run"
-    step(f"train {study.model} under {study.prior} ({args.epochs} epochs, from {pre}) → {run}")
+    step(f"train {model} under {study.prior} ({args.epochs} epochs, from {pre}) → {run}")
     _train(TrainConfig(out=str(run), prior=study.prior, epochs=args.epochs,
                        init_from=str(pre), **common, **study.train))
 

@@ -17,9 +17,7 @@ from pbc.bayes.summaries import layer_moments
 from pbc.cli import main
 from pbc.compression.masks import propagate_masks
 from pbc.compression.quantise import bit_precision, exponent_bits, significand_bits
-from pbc.config import TrainConfig
 from pbc.nets import lenet5, lenet300
-from pbc.train import train
 
 
 @torch.no_grad()
@@ -134,11 +132,10 @@ def test_parse_thresholds():
 
 
 @pytest.fixture
-def trained_run(idx_dir, tmp_path):
+def trained_run(trained_runs, tmp_path):
+    """A copy of the session's tiny trained LeNet-5 run under ``prior``."""
     def make(prior):
-        return train(TrainConfig(out=str(tmp_path / prior), model="lenet5", prior=prior,
-                                 data_dir=str(idx_dir), epochs=1, batch_size=50, subset=100,
-                                 progress=False, threads=1)).out
+        return trained_runs.copy(tmp_path / prior, "lenet5", prior)
     return make
 
 

@@ -54,13 +54,18 @@ def test_masked_network_prunes_per_layer_and_masked_weights_stay_zero():
     assert torch.equal(state["fc1.weight"], w)
 
 
-@pytest.fixture
-def plain_run(idx_dir, tmp_path):
-    """A plain lenet5 trained fast enough (lr 1e-2) that its weights are far from init."""
-    out = tmp_path / "plain"
-    assert main(["pretrain", "--model", "lenet5", "--data-dir", str(idx_dir), "--epochs", "3",
-                 "--subset", "200", "--batch-size", "20", "--lr", "1e-2", "--threads", "1",
-                 "--no-progress", "--out", str(out)]) == 0
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory, tiny_data):
+    """A plain lenet5 trained fast enough (lr 1e-2) that its weights are far from init;
+    trained once for this module (the tests only start from it)."""
+    out = tmp_path_factory.mktemp("baselines") / "plain"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["pretrain", "--model", "lenet5", "--data-dir", str(tiny_data), "--epochs",
+                     "3", "--subset", "200", "--batch-size", "20", "--lr", "1e-2", "--threads",
+                     "1", "--no-progress", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -81,9 +86,9 @@ def _train_compress_evaluate(prior, plain_run, idx_dir, tmp_path, capsys, *extra
     return out, rec
 
 
-def test_dc_cli_prunes_to_han_et_al_fractions_and_packs_kmeans_codes(plain_run, idx_dir,
+def test_dc_cli_prunes_to_han_et_al_fractions_and_packs_kmeans_codes(plain_run, tiny_data,
                                                                      tmp_path, capsys):
-    out, rec = _train_compress_evaluate("dc", plain_run, idx_dir, tmp_path, capsys)
+    out, rec = _train_compress_evaluate("dc", plain_run, tiny_data, tmp_path, capsys)
     targets = {"conv1": 0.66, "conv2": 0.12, "fc1": 0.08, "fc2": 0.19}
     for row in rec["layers"]:
         assert row["weights_nonzero"] <= round(targets[row["name"]] * row["weights_total"])
@@ -95,9 +100,9 @@ def test_dc_cli_prunes_to_han_et_al_fractions_and_packs_kmeans_codes(plain_run, 
     assert metrics[-1]["kept_fraction"] == pytest.approx(kept / n_w)
 
 
-def test_dc_needs_a_plain_run_to_start_from(idx_dir, tmp_path):
+def test_dc_needs_a_plain_run_to_start_from(tiny_data, tmp_path):
     with pytest.raises(SystemExit) as e:
-        main(["train", "--prior", "dc", "--data-dir", str(idx_dir), "--out",
+        main(["train", "--prior", "dc", "--data-dir", str(tiny_data), "--out",
               str(tmp_path / "x")])
     assert e.value.code == 2
 
@@ -215,8 +220,8 @@ def test_quantisation_sends_each_weight_to_its_most_responsible_mean():
     assert codes[0, 0] == 0 and codes[1, 0] == 0
 
 
-def test_sws_cli_smoke(plain_run, idx_dir, tmp_path, capsys):
-    out, rec = _train_compress_evaluate("sws", plain_run, idx_dir, tmp_path, capsys,
+def test_sws_cli_smoke(plain_run, tiny_data, tmp_path, capsys):
+    out, rec = _train_compress_evaluate("sws", plain_run, tiny_data, tmp_path, capsys,
                                         "--sws-zero-rate", "0.01", "--sws-rate", "0.001")
     net = load_trained(out).net
     # the hyperprior rates reach the net that a later stage rebuilds from config.json

@@ -10,8 +10,6 @@ from torch import nn
 
 from pbc.bench import SparseLinear, flops, pad_linear_widths, time_forward, to_csr
 from pbc.cli import main
-from pbc.config import TrainConfig
-from pbc.train import train
 
 
 def test_flops_of_small_layers_by_hand():
@@ -64,15 +62,12 @@ def test_timer_on_a_trivial_module():
 
 
 @pytest.mark.parametrize("model", ["lenet300", "lenet5"])
-def test_bench_json_schema(idx_dir, tmp_path, model):
-    run = train(TrainConfig(out=str(tmp_path / model), model=model, prior="gnj",
-                            data_dir=str(idx_dir), epochs=1, subset=60, progress=False,
-                            threads=1)).out
+def test_bench_json_schema(trained_runs, tmp_path, model):
+    analysed = trained_runs.copy(tmp_path / "analysed", model, "gnj", "analysed")
     with pytest.raises(SystemExit) as e:         # bench before compress: stage order
-        main(["bench", str(run), "--batch", "8", "--repeats", "2"])
+        main(["bench", str(analysed), "--batch", "8", "--repeats", "2"])
     assert e.value.code == 2
-    assert main(["analyse", str(run), "--draws", "8", "--no-figures"]) == 0
-    assert main(["compress", str(run)]) == 0
+    run = trained_runs.copy(tmp_path / model, model, "gnj", "compressed")
     assert main(["bench", str(run), "--batch", "16", "--repeats", "3", "--threads", "1"]) == 0
     rec = json.loads((run / "bench.json").read_text())
     assert {"device", "device_name", "threads", "batch", "energy_note", "variants"} <= set(rec)

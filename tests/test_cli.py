@@ -1,4 +1,5 @@
-"""The ``pbc`` command line: smoke runs on generated data, argument errors, data errors."""
+"""The ``pbc`` command line: smoke runs on generated data and argument errors (bad data and
+resume through the command line: test_reliability.py and test_train.py)."""
 
 from __future__ import annotations
 
@@ -34,15 +35,6 @@ def test_pretrain_then_init_from(idx_dir, tmp_path):
     assert cfg["prior"] == "none"
 
 
-def test_resume_continues(idx_dir, tmp_path):
-    out = tmp_path / "r"
-    assert main(_train_args(idx_dir, out, "--lr-schedule", "constant")) == 0
-    args = _train_args(idx_dir, out, "--resume", "--lr-schedule", "constant")
-    args[args.index("--epochs") + 1] = "2"
-    assert main(args) == 0
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
-
-
 @pytest.mark.parametrize("bad", [
     ["--model", "resnet"], ["--prior", "laplace"], ["--data", "svhn"], ["--epochs", "-1"],
     ["--epochs", "zero"], ["--lr", "0"], ["--batch-size", "0"], ["--kl-warmup", "-2"],
@@ -60,17 +52,6 @@ def test_cuda_requested_without_cuda_exits_2(idx_dir, tmp_path, capsys, monkeypa
     with pytest.raises(SystemExit) as e:
         main(_train_args(idx_dir, tmp_path / "x", "--device", "cuda"))
     assert e.value.code == 2 and "CUDA" in capsys.readouterr().err
-
-
-def test_missing_data_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("PBC_DATA", str(tmp_path / "nowhere"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    code = main(["train", "--data", "mnist", "--data-dir", str(tmp_path / "empty"),
-                 "--out", str(tmp_path / "x"), "--no-progress"])
-    err = capsys.readouterr().err.strip()
-    assert code == 1
-    assert len(err.splitlines()) == 1 and "train-images-idx3-ubyte" in err
-    assert "Traceback" not in err
 
 
 def test_console_script_entry_point(tmp_path):

@@ -18,9 +18,7 @@ from pbc.compression.export import load_compressed
 from pbc.compression.masks import kept_weight_mask, propagate_masks
 from pbc.compression.plan import structured_export
 from pbc.compression.quantise import fixed_point_codes, kmeans_codes
-from pbc.config import TrainConfig
 from pbc.nets import build_network, lenet5, lenet300
-from pbc.train import train
 
 
 def test_fixed_point_codes_round_to_the_step():
@@ -118,15 +116,12 @@ def test_deep_compression_lenet300_arithmetic():
 
 
 @pytest.fixture
-def analysed_run(idx_dir, tmp_path):
-    run = train(TrainConfig(out=str(tmp_path / "run"), model="lenet5", prior="ghs",
-                            data_dir=str(idx_dir), epochs=1, batch_size=50, subset=100,
-                            progress=False, threads=1)).out
-    assert main(["analyse", str(run), "--draws", "8", "--no-figures"]) == 0
-    return run
+def analysed_run(trained_runs, tmp_path):
+    """A copy of the session's tiny LeNet-5 GHS run, analysed (8 draws, no figures)."""
+    return trained_runs.copy(tmp_path / "run", "lenet5", "ghs", "analysed")
 
 
-def test_compress_end_to_end(analysed_run, idx_dir, capsys):
+def test_compress_end_to_end(analysed_run, tiny_data, capsys):
     run = analysed_run
     assert main(["compress", str(run)]) == 0
     rec = json.loads((run / "compression.json").read_text())
@@ -145,28 +140,20 @@ def test_compress_end_to_end(analysed_run, idx_dir, capsys):
     for row in rec["layers"]:
         assert {"name", "groups_total", "groups_kept", "bits"} <= set(row)
     capsys.readouterr()
-    assert main(["evaluate", str(run / "model.pbcz"), "--data-dir", str(idx_dir)]) == 0
+    assert main(["evaluate", str(run / "model.pbcz"), "--data-dir", str(tiny_data)]) == 0
     assert f"test error {rec['error']['packed']:.4f}" in capsys.readouterr().out
-    assert main(["evaluate", str(run / "pruned.pt"), "--data-dir", str(idx_dir)]) == 0
+    assert main(["evaluate", str(run / "pruned.pt"), "--data-dir", str(tiny_data)]) == 0
     assert f"test error {rec['error']['pruned']:.4f}" in capsys.readouterr().out
 
 
-def test_exported_networks_load_without_pyro(analysed_run):
-    main(["compress", str(analysed_run)])
-    paths = [str(analysed_run / f) for f in ("model.pbcz", "pruned.pt", "quantised.pt")]
+def test_exported_networks_load_without_pyro(trained_runs):
+    run = trained_runs.path("lenet5", "gnj", "compressed")      # read only (shared with bench)
+    paths = [str(run / f) for f in ("model.pbcz", "pruned.pt", "quantised.pt")]
     code = ("import sys; from pbc.compression.export import load_compressed; "
             f"[load_compressed(p) for p in {paths!r}]; "
             "assert 'pyro' not in sys.modules, 'pyro imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-
-
-def test_compress_before_analyse_exits_2(idx_dir, tmp_path, capsys):
-    run = train(TrainConfig(out=str(tmp_path / "r"), model="lenet300", prior="gnj",
-                            data_dir=str(idx_dir), epochs=1, subset=50, progress=False)).out
-    with pytest.raises(SystemExit) as e:
-        main(["compress", str(run)])
-    assert e.value.code == 2 and "pbc analyse" in capsys.readouterr().err
 
 
 def test_load_compressed_rejects_other_files(tmp_path):

@@ -19,9 +19,7 @@ from pbc.bayes.priors import SparseVD
 from pbc.bayes.summaries import layer_moments
 from pbc.cli import main
 from pbc.compression.masks import structured_masks, weight_masks
-from pbc.config import TrainConfig
 from pbc.nets import lenet300
-from pbc.train import train
 
 
 def _molchanov_kl(log_alpha: float) -> float:
@@ -81,13 +79,12 @@ def test_weights_with_log_alpha_at_least_3_are_pruned_and_empty_columns_removed(
 
 
 @pytest.fixture
-def svd_run(idx_dir, tmp_path):
-    return train(TrainConfig(out=str(tmp_path / "svd"), model="lenet300", prior="svd",
-                             data_dir=str(idx_dir), epochs=2, subset=100, progress=False,
-                             threads=1)).out
+def svd_run(trained_runs, tmp_path):
+    """A copy of the session's tiny LeNet-300-100 Sparse VD run (two epochs)."""
+    return trained_runs.copy(tmp_path / "svd", "lenet300", "svd", epochs=2)
 
 
-def test_svd_cli_train_analyse_compress_evaluate(svd_run, idx_dir, capsys):
+def test_svd_cli_train_analyse_compress_evaluate(svd_run, tiny_data, capsys):
     run = svd_run
     assert main(["analyse", str(run), "--no-figures"]) == 0
     analysis = json.loads((run / "analysis.json").read_text())
@@ -103,7 +100,7 @@ def test_svd_cli_train_analyse_compress_evaluate(svd_run, idx_dir, capsys):
     n_keep = sum(int((layer_moments(m).score < 3.0).sum()) for m in net.bayes_layers())
     assert sum(r["weights_nonzero"] for r in rec["layers"]) == n_keep
     capsys.readouterr()
-    assert main(["evaluate", str(run / "model.pbcz"), "--data-dir", str(idx_dir)]) == 0
+    assert main(["evaluate", str(run / "model.pbcz"), "--data-dir", str(tiny_data)]) == 0
     assert f"test error {rec['error']['packed']:.4f}" in capsys.readouterr().out
 
 

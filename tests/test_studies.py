@@ -1,5 +1,8 @@
 """Every study script's ``--smoke`` run: the whole pipeline on generated data, into one run
-directory, ending in its report PDF; and a second call continues instead of retraining."""
+directory, ending in its report PDF; and a second call continues instead of retraining.
+
+The first study of each model pretrains its plain run; the others of that model reuse it
+through ``--pretrained`` (the same 1-epoch smoke pretraining, done once per model)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+from pbc.study import SMOKE_MODELS
 
 STUDIES = sorted((Path(__file__).parent.parent / "studies").glob("*.py"))
 
@@ -26,23 +31,42 @@ def test_there_is_a_study_per_method_and_model():
     assert {"lenet5_svd", "lenet5_sws", "lenet5_dc", "vgg16_gnj", "vgg16_ghs"} <= names
 
 
+@pytest.fixture(scope="session")
+def pretrained() -> dict[str, Path]:
+    """model → the plain run that the first smoke study of that model pretrained; later
+    studies of the model start from it (``--pretrained``) instead of pretraining their own."""
+    return {}
+
+
 @pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
-def test_study_smoke(path, tmp_path, capsys):
+def test_study_smoke(path, tmp_path, capsys, pretrained):
     module = _load(path)
     study = module.STUDY
     doc = module.__doc__
     assert "Claim:" in doc and f"python studies/{path.name}" in doc and "Paper" in doc
     out = tmp_path / study.name
-    assert module.main(study, ["--smoke", "--out", str(out), "--threads", "1"]) == 0
+    argv = ["--smoke", "--out", str(out), "--threads", "1"]
+    if study.model in pretrained:
+        argv += ["--pretrained", str(pretrained[study.model])]
+    assert module.main(study, argv) == 0
     run = out / "run"
     for artefact in ("config.json", "metrics.jsonl", "compression.json", "bench.json",
                      "model.pbcz", "report.pdf"):
         assert (run / artefact).is_file(), artefact
     assert (run / "analysis.json").is_file() == (study.prior in ("gnj", "ghs", "svd"))
     config = json.loads((run / "config.json").read_text())["config"]
-    assert (config["prior"], config["model"]) == (study.prior, study.model)
+    smoke_model = SMOKE_MODELS.get(study.model, study.model)   # same structure, smaller
+    assert (config["prior"], config["model"]) == (study.prior, smoke_model)
+    if study.model not in pretrained:          # this study pretrained its own plain run
+        pre = json.loads((out / "pretrain" / "config.json").read_text())["config"]
+        assert (pre["prior"], pre["model"]) == ("none", smoke_model)
+        assert config["init_from"] == str(out / "pretrain")
+        pretrained[study.model] = out / "pretrain"
+    else:
+        assert config["init_from"] == str(pretrained[study.model])
+        assert not (out / "pretrain").exists()
     rec = json.loads((run / "compression.json").read_text())
     assert f"error full {rec['error']['full']:.4f}" in capsys.readouterr().out
     # a second call finds everything done and retrains nothing
-    assert module.main(study, ["--smoke", "--out", str(out), "--threads", "1"]) == 0
+    assert module.main(study, argv) == 0
     assert "already trained" in capsys.readouterr().out

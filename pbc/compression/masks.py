@@ -10,10 +10,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from pbc.bayes.summaries import LayerPosterior
 from pbc.nets import Architecture
+
+if TYPE_CHECKING:  # the compressed networks' runtime needs no Pyro
+    from pbc.bayes.summaries import LayerPosterior
 
 
 def propagate_masks(arch: Architecture, group_masks: dict[str, np.ndarray]
