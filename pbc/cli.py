@@ -14,6 +14,7 @@ import torch
 
 from pbc import methods
 from pbc.analysis import ThresholdError, analyse, parse_thresholds
+from pbc.analysis.stage import DEFAULT_ERROR_BUDGET, RULES
 from pbc.bayes.mixture import GAMMA_OTHER, GAMMA_ZERO
 from pbc.bench import bench
 from pbc.compress import compress
@@ -25,6 +26,7 @@ from pbc.io import ArtefactError, StageError
 from pbc.methods.sws import RATE_HELP, ZERO_RATE_HELP
 from pbc.nets import ARCHITECTURES, classification_error, parse_layer_values
 from pbc.reporting.pdf import build_report
+from pbc.rundir import RunDir
 from pbc.train import TrainingDiverged, check_config, train
 
 
@@ -65,6 +67,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text}")
+    return v
+
+
 def _layer_values(text: str) -> dict[str, float]:
     try:
         return parse_layer_values(text, "--dc-keep")
@@ -90,6 +102,10 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--subset", type=_positive_int, help="train on the first N examples only")
+    p.add_argument("--val", type=_nonnegative_int,
+                   help="examples held out of the training set for validation, drawn from "
+                        "--seed (default 5000 of a 60,000-image set, else 10%%; 0: none); "
+                        "thresholds and settings are chosen on them")
     p.add_argument("--init-from", help="start the means from a deterministic run (dir or .pt)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--tau0", type=_positive_float, default=1e-5, help="horseshoe global scale")
@@ -124,7 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("run_dir")
     an.add_argument("--draws", type=_positive_int, default=1000,
                     help="posterior draws of z (split into 4 chains)")
-    an.add_argument("--thresholds", help="per-layer thresholds, e.g. fc1=3,fc2=2.5")
+    an.add_argument("--thresholds", help="per-layer thresholds, e.g. fc1=3,fc2=2.5 (the rule "
+                                         "chooses the other layers)")
+    an.add_argument("--threshold-rule", choices=RULES, default="budget",
+                    help="budget: the most compression within --error-budget of the unpruned "
+                         "net's validation error; gap: the gap between two modes of the scores")
+    an.add_argument("--error-budget", type=_nonnegative_float, default=DEFAULT_ERROR_BUDGET,
+                    help="points of validation error the pruned and quantised net may lose "
+                         "(default %(default)s)")
     an.add_argument("--no-figures", action="store_true")
     co = sub.add_parser("compress", help="prune, quantise and pack an analysed run")
     co.add_argument("run_dir")
@@ -156,7 +179,8 @@ def _train_config(args, prior: str):
         out=args.out, model=args.model, prior=prior, data=args.data, data_dir=args.data_dir,
         download=args.download, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         lr_schedule=args.lr_schedule,
-        seed=args.seed, device=args.device, subset=args.subset, init_from=args.init_from,
+        seed=args.seed, device=args.device, subset=args.subset, val=args.val,
+        init_from=args.init_from,
         resume=args.resume, tau0=args.tau0, kl_warmup=args.kl_warmup, sws_tau=args.sws_tau,
         sws_zero_rate=args.sws_zero_rate, sws_rate=args.sws_rate, dc_keep=args.dc_keep,
         max_weight_var=args.max_weight_var, threads=args.threads,
@@ -181,7 +205,8 @@ def run(args) -> int:
         try:
             result = analyse(args.run_dir, draws=args.draws,
                              thresholds=parse_thresholds(args.thresholds),
-                             figures=not args.no_figures)
+                             figures=not args.no_figures, rule=args.threshold_rule,
+                             error_budget=args.error_budget)
         except ThresholdError as e:
             raise UsageError(str(e)) from None
         for r in result.values():
@@ -191,6 +216,11 @@ def run(args) -> int:
                   f"{row['bits']} bits (t={row['significand_bits']}, "
                   f"e={row['exponent_bits']}), threshold {row['threshold']:.3g} "
                   f"({row['threshold_method']})")
+        sel = RunDir(args.run_dir).analysis()["selection"]
+        if "val_error_unpruned" in sel:
+            print(f"validation error: unpruned {sel['val_error_unpruned']:.4f}, pruned and "
+                  f"quantised {sel['val_error_pruned_quantised']:.4f} (budget "
+                  f"{sel['error_budget_points']} points, {sel['evaluations']} evaluations)")
         return 0
     if args.command == "compress":
         r = compress(args.run_dir)

@@ -39,10 +39,9 @@ from pbc.compression import codec
 from pbc.compression.export import load_packed, packed_meta, save_export
 from pbc.compression.plan import INDEX_BITS, KMEANS_BITS, Structured, structured_export
 from pbc.compression.quantise import kmeans_codes
-from pbc.data import load_dataset
 from pbc.io import StageError, write_json
 from pbc.nets import classification_error, plain_network
-from pbc.rundir import COMPRESSION, PACKED, PRUNED, QUANTISED, load_trained
+from pbc.rundir import COMPRESSION, PACKED, PRUNED, QUANTISED, load_trained, run_splits
 
 
 def _with_weights(structured: Structured, weights: dict[str, torch.Tensor]) -> dict:
@@ -105,18 +104,18 @@ def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
     file_bytes = codec.write_pbcz(run / PACKED, packed, meta)
     decoded = load_packed(run / PACKED)
 
-    data = load_dataset(config.data, config.data_dir)
+    config, data = run_splits(config)
     x, y = data.test_x, data.test_y
     same, max_diff = _compare(quant_net, decoded, x)
+    nets = {"full": full, "pruned": pruned_net, "quantised": quant_net, "kmeans": kmeans_net,
+            "packed": decoded}
     sizes = codec.size_report(packed, meta)
     record = {
         "run": str(run), "prior": config.prior, "model": config.model, "data": config.data,
         "layers": layers,
-        "error": {"full": classification_error(full, x, y),
-                  "pruned": classification_error(pruned_net, x, y),
-                  "quantised": classification_error(quant_net, x, y),
-                  "kmeans": classification_error(kmeans_net, x, y),
-                  "packed": classification_error(decoded, x, y)},
+        "error": {k: classification_error(n, x, y) for k, n in nets.items()},
+        "val_error": ({k: classification_error(n, data.val_x, data.val_y)
+                       for k, n in nets.items()} if config.val else None),
         "rates": _rates(layers, sizes),
         "packed_bytes": file_bytes, "header_bytes": codec.header_bytes(meta),
         "accounted_bytes": sizes["total_bytes"] + codec.header_bytes(meta),

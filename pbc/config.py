@@ -37,6 +37,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     subset: int | None = None
+    val: int | None = None   # validation examples held out of training; None: the data's default
     init_from: str | None = None
     resume: bool = False
     tau0: float = 1e-5
@@ -66,6 +67,8 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.subset is not None and self.subset < 1:
             raise ValueError(f"subset must be at least 1, got {self.subset}")
+        if self.val is not None and self.val < 0:
+            raise ValueError(f"val must be at least 0, got {self.val}")
         if not self.tau0 > 0:
             raise ValueError(f"tau0 must be positive, got {self.tau0}")
         if not self.sws_tau > 0:

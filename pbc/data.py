@@ -547,3 +547,57 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
                    train_y=torch.from_numpy(train_y.astype(np.int64)),
                    test_x=_to_tensor(test_x), test_y=torch.from_numpy(test_y.astype(np.int64)),
                    num_classes=NUM_CLASSES, source=str(d))
+
+
+# ---------------------------------------------------------------------------- validation split
+VAL_SEED_OFFSET = 104_729   # the split's generator is seeded apart from the run's own RNG
+
+
+def default_val_size(n_train: int) -> int:
+    """Examples held out for validation when none is asked for: 5,000 of a 60,000-image
+    training set (MNIST, Fashion-MNIST), 10% of any other."""
+    return 5000 if n_train == 60_000 else max(1, round(0.1 * n_train))
+
+
+@dataclass(frozen=True, eq=False)
+class Splits:
+    """A dataset split for one run: ``train`` (what the optimiser sees), ``val`` (what every
+    choice is made on; empty when ``val = 0``) and ``test`` (reported numbers only).
+    Images ``(N, C, H, W)`` float32, labels ``(N,)`` int64."""
+
+    name: str
+    source: str
+    num_classes: int
+    train_x: torch.Tensor = field(repr=False)
+    train_y: torch.Tensor = field(repr=False)
+    val_x: torch.Tensor = field(repr=False)
+    val_y: torch.Tensor = field(repr=False)
+    test_x: torch.Tensor = field(repr=False)
+    test_y: torch.Tensor = field(repr=False)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train_x.shape[1:]
+        return (int(c), int(h), int(w))
+
+
+def validation_indices(n: int, val: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, val)`` indices into ``n`` training examples: ``val`` of them drawn without
+    replacement by a generator seeded from ``seed`` alone (the same split for every stage of
+    a run, whatever the RNG state), both ascending and disjoint."""
+    if not 0 <= val < n:
+        raise ValueError(f"--val must be in [0, {n - 1}] for {n} training examples, got {val}")
+    gen = torch.Generator().manual_seed(seed + VAL_SEED_OFFSET)
+    perm = torch.randperm(n, generator=gen)
+    return perm[val:].sort().values, perm[:val].sort().values
+
+
+def split(data: Dataset, val: int, seed: int, subset: int | None = None) -> Splits:
+    """Hold ``val`` examples of ``data``'s training set (its first ``subset`` when given) out
+    for validation (:func:`validation_indices`)."""
+    x, y = data.train_x, data.train_y
+    if subset:
+        x, y = x[:subset], y[:subset]
+    train_idx, val_idx = validation_indices(x.shape[0], val, seed)
+    return Splits(data.name, data.source, data.num_classes, x[train_idx], y[train_idx],
+                  x[val_idx], y[val_idx], data.test_x, data.test_y)

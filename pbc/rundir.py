@@ -41,6 +41,7 @@ import torch
 
 from pbc import __version__, methods
 from pbc.config import TrainConfig
+from pbc.data import Splits, default_val_size, load_dataset, split
 from pbc.io import (
     ArtefactError,
     StageError,
@@ -151,7 +152,8 @@ def load_trained(path) -> TrainedRun:
     saved = run.saved_config()
     ckpt = run.checkpoint()
     try:
-        config = TrainConfig(**saved["config"])
+        # a run saved before validation splits existed trained on the whole training set
+        config = TrainConfig(**{"val": 0, **saved["config"]})
         arch = Architecture.from_dict(saved["arch"])
         method = methods.get(config.prior)
         net = method.build(config, arch)
@@ -160,6 +162,20 @@ def load_trained(path) -> TrainedRun:
         raise ArtefactError(f"{run}: config.json and checkpoint.pt do not match "
                             f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
     return TrainedRun(run, config, arch, method, net.eval(), ckpt)
+
+
+def run_splits(config: TrainConfig) -> tuple[TrainConfig, Splits]:
+    """The run's data: training set (its first ``subset``), less ``val`` examples held out
+    for validation (:func:`pbc.data.split`), and the test set.  Returns the config with
+    ``val`` resolved (``None`` → :func:`pbc.data.default_val_size`) and the splits."""
+    data = load_dataset(config.data, config.data_dir, download=config.download)
+    n = data.train_x.shape[0] if not config.subset else min(config.subset, data.train_x.shape[0])
+    if config.val is None:
+        config = dataclasses.replace(config, val=default_val_size(n))
+    try:
+        return config, split(data, config.val, config.seed, config.subset)
+    except ValueError as e:
+        raise StageError(str(e)) from None
 
 
 def load_point_estimate(path: str) -> dict[str, torch.Tensor]:

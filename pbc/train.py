@@ -27,16 +27,17 @@ from tqdm.auto import tqdm
 from pbc import methods
 from pbc.bayes.elbo import MeanFieldELBO
 from pbc.config import TrainConfig
-from pbc.data import load_dataset
 from pbc.io import ArtefactError
 from pbc.methods import Method
 from pbc.nets import Architecture, classification_error, make_architecture
-from pbc.rundir import RunDir, load_point_estimate
+from pbc.rundir import RunDir, load_point_estimate, run_splits
 
 # the settings a resumed run must share with the run it continues
-RESUME_KEYS = ("model", "prior", "data", "batch_size", "seed", "subset", "tau0", "lr",
+RESUME_KEYS = ("model", "prior", "data", "batch_size", "seed", "subset", "val", "tau0", "lr",
                "lr_schedule", "max_weight_var", "sws_tau", "sws_zero_rate", "sws_rate",
                "dc_keep")
+# what a setting was before it existed, where that differs from its default today
+LEGACY = {"val": 0}
 
 
 class TrainingDiverged(RuntimeError):
@@ -84,8 +85,9 @@ def _start(config: TrainConfig, run: RunDir, net, optim) -> tuple[int, list[dict
     ckpt = run.checkpoint()
     saved = run.saved_config()["config"]
     for key in RESUME_KEYS:
-        # a setting added after the run was made has its default there
-        if saved.get(key, TrainConfig.__dataclass_fields__[key].default) != getattr(config, key):
+        # a setting added after the run was made has its legacy value there
+        before = LEGACY.get(key, TrainConfig.__dataclass_fields__[key].default)
+        if saved.get(key, before) != getattr(config, key):
             raise ArtefactError(f"{run}: cannot resume: {key} was {saved.get(key)!r}, "
                                 f"now {getattr(config, key)!r}")
     if bool(saved.get("init_from")) != bool(config.init_from):
@@ -121,12 +123,9 @@ def train(config: TrainConfig) -> TrainResult:
     if not config.resume:
         torch.manual_seed(config.seed)
 
-    data = load_dataset(config.data, config.data_dir, download=config.download)
-    train_x, train_y = data.train_x, data.train_y
-    if config.subset:
-        train_x, train_y = train_x[:config.subset], train_y[:config.subset]
+    config, data = run_splits(config)
     device = torch.device(config.device)
-    train_x, train_y = train_x.to(device), train_y.to(device)
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     arch = make_architecture(config.model, data.input_shape, data.num_classes)
 
     net = method.build(config, arch)
@@ -137,6 +136,7 @@ def train(config: TrainConfig) -> TrainResult:
     start, metrics = _start(config, run, net, optim)
     run.write_config(config, arch, {"name": data.name, "source": data.source,
                                     "train": int(train_x.shape[0]),
+                                    "val": int(data.val_x.shape[0]),
                                     "test": int(data.test_x.shape[0])})
     elbo = MeanFieldELBO()
     for epoch in range(start, config.epochs):
@@ -146,6 +146,9 @@ def train(config: TrainConfig) -> TrainResult:
         t0 = time.perf_counter()
         plain = method.evaluation_network(net, arch)
         record["train_error"] = classification_error(plain, train_x, train_y, device=device)
+        if config.val:
+            record["val_error"] = classification_error(plain, data.val_x, data.val_y,
+                                                       device=device)
         record["test_error"] = classification_error(plain, data.test_x, data.test_y,
                                                     device=device)
         record["eval_seconds"] = time.perf_counter() - t0
@@ -204,5 +207,8 @@ def _summary(r: dict) -> str:
         parts += [f"elbo {r['elbo']:.4g}", f"kl {r['kl']:.4g}"]
     else:
         parts.append(f"ce {r['cross_entropy']:.4f}")
-    parts += [f"train err {r['train_error']:.4f}", f"test err {r['test_error']:.4f}"]
+    parts.append(f"train err {r['train_error']:.4f}")
+    if "val_error" in r:
+        parts.append(f"val err {r['val_error']:.4f}")
+    parts.append(f"test err {r['test_error']:.4f}")
     return " | ".join(parts)

@@ -11,7 +11,8 @@ Command::
 
 Add ``--pretrained RUN`` to reuse a plain run, ``--smoke`` to check the pipeline in seconds.
 
-Paper (MNIST): the DC row of Table 2 for LeNet-300-100 (see pbc/paper.py).
+Paper (MNIST; Louizos, Ullrich & Welling 2017, Table 2, DC row; no Table 1 row): LeNet-300-100
+error 1.6% (uncompressed 1.6%), |w≠0|/|w| 8.0%, pruning 6x, maximum compression 40x.
 """
 
 import sys

@@ -11,8 +11,10 @@ Command::
 
 Add ``--pretrained RUN`` to reuse a plain run, ``--smoke`` to check the pipeline in seconds.
 
-Paper (MNIST): LeNet-300-100 BC-GHS rows of Tables 1 and 2 (see pbc/paper.py for what could
-be read).
+Paper (MNIST; Louizos, Ullrich & Welling 2017, Tables 1 and 2, BC-GHS rows): LeNet-300-100
+pruned to 311-86-14 (original 784-300-100) with bit precisions 13-11-10; error 1.8% after
+pruning, 1.9% at fast prediction, 2.0% at maximum compression (uncompressed 1.6%), |w≠0|/|w|
+10.6%, pruning 9x, fast prediction 23x, maximum compression 59x.
 """
 
 import sys

@@ -11,7 +11,10 @@ Command::
 
 Add ``--pretrained RUN`` to reuse a plain run, ``--smoke`` to check the pipeline in seconds.
 
-Paper (MNIST): the Sparse VD row of Table 2 for LeNet-300-100 (see pbc/paper.py).
+Paper (MNIST; Louizos, Ullrich & Welling 2017, Tables 1 and 2, Sparse VD rows): LeNet-300-100
+pruned to 512-114-72 (original 784-300-100) with bit precisions 8-11-14; error 1.8%
+(uncompressed 1.6%), |w≠0|/|w| 2.2%, pruning 21x, fast prediction 84x, maximum compression
+113x.
 """
 
 import sys

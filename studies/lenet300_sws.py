@@ -15,7 +15,9 @@ Command::
 
 Add ``--pretrained RUN`` to reuse a plain run, ``--smoke`` to check the pipeline in seconds.
 
-Paper (MNIST): the SWS row of Table 2 for LeNet-300-100 (see pbc/paper.py).
+Paper (MNIST; Louizos, Ullrich & Welling 2017, Table 2, SWS row; no Table 1 row): LeNet-300-100
+error 1.9% (uncompressed 1.6%), |w≠0|/|w| 4.3%, pruning 12x, maximum compression 64x. The paper
+marks this row with its asterisk (best case guesses).
 """
 
 import sys

@@ -11,8 +11,10 @@ Command::
 
 Add ``--pretrained RUN`` to reuse a plain run, ``--smoke`` to check the pipeline in seconds.
 
-Paper (MNIST): LeNet-5-Caffe BC-GHS architecture 5-10-76-16, error 1.0%, pruning 156x, fast
-prediction 419x (pbc/paper.py).
+Paper (MNIST; Louizos, Ullrich & Welling 2017, Tables 1 and 2, BC-GHS rows): LeNet-5-Caffe
+pruned to 5-10-76-16 (original 20-50-800-500) with bit precisions 10-10-14-13; error 1.0%
+(uncompressed 0.9%), |w≠0|/|w| 0.6%, pruning 156x, fast prediction 419x, maximum compression
+771x.
 """
 
 import sys

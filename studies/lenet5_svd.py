@@ -11,8 +11,10 @@ Command::
 
 Add ``--pretrained RUN`` to reuse a plain run, ``--smoke`` to check the pipeline in seconds.
 
-Paper (MNIST): LeNet-5-Caffe Sparse VD error 1.0%, pruning 63x, fast prediction 228x
-(pbc/paper.py).
+Paper (MNIST; Louizos, Ullrich & Welling 2017, Tables 1 and 2, Sparse VD rows): LeNet-5-Caffe
+pruned to 14-19-242-131 (original 20-50-800-500) with bit precisions 13-10-8-12; error 1.0%
+(uncompressed 0.9%), |w≠0|/|w| 0.7%, pruning 63x, fast prediction 228x, maximum compression
+365x.
 """
 
 import sys

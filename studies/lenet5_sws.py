@@ -14,7 +14,9 @@ Command::
 
 Add ``--pretrained RUN`` to reuse a plain run, ``--smoke`` to check the pipeline in seconds.
 
-Paper (MNIST): LeNet-5-Caffe SWS error 1.0%, pruning 100x (pbc/paper.py).
+Paper (MNIST; Louizos, Ullrich & Welling 2017, Table 2, SWS row; no Table 1 row): LeNet-5-Caffe
+error 1.0% (uncompressed 0.9%), |w≠0|/|w| 0.5%, pruning 100x, maximum compression 162x. The
+paper marks this row with its asterisk (best case guesses).
 """
 
 import sys

@@ -10,7 +10,11 @@ Command::
 
 Add ``--pretrained RUN`` to reuse a plain run, ``--smoke`` to check the pipeline in seconds.
 
-Paper (CIFAR-10): VGG BC-GHS error 9.0%, pruning 18x, fast prediction 59x (pbc/paper.py).
+Paper (CIFAR-10; Louizos, Ullrich & Welling 2017, Tables 1 and 2, BC-GHS rows): VGG pruned to
+51-62-125-128-228-129-38-13-9-6-5-6-6-6-20 (original (2x64)-(2x128)-(3x256)-(8x512), 13 conv +
+2 fc) with bit precisions 11-12-9-14-10-8-5-5-6-6-6-8-11-17-10; error 9.0% after pruning and at
+fast prediction, 9.2% at maximum compression (uncompressed 8.4%), |w≠0|/|w| 5.5%, pruning 18x,
+fast prediction 59x, maximum compression 116x.
 """
 
 import sys

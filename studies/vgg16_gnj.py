@@ -11,7 +11,11 @@ Command::
 
 Add ``--pretrained RUN`` to reuse a plain run, ``--smoke`` to check the pipeline in seconds.
 
-Paper (CIFAR-10): VGG BC-GNJ error 8.6%, pruning 14x, fast prediction 56x (pbc/paper.py).
+Paper (CIFAR-10; Louizos, Ullrich & Welling 2017, Tables 1 and 2, BC-GNJ rows): VGG pruned to
+63-64-128-128-245-155-63-26-24-20-14-12-11-11-15 (original (2x64)-(2x128)-(3x256)-(8x512), 13
+conv + 2 fc) with bit precisions 10-10-10-10-8-8-8-5-5-5-5-5-6-7-11; error 8.6% after pruning
+and at maximum compression, 8.8% at fast prediction (uncompressed 8.4%), |w≠0|/|w| 6.7%,
+pruning 14x, fast prediction 56x, maximum compression 95x.
 """
 
 import sys

@@ -1,106 +1,230 @@
-"""Training loop: determinism, resume, divergence, initialisation from a plain run."""
+"""Training loop: metrics, determinism, resume, divergence, initialisation from a plain run.
+
+The one home of the training loop's reliability behaviours, through the library and the
+command line alike: the same seed gives the same metrics; a run resumed after an interrupt or
+a SIGKILL equals an uninterrupted one; a resume that would change the run is refused; a
+non-finite loss stops training and keeps the last good checkpoint.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
+from conftest import fresh_train, make_idx_dataset, one_line_error, tiny_config, tiny_train_args
 
+import pbc
 from pbc.bayes.elbo import ELBOTerms, MeanFieldELBO
+from pbc.cli import main
 from pbc.config import TrainConfig
 from pbc.io import ArtefactError, load_torch
+from pbc.rundir import load_trained
 from pbc.train import TrainingDiverged, train
 
 TIMING = ("seconds", "eval_seconds")
+REPO = pathlib.Path(pbc.__file__).parent.parent
 
 
-def _config(idx_dir, out, **kw):
+def _config(data_dir, out, **kw):
     base = dict(out=str(out), model="lenet300", prior="gnj", data="fashion-mnist",
-                data_dir=str(idx_dir), epochs=2, batch_size=50, subset=150, seed=3,
+                data_dir=str(data_dir), epochs=2, batch_size=50, subset=150, seed=3,
                 progress=False, threads=1)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def _cli_args(config: TrainConfig, *extra) -> list[str]:
+    """The ``pbc train`` command line of a :func:`_config` record."""
+    return ["train", "--model", config.model, "--prior", config.prior, "--data", config.data,
+            "--data-dir", config.data_dir, "--epochs", str(config.epochs), "--batch-size",
+            str(config.batch_size), "--subset", str(config.subset), "--seed", str(config.seed),
+            "--lr-schedule", config.lr_schedule, "--threads", "1", "--no-progress",
+            "--out", config.out, *extra]
 
 
 def _strip(metrics):
     return [{k: v for k, v in m.items() if k not in TIMING} for m in metrics]
 
 
-def test_artefacts_and_metric_fields(idx_dir, tmp_path):
-    res = train(_config(idx_dir, tmp_path / "run", epochs=1))
+def _strip_timing(metrics_path: pathlib.Path) -> list[str]:
+    """metrics.jsonl lines re-serialised without the wall-clock fields."""
+    return [json.dumps({k: v for k, v in json.loads(line).items() if k not in TIMING})
+            for line in metrics_path.read_text().splitlines() if line.strip()]
+
+
+def _same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_data):
+    """``reference(prior)``: one uninterrupted three-epoch run (seed 3) per prior, trained
+    once for this module: what the determinism and resume tests compare against (read only)."""
+    root, done = tmp_path_factory.mktemp("reference"), {}
+
+    def get(prior):
+        if prior not in done:
+            done[prior] = fresh_train(_config(tiny_data, root / prior, prior=prior, epochs=3))
+        return done[prior]
+
+    return get
+
+
+def test_artefacts_and_metric_fields(tiny_data, tmp_path):
+    res = train(_config(tiny_data, tmp_path / "run", epochs=1))
     for name in ("config.json", "metrics.jsonl", "checkpoint.pt"):
         assert (tmp_path / "run" / name).is_file()
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["config"]["prior"] == "gnj" and cfg["config"]["seed"] == 3
     assert cfg["environment"]["torch"] == torch.__version__
-    assert cfg["arch"]["name"] == "lenet300" and cfg["dataset"]["train"] == 150
+    assert cfg["arch"]["name"] == "lenet300" and cfg["dataset"]["train"] == 135 \
+        and cfg["dataset"]["val"] == 15
     (m,) = res.metrics
     assert set(m) >= {"epoch", "elbo", "expected_loglik", "kl", "kl_bits", "train_error",
-                      "test_error", "seconds"}
+                      "val_error", "test_error", "seconds"}
     assert m["kl_bits"] == pytest.approx(m["kl"] / 0.6931471805599453)
     assert m["elbo"] == pytest.approx(m["expected_loglik"] - m["kl"], rel=1e-6)
 
 
-def test_same_seed_same_metrics(idx_dir, tmp_path):
-    a = train(_config(idx_dir, tmp_path / "a"))
-    b = train(_config(idx_dir, tmp_path / "b"))
-    assert _strip(a.metrics) == _strip(b.metrics)
-    c = train(_config(idx_dir, tmp_path / "c", seed=4))
+# ----------------------------------------------------------------------------- determinism
+def test_same_seed_same_metrics_other_seed_differs(reference, tiny_data, tmp_path, cpu_threads):
+    """The library and the command line, given the same settings and seed, write the same
+    metrics byte for byte; another seed changes them."""
+    a = reference("gnj")
+    config = _config(tiny_data, tmp_path / "b", epochs=3)
+    assert main(_cli_args(config)) == 0
+    b = _strip_timing(tmp_path / "b" / "metrics.jsonl")
+    assert len(b) == 3
+    assert "\n".join(b).encode() == "\n".join(_strip_timing(a.out / "metrics.jsonl")).encode()
+    assert [json.loads(line) for line in b] == _strip(a.metrics)
+    c = train(_config(tiny_data, tmp_path / "c", epochs=3, seed=4))
     assert _strip(c.metrics) != _strip(a.metrics)
+    assert _strip_timing(tmp_path / "c" / "metrics.jsonl") != b
 
 
+# ----------------------------------------------------------------------------- resume
 def _interrupt_at_epoch(monkeypatch, stop_epoch):
     """Make training raise KeyboardInterrupt when it starts epoch ``stop_epoch`` (0-based)."""
     import pbc.train as t
 
     real = t._train_epoch
+    signature = inspect.signature(real)
 
-    def epoch_or_interrupt(config, net, elbo, optim, x, y, n, epoch):
-        if epoch == stop_epoch:
+    def epoch_or_interrupt(*args, **kwargs):
+        if signature.bind(*args, **kwargs).arguments["epoch"] == stop_epoch:
             raise KeyboardInterrupt
-        return real(config, net, elbo, optim, x, y, n, epoch)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(t, "_train_epoch", epoch_or_interrupt)
 
 
 @pytest.mark.parametrize("prior", ["gnj", "ghs", "none"])
-def test_resume_matches_uninterrupted(idx_dir, tmp_path, prior, monkeypatch):
-    full = train(_config(idx_dir, tmp_path / "full", prior=prior, epochs=3))
+def test_resume_matches_uninterrupted(reference, tiny_data, tmp_path, prior, monkeypatch):
+    full = reference(prior)
     with monkeypatch.context() as m:
         _interrupt_at_epoch(m, 1)
         with pytest.raises(KeyboardInterrupt):
-            train(_config(idx_dir, tmp_path / "part", prior=prior, epochs=3))
-    resumed = train(_config(idx_dir, tmp_path / "part", prior=prior, epochs=3, resume=True))
+            train(_config(tiny_data, tmp_path / "part", prior=prior, epochs=3))
+    resumed = train(_config(tiny_data, tmp_path / "part", prior=prior, epochs=3, resume=True))
     assert _strip(resumed.metrics) == _strip(full.metrics)
-    sa = load_torch(tmp_path / "full" / "checkpoint.pt")["model"]
+    sa = load_torch(full.out / "checkpoint.pt")["model"]
     sb = load_torch(tmp_path / "part" / "checkpoint.pt")["model"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_resume_refuses_changed_settings(idx_dir, tmp_path):
-    train(_config(idx_dir, tmp_path / "r", epochs=1))
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, cpu_threads):
+    """A ``pbc train`` process killed mid-epoch resumes (``--resume``) to the very run an
+    uninterrupted training gives (trained in-process: the library and the command line give
+    the same run, see the determinism test)."""
+    data = make_idx_dataset(tmp_path / "data", n_train=600, n_test=100)
+    full, part = tmp_path / "full", tmp_path / "part"
+    config = TrainConfig(out=str(full), model="lenet300", prior="gnj", data="fashion-mnist",
+                         data_dir=str(data), subset=600, batch_size=20, epochs=4, threads=1,
+                         lr_schedule="cosine", progress=False)
+    args = _cli_args(dataclasses.replace(config, out=str(part)))
+    victim = subprocess.Popen([sys.executable, "-m", "pbc.cli", *args], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = part / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        lines: list[str] = []
+        while time.monotonic() < deadline and victim.poll() is None:
+            if metrics.exists():
+                lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
+                if 1 <= len(lines) <= 2:
+                    break
+            time.sleep(0.005)
+        assert lines and victim.poll() is None, "the run ended before it could be killed"
+        epoch_seconds = json.loads(lines[-1])["seconds"]
+        time.sleep(0.4 * epoch_seconds)             # well inside the next epoch
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    killed_raw = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
+    assert 1 <= len(killed_raw) < 4, "the kill landed after training finished"
+    done = load_torch(part / "checkpoint.pt")["epoch"]
+    assert done in (len(killed_raw), len(killed_raw) - 1) and done < 4
+
+    assert main([*args, "--resume"]) == 0
+    fresh_train(config)
+
+    assert _strip_timing(part / "metrics.jsonl") == _strip_timing(full / "metrics.jsonl")
+    # the epochs finished before the kill were kept, not retrained (their timings survive)
+    resumed_raw = (part / "metrics.jsonl").read_text().splitlines()
+    assert resumed_raw[:done] == killed_raw[:done]
+    assert len(_strip_timing(full / "metrics.jsonl")) == 4
+    a, b = load_torch(full / "checkpoint.pt"), load_torch(part / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 4
+    assert _same_tensors(a["model"], b["model"])
+    assert torch.equal(a["rng"], b["rng"])
+
+
+def test_resume_refuses_changed_settings(trained_runs, tiny_data, tmp_path):
+    run = trained_runs.copy(tmp_path / "r")                  # one epoch, tiny_config
     with pytest.raises(ArtefactError, match="prior"):
-        train(_config(idx_dir, tmp_path / "r", epochs=2, prior="ghs", resume=True))
+        train(tiny_config(run, tiny_data, epochs=2, prior="ghs", resume=True))
     with pytest.raises(ArtefactError, match="started from scratch, now from"):
-        train(_config(idx_dir, tmp_path / "r", epochs=1, resume=True, init_from="elsewhere"))
+        train(tiny_config(run, tiny_data, resume=True, init_from="elsewhere"))
 
 
-def test_resume_refuses_to_stretch_a_cosine_schedule(idx_dir, tmp_path):
-    train(_config(idx_dir, tmp_path / "c", epochs=1))
+def test_resume_extends_a_constant_schedule_but_not_a_cosine_one(trained_runs, tiny_data,
+                                                                 tmp_path):
+    constant = trained_runs.copy(tmp_path / "constant", lr_schedule="constant")
+    args = tiny_train_args(tiny_data, constant, "--resume", "--lr-schedule", "constant")
+    args[args.index("--epochs") + 1] = "2"
+    assert main(args) == 0
+    assert len((constant / "metrics.jsonl").read_text().splitlines()) == 2
+    cosine = trained_runs.copy(tmp_path / "cosine")
     with pytest.raises(ArtefactError, match="cosine schedule"):
-        train(_config(idx_dir, tmp_path / "c", epochs=2, resume=True))
+        train(tiny_config(cosine, tiny_data, epochs=2, resume=True))
 
 
-def test_resume_without_checkpoint_is_an_error(idx_dir, tmp_path):
+def test_resume_without_checkpoint_is_an_error(tiny_data, tmp_path):
     with pytest.raises(ArtefactError, match="not found"):
-        train(_config(idx_dir, tmp_path / "empty", resume=True))
+        train(_config(tiny_data, tmp_path / "empty", resume=True))
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(idx_dir, tmp_path, monkeypatch):
-    out = tmp_path / "nan"
-    train(_config(idx_dir, out, epochs=1, lr_schedule="constant"))
-    before = (out / "checkpoint.pt").read_bytes()
+# ----------------------------------------------------------------------------- divergence
+def test_non_finite_loss_is_one_line_exit_1_and_keeps_the_last_checkpoint(
+        trained_runs, tiny_data, tmp_path, capsys, cpu_threads, monkeypatch):
+    """Epoch 1 trained normally; from epoch 2 the loss is NaN.  The command line says so in
+    one line (exit 1), ``--debug`` raises, and the epoch-1 artefacts stay as they were."""
+    out = trained_runs.copy(tmp_path / "nan", lr_schedule="constant")
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "metrics.jsonl")}
     real = MeanFieldELBO.terms
 
     def poisoned(self, *args, **kwargs):
@@ -108,25 +232,45 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(idx_dir, tmp_path, monk
         return ELBOTerms(t.loss * float("nan"), t.expected_loglik, t.kl)
 
     monkeypatch.setattr(MeanFieldELBO, "terms", poisoned)
+    args = tiny_train_args(tiny_data, out, "--resume", "--lr-schedule", "constant")
+    args[args.index("--epochs") + 1] = "3"
+    assert main(args) == 1
+    one_line_error(capsys.readouterr().err, "non-finite loss", "epoch 2, step 1")
     with pytest.raises(TrainingDiverged, match=r"epoch 2, step 1"):
-        train(_config(idx_dir, out, epochs=3, resume=True, lr_schedule="constant"))
-    assert (out / "checkpoint.pt").read_bytes() == before
+        main(["--debug", *args])
+    for name, blob in before.items():
+        assert (out / name).read_bytes() == blob, name
     assert load_torch(out / "checkpoint.pt")["epoch"] == 1
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
-def test_init_from_plain_run_sets_the_means(idx_dir, tmp_path):
-    plain = train(_config(idx_dir, tmp_path / "plain", prior="none", epochs=1))
-    bayes = train(_config(idx_dir, tmp_path / "bc", init_from=str(plain.out), epochs=1, lr=1e-12))
+def test_divergence_subprocess_huge_lr(tiny_data, tmp_path):
+    """A real blow-up (lr 10³⁰) in a real process: exit 1, one line, no checkpoint."""
+    out = tmp_path / "run"
+    args = tiny_train_args(tiny_data, out, "--lr", "1e30")
+    args[args.index("--subset") + 1], args[args.index("--batch-size") + 1] = "100", "20"
+    proc = subprocess.run([sys.executable, "-m", "pbc.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    line = one_line_error(proc.stderr, "non-finite loss")
+    assert re.search(r"epoch 1, step \d+", line), line
+    assert not (out / "checkpoint.pt").exists()
+
+
+# ----------------------------------------------------------------------------- init from
+def test_init_from_plain_run_sets_the_means(trained_runs, tiny_data, tmp_path):
+    plain = trained_runs.path("lenet300", "none")            # read only
+    bayes = train(_config(tiny_data, tmp_path / "bc", init_from=str(plain), epochs=1, lr=1e-12))
     # with a vanishing learning rate the posterior means stay at the plain weights
-    w_plain = plain.net.state_dict()["fc1.weight"]
+    w_plain = load_trained(plain).net.state_dict()["fc1.weight"]
     w_bayes = bayes.net.posterior_mean_state_dict()["fc1.weight"]
     assert torch.allclose(w_bayes, w_plain, atol=1e-6)
     with pytest.raises(ArtefactError, match="deterministic run"):
-        train(_config(idx_dir, tmp_path / "bc2", init_from=str(bayes.out), epochs=1))
+        train(_config(tiny_data, tmp_path / "bc2", init_from=str(bayes.out), epochs=1))
 
 
-def test_plain_training_learns_the_toy_task(idx_dir, tmp_path):
-    res = train(_config(idx_dir, tmp_path / "learn", prior="none", epochs=8, subset=None,
+def test_plain_training_learns_the_toy_task(tiny_data, tmp_path):
+    res = train(_config(tiny_data, tmp_path / "learn", prior="none", epochs=8, subset=None,
                         lr=3e-3))
     assert res.metrics[-1]["test_error"] < 0.3  # chance is 0.9
 
@@ -134,17 +278,18 @@ def test_plain_training_learns_the_toy_task(idx_dir, tmp_path):
 def test_default_variance_bound_and_scale_start_follow_the_starting_point():
     """Louizos et al.'s clip_var (0.04) bounds GNJ always and GHS from scratch; GHS from a
     pretrained net has no bound and starts its scale at the weight scale."""
+    from pbc import methods
     from pbc.nets import make_architecture
 
     def bound(prior, init_from=None, **kw):
         config = TrainConfig(out="x", prior=prior, init_from=init_from, **kw)
-        return config.method.max_weight_var(config)
+        return methods.get(prior).max_weight_var(config)
 
     assert bound("gnj") == bound("gnj", "run") == bound("ghs") == 0.04
     assert bound("ghs", "run") is None and bound("svd") is None
     assert bound("ghs", "run", max_weight_var=0.5) == 0.5
     arch = make_architecture("lenet300", (1, 28, 28), 10)
     configs = [TrainConfig(out="x", prior="ghs", init_from=f) for f in (None, "run")]
-    fc1 = [c.method.build(c, arch).bayes_layers()[0] for c in configs]
+    fc1 = [methods.get("ghs").build(c, arch).bayes_layers()[0] for c in configs]
     assert fc1[0].q_scale.mean().mean().item() == pytest.approx(1.0, rel=0.05)
     assert fc1[1].q_scale.mean().mean().item() == pytest.approx(784 ** -0.5, rel=0.05)

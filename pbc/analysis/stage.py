@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pbc.analysis.budget import budget_thresholds
 from pbc.analysis.inference_data import (
     arviz,
     arviz_major,
@@ -41,7 +42,7 @@ from pbc.compression.quantise import bit_precision
 from pbc.io import StageError, atomic_path, atomic_write, write_json
 from pbc.nets import parse_layer_values
 from pbc.reporting import figures
-from pbc.rundir import ANALYSIS, FIGURES, GROUPS, LAYERS, POSTERIOR, load_trained
+from pbc.rundir import ANALYSIS, FIGURES, GROUPS, LAYERS, POSTERIOR, load_trained, run_splits
 
 
 class ThresholdError(ValueError):
@@ -67,9 +68,26 @@ def parse_thresholds(text: str | None) -> dict[str, float]:
         raise ThresholdError(str(e)) from None
 
 
+RULES = ("budget", "gap")
+DEFAULT_ERROR_BUDGET = 0.5   # points of validation error
+
+
 def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None = None,
-            figures: bool = True, seed: int = 0) -> dict[str, LayerAnalysis]:
-    """Run the analyse stage on a trained run directory; returns per-layer results."""
+            figures: bool = True, seed: int = 0, rule: str = "budget",
+            error_budget: float = DEFAULT_ERROR_BUDGET) -> dict[str, LayerAnalysis]:
+    """Run the analyse stage on a trained run directory; returns per-layer results.
+
+    Thresholds: ``thresholds`` (layer → value) where given; else the method's own rule where
+    it has one (Sparse VD's ``log α ≥ 3``); else ``rule``: ``"budget"`` — the most
+    compression whose pruned and quantised net stays within ``error_budget`` points of the
+    unpruned posterior-mean net's validation error (:mod:`pbc.analysis.budget`) — or
+    ``"gap"`` — each layer split at the gap between the modes of its scores
+    (:func:`pbc.analysis.thresholds.find_threshold`).
+    """
+    if rule not in RULES:
+        raise ThresholdError(f"unknown threshold rule {rule!r}; choose from {list(RULES)}")
+    if not error_budget >= 0:
+        raise ThresholdError(f"the error budget must be ≥ 0 points, got {error_budget}")
     trained = load_trained(run_dir)
     run, config, arch, net, method = (trained.dir.path, trained.config, trained.arch,
                                       trained.net, trained.method)
@@ -89,8 +107,23 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
             chosen[name] = Threshold(thresholds[name], "given", math.nan)
         elif fixed is not None:
             chosen[name] = Threshold(*fixed, math.nan)
-        else:
+        elif rule == "gap":
             chosen[name] = find_threshold(post.score)
+    selection = {"rule": rule if fixed is None else fixed[1], "given": sorted(thresholds)}
+    if len(chosen) < len(posts):   # the error-budget rule chooses the rest
+        config, splits = run_splits(config)
+        if not config.val:
+            raise StageError(f"{run}: the error-budget rule needs a validation split, and this "
+                             f"run was trained without one; retrain with --val N, or pass "
+                             f"--threshold-rule gap or --thresholds")
+        found = budget_thresholds(arch, method.plain_state(net), posts, splits.val_x,
+                                  splits.val_y, error_budget / 100,
+                                  fixed={n: t.value for n, t in chosen.items()})
+        for name, value in found.thresholds.items():
+            chosen.setdefault(name, Threshold(value, "error-budget", math.nan))
+        selection.update(error_budget_points=error_budget, val_examples=int(splits.val_y.numel()),
+                         val_error_unpruned=found.unpruned_error,
+                         val_error_pruned_quantised=found.error, evaluations=found.evaluations)
     values = {n: t.value for n, t in chosen.items()}
     masks = structured_masks(arch, posts, values)
     w_masks = weight_masks(posts, values)
@@ -128,6 +161,7 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
     _write_csv(pd.DataFrame(_group_rows(result)), run / GROUPS)
     _write_csv(pd.DataFrame([r.row for r in result.values()]), run / LAYERS)
     write_json(run / ANALYSIS, {"draws": draws, "chains": chains, "prior": config.prior,
+                                "selection": selection,
                                 "thresholds": {n: r.row["threshold"] for n, r in result.items()},
                                 "histograms": {n: _histogram(r.post.score)
                                                for n, r in result.items()}})
@@ -214,21 +248,22 @@ def _figures(run: Path, result: dict[str, LayerAnalysis], score_label: str,
                            for n, r in result.items()}, fig_dir / "weights.png")
     az = arviz()
     new_api = arviz_major() >= 1
-    with figures.pyplot_figures_closed():   # ArviZ draws through pyplot
-        for name, r in result.items():
-            if r.post.per_weight:
-                continue
-            order = np.argsort(r.post.score)
-            pick = order[np.linspace(0, order.size - 1, min(24, order.size)).round().astype(int)]
-            dim = f"{name}_group"
-            data = _log_abs_data({f"{name}.z": posterior[f"{name}.z"][..., pick]},
-                                 {f"{name}.z": [dim]}, {dim: pick})
-            extra = {"backend": "matplotlib"} if new_api else {"figsize": (6, 7)}
+    for name, r in result.items():
+        if r.post.per_weight:
+            continue
+        order = np.argsort(r.post.score)
+        pick = order[np.linspace(0, order.size - 1, min(24, order.size)).round().astype(int)]
+        dim = f"{name}_group"
+        data = _log_abs_data({f"{name}.z": posterior[f"{name}.z"][..., pick]},
+                             {f"{name}.z": [dim]}, {dim: pick})
+        extra = {"backend": "matplotlib"} if new_api else {"figsize": (6, 7)}
+        with figures.pyplot_figures_closed():   # ArviZ draws through pyplot
             plot = az.plot_forest(data, combined=True, **extra)
             _save_arviz_plot(plot, fig_dir / f"forest_{name}.png",
                              f"{name}: log |z|, 24 groups across the score range")
-        if all(f"{n}.s" in posterior for n in result):   # a global scale per layer (GHS)
-            data = _log_abs_data({f"{n}.s": posterior[f"{n}.s"] for n in result}, {}, {})
+    if all(f"{n}.s" in posterior for n in result):   # a global scale per layer (GHS)
+        data = _log_abs_data({f"{n}.s": posterior[f"{n}.s"] for n in result}, {}, {})
+        with figures.pyplot_figures_closed():
             plot = (az.plot_dist(data, backend="matplotlib") if new_api else
                     az.plot_posterior(data, figsize=(3.2 * len(result), 2.8)))
             _save_arviz_plot(plot, fig_dir / "global_scales.png", "log s per layer")

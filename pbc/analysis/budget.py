@@ -1,0 +1,122 @@
+"""The error-budget threshold rule: the most compression whose pruned and quantised network
+stays within a budget of validation error.
+
+Groups are pruned in the order of their prune score (highest ``log α`` first), so a layer's
+choice is a number ``k`` of groups pruned, and its threshold lies between the ``k``-th and
+``(k+1)``-th highest scores.  With ``e₀`` the validation error of the unpruned posterior-mean
+network and ``P`` the budget (a fraction), the rule looks for thresholds with
+
+    error(pruned and quantised network) ≤ e₀ + P
+
+pruning as many groups as it can, never all of a layer's units: for each layer in turn
+(most weights first), a bisection on ``k`` with the other layers held, in two passes — the
+first allows ``e₀ + P/2`` so that the first layers do not take the whole budget, the second
+``e₀ + P``.  Each trial evaluates the network that the compress stage would write (masks
+propagated, kept weights rounded to the layer's posterior bit precision) on the validation
+split: a few dozen forward passes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pbc.bayes.summaries import LayerPosterior
+from pbc.compression.masks import kept_weight_mask, structured_masks, weight_masks
+from pbc.compression.quantise import bit_precision, fixed_point_codes
+from pbc.nets import Architecture, build_network, classification_error
+
+PASSES = (0.5, 1.0)   # the share of the budget each pass may use
+
+
+@dataclass
+class BudgetResult:
+    """The chosen thresholds and what the search saw (errors as fractions)."""
+
+    thresholds: dict[str, float]
+    unpruned_error: float       # e₀: unpruned posterior-mean network, unquantised
+    error: float                # pruned and quantised at the chosen thresholds
+    evaluations: int
+
+
+def pruned_quantised_state(arch: Architecture, state: dict[str, torch.Tensor],
+                           posts: dict[str, LayerPosterior],
+                           thresholds: dict[str, float]) -> dict[str, torch.Tensor]:
+    """``state`` (posterior means) with the weights the thresholds prune set to 0 and the
+    kept ones rounded to fixed point at their layer's bit precision — the function of the
+    compress stage's quantised network, in the original shapes."""
+    masks = structured_masks(arch, posts, thresholds)
+    w_keep = weight_masks(posts, thresholds)
+    out = dict(state)
+    for name, post in posts.items():
+        keep = kept_weight_mask(post.kind, post.w_mean.shape, *masks[name])
+        if name in w_keep:
+            keep = keep & w_keep[name]
+        w = state[f"{name}.weight"].detach().cpu().numpy() * keep
+        t = bit_precision(post.w_mean[keep], post.w_var[keep])["significand_bits"]
+        codes, codebook, _ = fixed_point_codes(w, t)
+        out[f"{name}.weight"] = torch.from_numpy(codebook[codes])
+    return out
+
+
+def _thresholds_for(scores: np.ndarray) -> Callable[[int], float]:
+    """``k ↦`` the threshold that prunes the ``k`` highest of ``scores`` (ties go together)."""
+    desc = np.sort(np.asarray(scores, np.float64).ravel())[::-1]
+
+    def threshold(k: int) -> float:
+        if k <= 0:
+            return float(desc[0]) + 1.0
+        return float(0.5 * (desc[k - 1] + desc[k]))
+
+    return threshold
+
+
+def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
+                      posts: dict[str, LayerPosterior], x: torch.Tensor, y: torch.Tensor,
+                      budget: float, fixed: dict[str, float] | None = None) -> BudgetResult:
+    """Per-layer thresholds by the error-budget rule (see the module docstring).
+
+    ``state``: the plain network's state dict holding posterior means; ``x: (N, ...)``,
+    ``y: (N,)``: the validation split; ``budget``: the error allowed above ``e₀``, a fraction
+    (0.005 is half a point); ``fixed``: layers whose thresholds are given, left as they are.
+    """
+    if x.shape[0] == 0:
+        raise ValueError("the error-budget rule needs a validation split (train with --val N)")
+    fixed = dict(fixed or {})
+    net = build_network(arch).eval()
+    count = 0
+
+    def error(thresholds: dict[str, float]) -> float:
+        nonlocal count
+        count += 1
+        masks = structured_masks(arch, posts, thresholds)
+        if any(not m.any() for pair in masks.values() for m in pair):
+            return math.inf              # a layer left without units: a constant network
+        net.load_state_dict(pruned_quantised_state(arch, state, posts, thresholds))
+        return classification_error(net, x, y, batch_size=5000)
+
+    net.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
+    e0 = classification_error(net, x, y, batch_size=5000)
+    layers = [n for n in posts if n not in fixed]
+    rules = {n: _thresholds_for(posts[n].score) for n in layers}
+    sizes = {n: int(posts[n].score.size) for n in layers}
+    pruned = dict.fromkeys(layers, 0)
+    current = {**fixed, **{n: rules[n](0) for n in layers}}
+    order = sorted(layers, key=lambda n: -posts[n].w_mean.size)
+    for share in PASSES:
+        limit = e0 + share * budget
+        for name in order:
+            lo, hi = pruned[name], sizes[name] - 1      # at least one group stays
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if error({**current, name: rules[name](mid)}) <= limit:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            pruned[name] = lo
+            current[name] = rules[name](lo)
+    return BudgetResult(current, e0, error(current), count)

@@ -1,0 +1,150 @@
+"""Choosing on the validation split: the split itself, and the error-budget threshold rule
+on a posterior whose best thresholds are known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pbc.analysis import analyse
+from pbc.analysis.budget import budget_thresholds, pruned_quantised_state
+from pbc.bayes.summaries import LayerPosterior, layer_moments
+from pbc.compress import compress
+from pbc.compression.export import load_export
+from pbc.config import TrainConfig
+from pbc.data import default_val_size, load_dataset, split, validation_indices
+from pbc.io import ArtefactError
+from pbc.nets import Architecture, LayerSpec, build_network
+from pbc.rundir import load_trained
+from pbc.train import train
+
+
+# ---------------------------------------------------------------------------- the split
+def test_validation_split_is_disjoint_complete_and_reproducible():
+    tr, va = validation_indices(1000, 100, seed=3)
+    assert va.numel() == 100 and tr.numel() == 900
+    assert set(tr.tolist()).isdisjoint(va.tolist())
+    assert sorted(tr.tolist() + va.tolist()) == list(range(1000))
+    again = validation_indices(1000, 100, seed=3)
+    assert torch.equal(again[0], tr) and torch.equal(again[1], va)
+    torch.manual_seed(123)           # the global RNG does not enter
+    assert torch.equal(validation_indices(1000, 100, seed=3)[1], va)
+    assert not torch.equal(validation_indices(1000, 100, seed=4)[1], va)
+    assert validation_indices(10, 0, seed=0)[1].numel() == 0
+    with pytest.raises(ValueError, match="--val"):
+        validation_indices(10, 10, seed=0)
+
+
+def test_default_val_size():
+    assert default_val_size(60_000) == 5000
+    assert default_val_size(50_000) == 5000 and default_val_size(200) == 20
+
+
+def test_split_holds_out_of_the_training_set_only(idx_dir):
+    data = load_dataset("fashion-mnist", idx_dir)
+    s = split(data, 20, seed=0, subset=100)
+    assert s.train_x.shape[0] == 80 and s.val_x.shape[0] == 20
+    assert torch.equal(s.test_x, data.test_x)
+    rows = {tuple(r.tolist()) for r in data.train_x[:100].reshape(100, -1)}
+    held = {tuple(r.tolist()) for r in s.val_x.reshape(20, -1)}
+    used = {tuple(r.tolist()) for r in s.train_x.reshape(80, -1)}
+    assert held <= rows and used <= rows and held.isdisjoint(used)
+
+
+def test_train_records_the_split_and_resume_keeps_it(idx_dir, tmp_path):
+    out = tmp_path / "r"
+    res = train(TrainConfig(out=str(out), model="lenet300", prior="gnj", data_dir=str(idx_dir),
+                            epochs=1, subset=100, progress=False))
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["val"] == 10                       # 10% of the 100 examples
+    assert saved["dataset"]["train"] == 90 and saved["dataset"]["val"] == 10
+    assert 0 <= res.metrics[-1]["val_error"] <= 1
+    with pytest.raises(ArtefactError, match="val"):
+        train(TrainConfig(out=str(out), model="lenet300", prior="gnj", data_dir=str(idx_dir),
+                          epochs=2, subset=100, val=20, resume=True, progress=False))
+
+
+# ---------------------------------------------------------------------------- the budget rule
+def _toy():
+    """y = [x0 + x1 − x2 − x3 > 0]; inputs 4–7 reach only hidden units 2–5, which the output
+    ignores.  The prunable groups (fc1 inputs 4–7, fc2 inputs 2–5) have the highest scores."""
+    arch = Architecture("toy", (1, 1, 8), (
+        LayerSpec("flatten", "flatten"), LayerSpec("linear", "fc1", 8, 6),
+        LayerSpec("relu", "relu1"), LayerSpec("linear", "fc2", 6, 2)))
+    w1 = torch.zeros(6, 8)
+    w1[0, :4] = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    w1[1, :4] = -w1[0, :4]
+    w1[2:, 4:] = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    w2 = torch.zeros(2, 6)
+    w2[1, 0], w2[1, 1], w2[0, 0], w2[0, 1] = 1.0, -1.0, -1.0, 1.0
+    state = {"fc1.weight": w1, "fc1.bias": torch.zeros(6),
+             "fc2.weight": w2, "fc2.bias": torch.zeros(2)}
+    scores = {"fc1": np.array([-5.0, -5.1, -5.2, -5.3, 2.0, 2.1, 2.2, 2.3]),
+              "fc2": np.array([-5.0, -5.1, 2.0, 2.1, 2.2, 2.3])}
+    posts = {name: LayerPosterior(
+        name=name, kind="linear", z_mean=None, z_var=None, e_log_z=None, log_mode=None,
+        log_alpha=scores[name], w_mean=state[f"{name}.weight"].double().numpy(),
+        w_var=np.full(tuple(state[f"{name}.weight"].shape), 1e-6),
+        b_mean=state[f"{name}.bias"].double().numpy()) for name in scores}
+    x = torch.randn(400, 1, 1, 8, generator=torch.Generator().manual_seed(1))
+    y = (x[:, 0, 0, 0] + x[:, 0, 0, 1] - x[:, 0, 0, 2] - x[:, 0, 0, 3] > 0).long()
+    return arch, state, posts, x, y
+
+
+def _kept(posts, thresholds):
+    return {n: int((p.score <= thresholds[n]).sum()) for n, p in posts.items()}
+
+
+def test_budget_rule_prunes_exactly_the_groups_the_data_does_not_need():
+    arch, state, posts, x, y = _toy()
+    found = budget_thresholds(arch, state, posts, x, y, budget=0.0)
+    assert found.unpruned_error == 0.0 and found.error == 0.0
+    assert _kept(posts, found.thresholds) == {"fc1": 4, "fc2": 2}
+    assert found.evaluations < 40
+
+
+def test_budget_rule_spends_a_budget_only_where_it_buys_compression():
+    """With the needed input of lowest importance given the highest score, a zero budget keeps
+    it; a budget larger than its cost prunes it too."""
+    arch, state, posts, x, y = _toy()
+    posts["fc1"].log_alpha[3] = 9.0                   # input 3 (needed) now ranks first
+    strict = budget_thresholds(arch, state, posts, x, y, budget=0.0)
+    assert _kept(posts, strict.thresholds)["fc1"] == 8   # pruning input 3 first costs error
+    net = build_network(arch).eval()
+    net.load_state_dict(pruned_quantised_state(arch, state, posts, {"fc1": 8.0, "fc2": 10.0}))
+    cost = (net(x).argmax(-1) != y).float().mean().item()
+    assert cost > 0
+    loose = budget_thresholds(arch, state, posts, x, y, budget=cost + 0.01)
+    assert _kept(posts, loose.thresholds)["fc1"] < 8 and loose.error <= cost + 0.01
+
+
+def test_budget_rule_needs_a_validation_split():
+    arch, state, posts, x, y = _toy()
+    with pytest.raises(ValueError, match="validation"):
+        budget_thresholds(arch, state, posts, x[:0], y[:0], budget=0.005)
+
+
+def test_budget_evaluator_is_the_compressed_network(idx_dir, tmp_path):
+    """What the search evaluates is what the compress stage writes (quantised.pt)."""
+    run = train(TrainConfig(out=str(tmp_path / "r"), model="lenet300", prior="gnj",
+                            data_dir=str(idx_dir), epochs=1, subset=100, lr=3e-3,
+                            progress=False)).out
+    analyse(run, draws=40, figures=False)
+    sel = json.loads((run / "analysis.json").read_text())["selection"]
+    assert sel["rule"] == "budget" and sel["val_examples"] == 10
+    assert sel["val_error_pruned_quantised"] <= sel["val_error_unpruned"] + 0.005
+    rec = compress(run)
+    assert rec["val_error"]["quantised"] == pytest.approx(sel["val_error_pruned_quantised"])
+    trained = load_trained(run)
+    thresholds = json.loads((run / "analysis.json").read_text())["thresholds"]
+    posts = {layer.site: layer_moments(layer) for layer in trained.net.bayes_layers()}
+    ours = build_network(trained.arch).eval()
+    ours.load_state_dict(pruned_quantised_state(
+        trained.arch, trained.method.plain_state(trained.net), posts, thresholds))
+    x = load_dataset("fashion-mnist", idx_dir).test_x
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), load_export(run / "quantised.pt")(x),
+                                   atol=1e-4, rtol=1e-4)
