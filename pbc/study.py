@@ -8,7 +8,8 @@ A study script in ``studies/`` declares a :class:`Study` and calls :func:`main`.
 Each stage writes its artefacts, so a stopped study continues where it stopped: a run whose
 checkpoint has all its epochs is not retrained, a partial one resumes, and a stage whose
 artefact exists is skipped (``--redo`` reruns the stages after training).  ``--smoke``
-swaps in a tiny generated data set, one epoch each and a small bench: seconds, for the tests.
+swaps in a tiny generated data set, a smaller network of the same structure where the study's
+is large, one epoch each, no analysis figures and a small bench: seconds, for the tests.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
 
     if methods.get(study.prior).has_posterior:
         stage(ANALYSIS, "analyse the posterior (ArviZ)",
-              lambda: analyse(run, draws=40 if args.smoke else 1000, figures=True))
+              lambda: analyse(run, draws=40 if args.smoke else 1000, figures=not args.smoke))
     else:
         step(f"analyse: not applicable to {study.prior} (no posterior)")
     stage(COMPRESSION, "compress: prune, quantise, pack", lambda: compress(run))
