@@ -14,6 +14,7 @@ from pbc.analysis.stage import analyse
 from pbc.compress import compress
 from pbc.config import TrainConfig
 from pbc.data import write_synthetic_dataset
+from pbc.nets import Architecture, LayerSpec
 from pbc.train import train
 
 
@@ -146,3 +147,14 @@ def one_line_error(err: str, *needles: str) -> str:
     for needle in needles:
         assert needle in line, f"{needle!r} not in {line!r}"
     return line
+
+
+def tiny_arch():
+    """conv 1→2 (k=2) on 3×3 → flatten 8 → fc 8→5 → ReLU → fc 5→3: a network with every
+    kind of Bayesian layer, small enough for exact checks."""
+    return Architecture("tiny", (1, 3, 3), (
+        LayerSpec("conv", "conv1", 1, 2, 2),
+        LayerSpec("flatten", "flatten"),
+        LayerSpec("linear", "fc1", 8, 5), LayerSpec("relu", "relu1"),
+        LayerSpec("linear", "fc2", 5, 3),
+    ))

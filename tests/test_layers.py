@@ -9,6 +9,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_arch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
@@ -17,7 +18,7 @@ from pbc.bayes.handlers import LocalReparameterization
 from pbc.bayes.kl import K1, K2, K3
 from pbc.bayes.net import BayesNet
 from pbc.bayes.priors import make_prior
-from pbc.nets import Architecture, LayerSpec, build_network, lenet5, lenet300, vgg16
+from pbc.nets import build_network, lenet5, lenet300, vgg16
 
 TAU0 = 1e-1
 
@@ -165,7 +166,7 @@ def test_posterior_mean_state_dict_is_the_mean_network(prior_name):
 def test_posterior_mean_of_ghs_z_matches_monte_carlo():
     """E[z] = exp(m + v/2) against draws of the guide's own factors."""
     torch.manual_seed(2)
-    net = BayesNet(_tiny_arch(), _prior("ghs"))
+    net = BayesNet(tiny_arch(), _prior("ghs"))
     _randomise(net)
     layer = net.bayes_layers()[0]
     n = 100_000
@@ -179,16 +180,6 @@ def test_posterior_mean_of_ghs_z_matches_monte_carlo():
 
 
 # ---------------------------------------------------------------------------- ELBO
-def _tiny_arch():
-    """conv 1→2 (k=2) on 3×3 → flatten 8 → fc 8→5 → ReLU → fc 5→3."""
-    return Architecture("tiny", (1, 3, 3), (
-        LayerSpec("conv", "conv1", 1, 2, 2),
-        LayerSpec("flatten", "flatten"),
-        LayerSpec("linear", "fc1", 8, 5), LayerSpec("relu", "relu1"),
-        LayerSpec("linear", "fc2", 5, 3),
-    ))
-
-
 def _normal_kl_std(loc, logvar):
     """KL(N(μ, σ²) ‖ N(0, 1)) summed: ½ Σ (σ² + μ² − 1 − log σ²)."""
     return 0.5 * (logvar.exp() + loc.pow(2) - 1.0 - logvar).sum()
@@ -234,7 +225,7 @@ def _hand_loglik(net, guide_tr, x, y, scale):
 @pytest.mark.parametrize("prior_name", ["gnj", "ghs"])
 def test_mean_field_elbo_is_closed_form_kl_and_scaled_loglik(prior_name):
     torch.manual_seed(3)
-    net = BayesNet(_tiny_arch(), _prior(prior_name))
+    net = BayesNet(tiny_arch(), _prior(prior_name))
     _randomise(net)
     x, y = torch.randn(4, 1, 3, 3), torch.tensor([0, 2, 1, 2])
     size, subsample = 40, torch.tensor([3, 17, 21, 38])
@@ -262,7 +253,7 @@ def test_mean_field_elbo_is_closed_form_kl_and_scaled_loglik(prior_name):
 
 def test_mean_field_elbo_local_reparam_has_same_kl():
     torch.manual_seed(5)
-    net = BayesNet(_tiny_arch(), _prior("gnj"))
+    net = BayesNet(tiny_arch(), _prior("gnj"))
     _randomise(net)
     x, y = torch.randn(4, 1, 3, 3), torch.tensor([0, 2, 1, 2])
     terms = MeanFieldELBO().terms(net.model, net.guide, x, y)

@@ -9,6 +9,7 @@ import pyro
 import pyro.infer.trace_mean_field_elbo as tmf_module
 import pytest
 import torch
+from conftest import tiny_arch
 from pyro import poutine
 from pyro.infer import SVI, Predictive, TraceMeanField_ELBO
 
@@ -16,19 +17,8 @@ from pbc.bayes.distributions import ImproperLogUniform
 from pbc.bayes.elbo import MeanFieldELBO
 from pbc.bayes.net import BayesNet
 from pbc.bayes.priors import make_prior
-from pbc.nets import Architecture, LayerSpec
 
 PRIORS = ["gnj", "ghs", "svd"]
-
-
-def _tiny_arch():
-    """conv 1→2 (k=2) on 3×3 → flatten 8 → fc 8→5 → ReLU → fc 5→3."""
-    return Architecture("tiny", (1, 3, 3), (
-        LayerSpec("conv", "conv1", 1, 2, 2),
-        LayerSpec("flatten", "flatten"),
-        LayerSpec("linear", "fc1", 8, 5), LayerSpec("relu", "relu1"),
-        LayerSpec("linear", "fc2", 5, 3),
-    ))
 
 
 def _batch():
@@ -39,7 +29,7 @@ def _batch():
 @pytest.mark.parametrize("prior_name", PRIORS)
 def test_svi_with_global_param_store_trains_the_net(prior_name):
     torch.manual_seed(0)
-    net = BayesNet(_tiny_arch(), make_prior(prior_name, tau0=0.1))
+    net = BayesNet(tiny_arch(), make_prior(prior_name, tau0=0.1))
     x, y = _batch()
     before = {k: v.detach().clone() for k, v in net.named_parameters()}
     with pyro.settings.context(module_local_params=False):
@@ -62,7 +52,7 @@ def test_svi_with_global_param_store_trains_the_net(prior_name):
 def test_module_local_guide_emits_no_param_sites():
     """With module-local parameters (the training loop's setting) the guide adds no ``param``
     message per step: its trace holds sample sites only."""
-    net = BayesNet(_tiny_arch(), make_prior("gnj"))
+    net = BayesNet(tiny_arch(), make_prior("gnj"))
     x, y = _batch()
     assert pyro.settings.get("module_local_params")
     tr = poutine.trace(net.guide).get_trace(x, y)
@@ -91,7 +81,7 @@ def _confident_posterior(net):
 @pytest.mark.parametrize("prior_name", PRIORS)
 def test_predictive_draws_from_the_guide(prior_name):
     torch.manual_seed(2)
-    net = BayesNet(_tiny_arch(), make_prior(prior_name, tau0=0.1))
+    net = BayesNet(tiny_arch(), make_prior(prior_name, tau0=0.1))
     _confident_posterior(net)
     x, _ = _batch()
     n = 100 if prior_name == "gnj" else 20  # Predictive runs model and guide once per sample
@@ -129,7 +119,7 @@ def test_improper_prior_sample_is_a_prototype():
 # ---------------------------------------------------------------------------- TraceMeanField_ELBO
 def _ghs_net():
     torch.manual_seed(4)
-    net = BayesNet(_tiny_arch(), make_prior("ghs", tau0=0.1))
+    net = BayesNet(tiny_arch(), make_prior("ghs", tau0=0.1))
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.1 * torch.randn_like(p))

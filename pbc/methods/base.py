@@ -98,11 +98,8 @@ class Method:
         return net.state_dict()
 
     def evaluation_network(self, net: nn.Module, arch: Architecture) -> nn.Module:
-        """The plain network that the train stage evaluates after each epoch: ``net`` itself
-        when it is plain, else a fresh ``build_network(arch)`` (on ``net``'s device) holding
-        :meth:`plain_state`."""
-        if type(self).plain_state is Method.plain_state:
-            return net
+        """The plain network that the train stage evaluates after each epoch: a fresh
+        ``build_network(arch)`` (on ``net``'s device) holding :meth:`plain_state`."""
         plain = build_network(arch).to(next(net.parameters()).device)
         plain.load_state_dict(self.plain_state(net))
         return plain
