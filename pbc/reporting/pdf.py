@@ -229,9 +229,9 @@ def _title_page(runs):
     for k, (i, j) in enumerate(_split_pages(heights, rect[3] * PAGE[1])):
         f = fig if k == 0 else _page("pbc comparison report (runs, continued)")
         _table(f, rect, head, body[i:j], [heights[0], *heights[i + 1:j + 1]], widths)
-        _notes(f, ["'—' marks a value that no artefact records (or a paper value not read; "
-                   "see pbc/reporting/paper.py). Tables 1, 2 and MDL are also written as CSV "
-                   "next to this PDF, unrounded.",
+        _notes(f, ["'—' marks a value that no artefact records (or that the paper does not "
+                   "print; see pbc/reporting/paper.py). Tables 1, 2 and MDL are also written as "
+                   "CSV next to this PDF, unrounded.",
                    "Paper values: " + "; ".join(f"[{key}] {text}" for key, text in
                                                 paper.SOURCES.items()) + "."])
         yield ("title" if k == 0 else "title (continued)", f)
@@ -323,7 +323,7 @@ def _table2_pages(t2: pd.DataFrame):
          "Rates (compression.json 'rates'; original 32-bit weights as numerator, biases "
          "excluded): Pruning = |w| / |w kept|; Fast prediction = 32·|w| / Σ |w kept|·bits; "
          "Max compression = 32·|w| / bits of the Huffman-coded CSR values, indices and "
-         "codebooks. Shaded rows: the paper (MNIST), '—' where its value was not read."],
+         "codebooks. Shaded rows: the paper (MNIST), '—' where it prints none."],
         "table2")
 
 

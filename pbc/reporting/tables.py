@@ -77,7 +77,7 @@ def table1(runs: list[RunRecord]) -> pd.DataFrame:
                     "units_total": None, "units_kept": arch[i] if arch else None,
                     "kept_from": None, "bits": bits[i] if bits else None,
                     "artefact": "pbc.reporting.paper",
-                    "note": "" if (arch or bits) else "paper value not read"})
+                    "note": "" if (arch or bits) else "not in this table of the paper"})
         for run in members:
             records, artefact = _compression_layers(run)
             by_name = {rec["name"]: rec for rec in records}
@@ -129,7 +129,7 @@ def table2(runs: list[RunRecord]) -> pd.DataFrame:
                          "paper_error_pct": prow.error_pct, "nonzero_pct": prow.nonzero_pct,
                          "pruning": prow.pruning, "fast_prediction": prow.fast_prediction,
                          "max_compression": prow.max_compression, "artefact": "pbc.reporting.paper",
-                         "note": "" if known else "paper value not read"})
+                         "note": "" if known else "not in this table of the paper"})
         for run in members:
             row = {"source": "run", "model": model, "method": paper.method_name(run.prior),
                    "run": run.label,
@@ -205,8 +205,8 @@ def mdl_table(runs: list[RunRecord]) -> pd.DataFrame:
         last = run.metrics[-1] if run.metrics else {}
         notes = []
         if "kl_bits" not in last:
-            why = " (prior 'none' has no KL term)" if run.prior == "none" else ""
-            notes.append(_missing_note(run, METRICS) or f"no kl_bits in metrics.jsonl{why}")
+            notes.append(_missing_note(run, METRICS)
+                         or "no kl_bits in metrics.jsonl (a loss without a KL term)")
         if run.compression is None:
             notes.append(_missing_note(run, COMPRESSION))
         rows.append({**base, "layer": RUN_LAYER, "kl_bits": last.get("kl_bits"),
