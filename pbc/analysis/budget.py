@@ -8,12 +8,14 @@ network and ``P`` the budget (a fraction), the rule looks for thresholds with
 
     error(pruned and quantised network) ≤ e₀ + P
 
-pruning as many groups as it can, never all of a layer's units: for each layer in turn
-(most weights first), a bisection on ``k`` with the other layers held, in two passes — the
-first allows ``e₀ + P/2`` so that the first layers do not take the whole budget, the second
-``e₀ + P``.  Each trial evaluates the network that the compress stage would write (masks
-propagated, kept weights rounded to the layer's posterior bit precision) on the validation
-split: a few dozen forward passes.
+pruning as many groups as it can, never all of a layer's units: for each layer in turn, a
+bisection on ``k`` with the other layers held, in two passes — the first allows ``e₀ + P/2``
+so that the first layers do not take the whole budget, the second ``e₀ + P``.  Layers go in
+the order of the weights one of their groups takes with it, its neighbours' included (a
+LeNet-5 ``conv2`` channel carries its filter and sixteen ``fc1`` columns).  Each trial
+evaluates the network that the compress stage would write (masks propagated, kept weights
+rounded to the layer's posterior bit precision) on the validation split: a few dozen
+forward passes.
 """
 
 from __future__ import annotations
@@ -63,6 +65,19 @@ def pruned_quantised_state(arch: Architecture, state: dict[str, torch.Tensor],
     return out
 
 
+def kept_weights(arch: Architecture, posts: dict[str, LayerPosterior],
+                 thresholds: dict[str, float]) -> int:
+    """The number of weights the thresholds keep, masks propagated (a group's own weights and
+    those it feeds or is fed by in the neighbouring layers)."""
+    masks = structured_masks(arch, posts, thresholds)
+    w_keep = weight_masks(posts, thresholds)
+    total = 0
+    for name, post in posts.items():
+        keep = kept_weight_mask(post.kind, post.w_mean.shape, *masks[name])
+        total += int((keep & w_keep[name]).sum() if name in w_keep else keep.sum())
+    return total
+
+
 def _thresholds_for(scores: np.ndarray) -> Callable[[int], float]:
     """``k ↦`` the threshold that prunes the ``k`` highest of ``scores`` (ties go together)."""
     desc = np.sort(np.asarray(scores, np.float64).ravel())[::-1]
@@ -106,7 +121,9 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
     sizes = {n: int(posts[n].score.size) for n in layers}
     pruned = dict.fromkeys(layers, 0)
     current = {**fixed, **{n: rules[n](0) for n in layers}}
-    order = sorted(layers, key=lambda n: -posts[n].w_mean.size)
+    keep_all = kept_weights(arch, posts, current)
+    order = sorted(layers, key=lambda n: keep_all - kept_weights(
+        arch, posts, {**current, n: rules[n](1)}), reverse=True)
     for share in PASSES:
         limit = e0 + share * budget
         for name in order:
