@@ -57,24 +57,24 @@ _positive_int = _int_at_least(1)
 _nonnegative_int = _int_at_least(0)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
+def _finite_float(accept, condition: str):
+    """An argparse type: a finite number for which ``accept(v)`` holds, else a one-line reason
+    naming ``condition``."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (accept(v) and v < float("inf")):
+            raise argparse.ArgumentTypeError(f"must be {condition}, got {text}")
+        return v
+
+    return parse
 
 
-def _nonnegative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text}")
-    return v
+_positive_float = _finite_float(lambda v: v > 0, "a positive number")
+_nonnegative_float = _finite_float(lambda v: v >= 0, "a number ≥ 0")
 
 
 def _layer_values(text: str) -> dict[str, float]:

@@ -16,6 +16,9 @@ from pbc.bayes.mixture import GAMMA_OTHER, GAMMA_ZERO
 from pbc.nets import ARCHITECTURES
 
 LR_SCHEDULES = ("cosine", "constant")
+# what a setting was before it existed, where that differs from its default today: a run saved
+# before validation splits existed trained on the whole training set
+LEGACY_SETTINGS = {"val": 0}
 # soft weight-sharing's weight of the prior against the log-likelihood (Ullrich et al. 2017)
 SWS_DEFAULT_TAU = 0.005
 

@@ -560,25 +560,13 @@ def default_val_size(n_train: int) -> int:
 
 
 @dataclass(frozen=True, eq=False)
-class Splits:
+class Splits(Dataset):
     """A dataset split for one run: ``train`` (what the optimiser sees), ``val`` (what every
     choice is made on; empty when ``val = 0``) and ``test`` (reported numbers only).
     Images ``(N, C, H, W)`` float32, labels ``(N,)`` int64."""
 
-    name: str
-    source: str
-    num_classes: int
-    train_x: torch.Tensor = field(repr=False)
-    train_y: torch.Tensor = field(repr=False)
     val_x: torch.Tensor = field(repr=False)
     val_y: torch.Tensor = field(repr=False)
-    test_x: torch.Tensor = field(repr=False)
-    test_y: torch.Tensor = field(repr=False)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.train_x.shape[1:]
-        return (int(c), int(h), int(w))
 
 
 def validation_indices(n: int, val: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -599,5 +587,6 @@ def split(data: Dataset, val: int, seed: int, subset: int | None = None) -> Spli
     if subset:
         x, y = x[:subset], y[:subset]
     train_idx, val_idx = validation_indices(x.shape[0], val, seed)
-    return Splits(data.name, data.source, data.num_classes, x[train_idx], y[train_idx],
-                  x[val_idx], y[val_idx], data.test_x, data.test_y)
+    return Splits(name=data.name, train_x=x[train_idx], train_y=y[train_idx],
+                  test_x=data.test_x, test_y=data.test_y, num_classes=data.num_classes,
+                  source=data.source, val_x=x[val_idx], val_y=y[val_idx])

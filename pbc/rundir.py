@@ -40,7 +40,7 @@ import pyro
 import torch
 
 from pbc import __version__, methods
-from pbc.config import TrainConfig
+from pbc.config import LEGACY_SETTINGS, TrainConfig
 from pbc.data import Splits, default_val_size, load_dataset, split
 from pbc.io import (
     ArtefactError,
@@ -152,8 +152,7 @@ def load_trained(path) -> TrainedRun:
     saved = run.saved_config()
     ckpt = run.checkpoint()
     try:
-        # a run saved before validation splits existed trained on the whole training set
-        config = TrainConfig(**{"val": 0, **saved["config"]})
+        config = TrainConfig(**{**LEGACY_SETTINGS, **saved["config"]})
         arch = Architecture.from_dict(saved["arch"])
         method = methods.get(config.prior)
         net = method.build(config, arch)

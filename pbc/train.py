@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from pbc import methods
 from pbc.bayes.elbo import MeanFieldELBO
-from pbc.config import TrainConfig
+from pbc.config import LEGACY_SETTINGS, TrainConfig
 from pbc.io import ArtefactError
 from pbc.methods import Method
 from pbc.nets import Architecture, classification_error, make_architecture
@@ -36,8 +36,6 @@ from pbc.rundir import RunDir, load_point_estimate, run_splits
 RESUME_KEYS = ("model", "prior", "data", "batch_size", "seed", "subset", "val", "tau0", "lr",
                "lr_schedule", "max_weight_var", "sws_tau", "sws_zero_rate", "sws_rate",
                "dc_keep")
-# what a setting was before it existed, where that differs from its default today
-LEGACY = {"val": 0}
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,7 +84,7 @@ def _start(config: TrainConfig, run: RunDir, net, optim) -> tuple[int, list[dict
     saved = run.saved_config()["config"]
     for key in RESUME_KEYS:
         # a setting added after the run was made has its legacy value there
-        before = LEGACY.get(key, TrainConfig.__dataclass_fields__[key].default)
+        before = LEGACY_SETTINGS.get(key, TrainConfig.__dataclass_fields__[key].default)
         if saved.get(key, before) != getattr(config, key):
             raise ArtefactError(f"{run}: cannot resume: {key} was {saved.get(key)!r}, "
                                 f"now {getattr(config, key)!r}")

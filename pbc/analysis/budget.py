@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from pbc.bayes.summaries import LayerPosterior
-from pbc.compression.masks import kept_weight_mask, structured_masks, weight_masks
-from pbc.compression.quantise import bit_precision, fixed_point_codes
+from pbc.compression.masks import structured_masks, surviving_weights, weight_masks
+from pbc.compression.quantise import posterior_fixed_point
 from pbc.nets import Architecture, build_network, classification_error
 
 PASSES = (0.5, 1.0)   # the share of the budget each pass may use
@@ -51,17 +51,21 @@ def pruned_quantised_state(arch: Architecture, state: dict[str, torch.Tensor],
     """``state`` (posterior means) with the weights the thresholds prune set to 0 and the
     kept ones rounded to fixed point at their layer's bit precision — the function of the
     compress stage's quantised network, in the original shapes."""
+    return _quantised_state(state, posts, _survivors(arch, posts, thresholds))
+
+
+def _survivors(arch, posts, thresholds) -> dict[str, np.ndarray]:
     masks = structured_masks(arch, posts, thresholds)
-    w_keep = weight_masks(posts, thresholds)
+    return surviving_weights(posts, masks, weight_masks(posts, thresholds))
+
+
+def _quantised_state(state, posts, keeps) -> dict[str, torch.Tensor]:
     out = dict(state)
     for name, post in posts.items():
-        keep = kept_weight_mask(post.kind, post.w_mean.shape, *masks[name])
-        if name in w_keep:
-            keep = keep & w_keep[name]
+        keep = keeps[name]
         w = state[f"{name}.weight"].detach().cpu().numpy() * keep
-        t = bit_precision(post.w_mean[keep], post.w_var[keep])["significand_bits"]
-        codes, codebook, _ = fixed_point_codes(w, t)
-        out[f"{name}.weight"] = torch.from_numpy(codebook[codes])
+        q = posterior_fixed_point(w, post.w_mean[keep], post.w_var[keep])
+        out[f"{name}.weight"] = torch.from_numpy(q.codebook[q.codes])
     return out
 
 
@@ -69,13 +73,7 @@ def kept_weights(arch: Architecture, posts: dict[str, LayerPosterior],
                  thresholds: dict[str, float]) -> int:
     """The number of weights the thresholds keep, masks propagated (a group's own weights and
     those it feeds or is fed by in the neighbouring layers)."""
-    masks = structured_masks(arch, posts, thresholds)
-    w_keep = weight_masks(posts, thresholds)
-    total = 0
-    for name, post in posts.items():
-        keep = kept_weight_mask(post.kind, post.w_mean.shape, *masks[name])
-        total += int((keep & w_keep[name]).sum() if name in w_keep else keep.sum())
-    return total
+    return sum(int(k.sum()) for k in _survivors(arch, posts, thresholds).values())
 
 
 def _thresholds_for(scores: np.ndarray) -> Callable[[int], float]:
@@ -111,7 +109,8 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
         masks = structured_masks(arch, posts, thresholds)
         if any(not m.any() for pair in masks.values() for m in pair):
             return math.inf              # a layer left without units: a constant network
-        net.load_state_dict(pruned_quantised_state(arch, state, posts, thresholds))
+        keeps = surviving_weights(posts, masks, weight_masks(posts, thresholds))
+        net.load_state_dict(_quantised_state(state, posts, keeps))
         return classification_error(net, x, y, batch_size=5000)
 
     net.load_state_dict({k: v.detach().cpu() for k, v in state.items()})

@@ -5,7 +5,8 @@
 * :func:`propagate_masks` — group masks → consistent ``(in_mask, out_mask)`` per layer: a
   layer's output unit goes when the next layer's input unit goes, and the other way round;
 * :func:`groups_of_weights` — the groups an unstructured (per-weight) mask empties;
-* :func:`kept_weight_mask` — the weights that survive structured pruning.
+* :func:`kept_weight_mask` — the weights that survive structured pruning;
+* :func:`surviving_weights` — per layer, the weights that survive both kinds of pruning.
 """
 
 from __future__ import annotations
@@ -78,3 +79,15 @@ def kept_weight_mask(kind: str, shape: tuple[int, ...], in_mask, out_mask) -> np
     """Boolean mask of the weights that survive structured pruning, of the weight's shape."""
     m = np.outer(out_mask, in_mask)
     return np.broadcast_to(m[:, :, None, None], shape) if kind == "conv" else m
+
+
+def surviving_weights(posts: dict[str, LayerPosterior],
+                      masks: dict[str, tuple[np.ndarray, np.ndarray]],
+                      w_keep: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per layer, the weights (weight shape, boolean) that structured pruning (``masks``, as
+    from :func:`structured_masks`) keeps and, for a per-weight posterior, ``w_keep`` too."""
+    out = {}
+    for name, post in posts.items():
+        keep = kept_weight_mask(post.kind, post.w_mean.shape, *masks[name])
+        out[name] = keep & w_keep[name] if name in w_keep else keep
+    return out

@@ -63,6 +63,15 @@ def bit_precision(w_mean_kept: np.ndarray, w_var_kept: np.ndarray) -> dict:
             "bits": 1 + e + t}
 
 
+def posterior_fixed_point(w: np.ndarray, w_mean_kept: np.ndarray,
+                          w_var_kept: np.ndarray) -> Quantised:
+    """``w`` rounded to fixed point at the bit precision of the kept weights' posterior
+    (:func:`bit_precision` of their means and variances; :func:`fixed_point_codes`)."""
+    bits = bit_precision(w_mean_kept, w_var_kept)
+    codes, codebook, t_used = fixed_point_codes(w, bits["significand_bits"])
+    return Quantised(codes, codebook, {**bits, "codebook_significand_bits": t_used})
+
+
 def fixed_point_codes(w: np.ndarray, t: int,
                       max_codes: int = codec.MAX_K) -> tuple[np.ndarray, np.ndarray, int]:
     """Round ``w`` to multiples of ``δ = 2^−t``; return ``(codes, codebook, t)``.

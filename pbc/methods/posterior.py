@@ -13,9 +13,9 @@ import numpy as np
 from pbc.bayes.net import BayesNet
 from pbc.bayes.priors import GroupPrior
 from pbc.bayes.summaries import layer_moments
-from pbc.compression.masks import kept_weight_mask, structured_masks, weight_masks
+from pbc.compression.masks import structured_masks, surviving_weights, weight_masks
 from pbc.compression.plan import CompressionPlan
-from pbc.compression.quantise import Quantised, bit_precision, fixed_point_codes
+from pbc.compression.quantise import Quantised, posterior_fixed_point
 from pbc.methods.base import ELBOMethod
 from pbc.nets import plain_network
 
@@ -56,15 +56,11 @@ class PosteriorMethod(ELBOMethod):
         posts = {layer.site: layer_moments(layer) for layer in net.bayes_layers()}
         masks = structured_masks(arch, posts, thresholds)
         w_keep = weight_masks(posts, thresholds)
+        keeps = surviving_weights(posts, masks, w_keep)
         full = plain_network(arch, net.posterior_mean_state_dict())
 
         def quantise(name: str, w: np.ndarray) -> Quantised:
-            post = posts[name]
-            keep = kept_weight_mask(post.kind, post.w_mean.shape, *masks[name])
-            if name in w_keep:
-                keep = keep & w_keep[name]
-            bits = bit_precision(post.w_mean[keep], post.w_var[keep])
-            codes, codebook, t_used = fixed_point_codes(w, bits["significand_bits"])
-            return Quantised(codes, codebook, {**bits, "codebook_significand_bits": t_used})
+            post, keep = posts[name], keeps[name]
+            return posterior_fixed_point(w, post.w_mean[keep], post.w_var[keep])
 
         return CompressionPlan(full.state_dict(), masks, quantise, w_keep, dict(thresholds))
