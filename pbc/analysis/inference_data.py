@@ -33,7 +33,9 @@ def to_inference_data(posterior: dict[str, np.ndarray], moments: dict[str, tuple
 
     ``posterior``: name → array ``(chains, draws, *shape)``; ``moments``: name →
     ``(dims, array)`` for the ``posterior_moments`` group (left out when empty); ``dims``:
-    posterior var → dims; ``coords``: dim → labels.
+    posterior var → dims; ``coords``: dim → labels.  Under both lines the groups are
+    ``posterior`` and ``posterior_moments`` and ``attrs`` are set on each of them (0.x's
+    ``from_dict(attrs=...)`` would put them on the file's root instead).
     """
     import xarray as xr
 
@@ -45,7 +47,8 @@ def to_inference_data(posterior: dict[str, np.ndarray], moments: dict[str, tuple
             tree["posterior_moments"] = xr.DataTree(moments_ds)
         tree["posterior"].attrs.update(attrs)
         return tree
-    idata = az.from_dict(posterior=posterior, dims=dims, coords=coords, attrs=attrs)
+    idata = az.from_dict(posterior=posterior, dims=dims, coords=coords)
+    idata.posterior.attrs.update(attrs)
     if moments:
         idata.add_groups({"posterior_moments": moments_ds})
     return idata
@@ -71,6 +74,30 @@ def read_posterior(path):
     return arviz().from_netcdf(str(path))
 
 
+#: probability of the highest-density interval in :func:`summary`
+HDI_PROB = 0.94
+#: the columns of :func:`summary`, in order, under either ArviZ line
+SUMMARY_COLUMNS = ("mean", "sd", "hdi_3%", "hdi_97%", "mcse_mean", "mcse_sd", "ess_bulk",
+                   "ess_tail", "r_hat")
+
+
 def summary(data, var_names=None) -> pd.DataFrame:
-    """``az.summary`` of the posterior draws (mean, sd, intervals, ESS, R-hat)."""
-    return arviz().summary(data, var_names=var_names)
+    """``az.summary`` of the posterior draws, one row per scalar (``fc2.z[0]``, …), as the same
+    table under ArviZ 0.x and 1.x: unrounded floats in :data:`SUMMARY_COLUMNS` — mean, sd, the
+    bounds of the 94% highest-density interval (0.x's names), Monte Carlo standard errors,
+    bulk and tail ESS, R-hat.
+
+    By default ArviZ 1.x gives an 89% equal-tailed interval (``eti89_lb``/``eti89_ub``) and
+    rounds the numbers into text; here it is asked for the 94% HDI, unrounded, and the
+    interval's columns are renamed.
+    """
+    az = arviz()
+    lower, upper = SUMMARY_COLUMNS[2:4]
+    if arviz_major() >= 1:
+        table = az.summary(data, var_names=var_names, ci_kind="hdi", ci_prob=HDI_PROB,
+                           round_to="none")
+        table = table.rename(columns=lambda c: lower if c.endswith("_lb")
+                             else upper if c.endswith("_ub") else c)
+    else:
+        table = az.summary(data, var_names=var_names, hdi_prob=HDI_PROB, round_to="none")
+    return pd.DataFrame(table[list(SUMMARY_COLUMNS)], dtype=float)
