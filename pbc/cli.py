@@ -99,6 +99,9 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--lr", type=_positive_float, default=1e-3)
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
                    help="cosine: decay the learning rate to 0 over the run")
+    p.add_argument("--scale-var-lr", type=_positive_float, default=10.0,
+                   help="gnj, ghs: learning-rate multiplier for the log-variances of the group "
+                        "scales, which set the dropout rates log α")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--subset", type=_positive_int, help="train on the first N examples only")
@@ -178,7 +181,7 @@ def _train_config(args, prior: str):
     return TrainConfig(
         out=args.out, model=args.model, prior=prior, data=args.data, data_dir=args.data_dir,
         download=args.download, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        lr_schedule=args.lr_schedule,
+        lr_schedule=args.lr_schedule, scale_var_lr=args.scale_var_lr,
         seed=args.seed, device=args.device, subset=args.subset, val=args.val,
         init_from=args.init_from,
         resume=args.resume, tau0=args.tau0, kl_warmup=args.kl_warmup, sws_tau=args.sws_tau,

@@ -17,8 +17,9 @@ from pbc.nets import ARCHITECTURES
 
 LR_SCHEDULES = ("cosine", "constant")
 # what a setting was before it existed, where that differs from its default today: a run saved
-# before validation splits existed trained on the whole training set
-LEGACY_SETTINGS = {"val": 0}
+# before validation splits existed trained on the whole training set, and one saved before the
+# scales' learning rate was raised trained every parameter at one rate
+LEGACY_SETTINGS = {"val": 0, "scale_var_lr": 1.0}
 # soft weight-sharing's weight of the prior against the log-likelihood (Ullrich et al. 2017)
 SWS_DEFAULT_TAU = 0.005
 
@@ -37,6 +38,7 @@ class TrainConfig:
     batch_size: int = 100
     lr: float = 1e-3
     lr_schedule: str = "cosine"
+    scale_var_lr: float = 10.0   # learning-rate multiplier for the group scales' log-variances
     seed: int = 0
     device: str = "cpu"
     subset: int | None = None
@@ -66,8 +68,10 @@ class TrainConfig:
                              f"{list(LR_SCHEDULES)}")
         if self.kl_warmup < 0:
             raise ValueError(f"kl_warmup must be ≥ 0, got {self.kl_warmup}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        for field in ("lr", "scale_var_lr"):
+            value = getattr(self, field)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{field} must be a positive number, got {value}")
         if self.subset is not None and self.subset < 1:
             raise ValueError(f"subset must be at least 1, got {self.subset}")
         if self.val is not None and self.val < 0:

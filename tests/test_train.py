@@ -293,3 +293,38 @@ def test_default_variance_bound_and_scale_start_follow_the_starting_point():
     fc1 = [methods.get("ghs").build(c, arch).bayes_layers()[0] for c in configs]
     assert fc1[0].q_scale.mean().mean().item() == pytest.approx(1.0, rel=0.05)
     assert fc1[1].q_scale.mean().mean().item() == pytest.approx(784 ** -0.5, rel=0.05)
+
+
+@pytest.mark.parametrize("prior, per_layer", [("gnj", 1), ("ghs", 4), ("svd", 0)])
+def test_group_scale_log_variances_learn_at_their_own_rate(prior, per_layer):
+    """Adam's groups: the log-variances of every group scale's q(z) — and nothing else — take
+    ``scale_var_lr`` times the learning rate; every parameter is in exactly one group."""
+    from pbc import methods
+    from pbc.nets import make_architecture
+
+    config = TrainConfig(out="x", prior=prior, scale_var_lr=7.0)
+    net = methods.get(prior).build(config, make_architecture("lenet300", (1, 28, 28), 10))
+    groups = methods.get(prior).param_groups(net, config)
+    assert [g["lr_scale"] for g in groups] == [1.0, 7.0]
+    fast = groups[1]["params"]
+    assert len(fast) == 3 * per_layer
+    expected = {id(p) for name, p in net.named_parameters()
+                if "scale_guide" in name and name.endswith("logvar")}
+    assert {id(p) for p in fast} == expected
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in net.parameters())
+
+
+def test_a_run_saved_before_the_scale_learning_rate_resumes_at_one_rate(trained_runs,
+                                                                        tiny_data, tmp_path):
+    """A run whose config.json predates ``scale_var_lr`` trained at one rate: it resumes with
+    ``--scale-var-lr 1`` and is refused under today's default."""
+    run = trained_runs.copy(tmp_path / "r", lr_schedule="constant", scale_var_lr=1.0)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["config"]["scale_var_lr"]
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ArtefactError, match="scale_var_lr was 1.0, now 10.0"):
+        train(tiny_config(run, tiny_data, epochs=2, lr_schedule="constant", resume=True))
+    train(tiny_config(run, tiny_data, epochs=2, lr_schedule="constant", scale_var_lr=1.0,
+                      resume=True))
+    assert load_trained(run).config.scale_var_lr == 1.0

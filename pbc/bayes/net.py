@@ -71,6 +71,11 @@ class BayesNet(nn.Module):
     def bayes_layers(self) -> list[BayesLayer]:
         return list(self._bayes)
 
+    def scale_log_variances(self) -> list[nn.Parameter]:
+        """The log-variances of every group scale's posterior ``q(z)`` (none for Sparse VD)."""
+        return [p for layer in self._bayes if layer.q_scale is not None
+                for p in layer.q_scale.log_variances()]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, classes)`` for ``x: (N, C, H, W)``; samples the layers' model sites."""
         return self.body(x)

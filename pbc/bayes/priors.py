@@ -226,6 +226,10 @@ class NormalScaleGuide(nn.Module):
     def variance(self) -> torch.Tensor:
         return self.logvar.exp()
 
+    def log_variances(self) -> list[nn.Parameter]:
+        """The parameters that set the dropout rates' spread (``log σ²``)."""
+        return [self.logvar]
+
     @torch.no_grad()
     def draws(self, n: int) -> dict[str, torch.Tensor]:
         return {"z": self.rsample_per_example(n)}
@@ -283,6 +287,10 @@ class HorseshoeScaleGuide(nn.Module):
         zb = pyro.sample(f"{layer}.zb", ln(self.zb_loc, self.zb_logvar).to_event(1),
                          infer=DEFERRED)
         return horseshoe_scales(layer, sa, sb, za, zb)
+
+    def log_variances(self) -> list[nn.Parameter]:
+        """The parameters that set the dropout rates (every factor's ``log σ²``)."""
+        return [self.sa_logvar, self.sb_logvar, self.za_logvar, self.zb_logvar]
 
     def log_s_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of ``log s`` (scalars)."""

@@ -61,7 +61,7 @@ class Method:
         """Start ``net`` from a plain network's state dict (``--init-from``)."""
         net.load_state_dict(state)
 
-    def param_groups(self, net: nn.Module) -> list[dict]:
+    def param_groups(self, net: nn.Module, config: TrainConfig) -> list[dict]:
         """Optimiser parameter groups; an optional ``lr_scale`` multiplies the learning rate."""
         return [{"params": list(net.parameters())}]
 

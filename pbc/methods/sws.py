@@ -192,7 +192,7 @@ class SoftWeightSharing(ELBOMethod):
     def load_point_estimate(self, net, state):
         net.load_point_estimate(state)
 
-    def param_groups(self, net):
+    def param_groups(self, net, config):
         return net.param_groups()
 
     def complexity_scale(self, config):
