@@ -2,7 +2,8 @@
 
 A study script in ``studies/`` declares a :class:`Study` and calls :func:`main`.  The stages::
 
-    pretrain (plain net, <out>/pretrain) → train (<out>/run, from the pretrained weights)
+    pretrain (plain net, <out>/pretrain) → train (<out>/run, from the pretrained weights,
+    or from scratch when the study pretrains for 0 epochs)
       → analyse (Bayesian methods) → compress → bench → report (<out>/report.pdf)
 
 Each stage writes its artefacts, so a stopped study continues where it stopped: a run whose
@@ -52,7 +53,8 @@ def parse_args(study: Study, argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=f"runs/studies/{study.data}/{study.name}")
     p.add_argument("--data-dir", help="where the data set's files are")
     p.add_argument("--epochs", type=int, default=study.epochs)
-    p.add_argument("--pretrain-epochs", type=int, default=study.pretrain_epochs)
+    p.add_argument("--pretrain-epochs", type=int, default=study.pretrain_epochs,
+                   help="epochs of the plain net the method starts from (0: from scratch)")
     p.add_argument("--pretrained", help="use this plain run instead of pretraining one")
     p.add_argument("--device", default=study.device)
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -78,7 +80,8 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
     data_dir, common = args.data_dir, {}
     if args.smoke:
         data_dir = str(write_synthetic_dataset(out / "smoke-data", study.data))
-        args.epochs, args.pretrain_epochs, args.bench_batch = 1, 1, 64
+        args.epochs, args.bench_batch = 1, 64
+        args.pretrain_epochs = min(args.pretrain_epochs, 1)
         args.device = "cpu"  # the smoke run checks the pipeline, on any machine
         common = {"subset": 200, "batch_size": 20}
     model = SMOKE_MODELS.get(study.model, study.model) if args.smoke else study.model
@@ -87,17 +90,21 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
     step = _Steps(6)
 
     pre = Path(args.pretrained) if args.pretrained else out / "pretrain"
-    if not args.pretrained:
+    if args.pretrained:
+        step(f"pretrained plain run: {pre}")
+    elif args.pretrain_epochs:
         step(f"pretrain {model} (plain, {args.pretrain_epochs} epochs) → {pre}")
         lr = {"lr": 1e-2} if args.smoke else {}  # tiny data: weights must move in one epoch
         _train(TrainConfig(out=str(pre), prior="none", epochs=args.pretrain_epochs,
                            **common, **lr))
     else:
-        step(f"pretrained plain run: {pre}")
+        step("no pretraining: the method trains from scratch")
+        pre = None
     run = out / "run"
-    step(f"train {model} under {study.prior} ({args.epochs} epochs, from {pre}) → {run}")
+    step(f"train {model} under {study.prior} ({args.epochs} epochs, from "
+         f"{pre or 'scratch'}) → {run}")
     _train(TrainConfig(out=str(run), prior=study.prior, epochs=args.epochs,
-                       init_from=str(pre), **common, **study.train))
+                       init_from=str(pre) if pre else None, **common, **study.train))
 
     def stage(artefact: str, text: str, fn) -> None:
         step(text)
@@ -115,7 +122,8 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
     stage(BENCH, f"bench dense vs compressed ({args.device}, batch {args.bench_batch})",
           lambda: bench(run, batch=args.bench_batch, device=args.device, threads=args.threads,
                         repeats=2 if args.smoke else 20))
-    stage(REPORT, f"report → {run / REPORT}", lambda: build_report([run, pre], run / REPORT))
+    stage(REPORT, f"report → {run / REPORT}",
+          lambda: build_report([run, pre] if pre else [run], run / REPORT))
     return run
 
 
