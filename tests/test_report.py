@@ -169,3 +169,22 @@ def test_paper_rows_name_their_sources():
             assert row.sources and set(row.sources) <= set(paper.SOURCES)
     gnj = next(r for r in paper.rows_for("lenet5") if r.method == "BC-GNJ")
     assert gnj.architecture == (8, 13, 88, 13) and gnj.max_compression == 573
+
+
+def test_protocol_states_epochs_start_and_threshold_rule():
+    """Each run row of Table 2 says how the run was made: epochs, start, threshold rule."""
+    from pbc.reporting.tables import protocol
+    from pbc.rundir import RunRecord
+
+    def record(init_from=None, analysis=None):
+        saved = {"config": {"epochs": 30, "init_from": init_from, "prior": "gnj",
+                            "model": "lenet5"}}
+        return RunRecord(Path("r"), "r", saved, analysis=analysis)
+
+    budget = {"selection": {"rule": "budget", "error_budget_points": 0.5}}
+    assert protocol(record(analysis=budget)) == \
+        "30 ep. from scratch, error budget 0.5 pts (val.)"
+    assert protocol(record("plain", {"thresholds": {}})) == "30 ep. from a plain net, gap rule"
+    assert protocol(record("plain", {"selection": {"rule": "budget", "given": ["fc1"]}})) \
+        == "30 ep. from a plain net, thresholds given"
+    assert protocol(record("plain")) == "30 ep. from a plain net"      # no analysis (sws, dc)

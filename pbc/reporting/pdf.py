@@ -305,6 +305,7 @@ def _table2_pages(t2: pd.DataFrame):
             src = _paper_source(r["model"])
         else:
             src = r["run"]
+            note = "; ".join(filter(None, [r["protocol"], note]))
             full, compressed = _pct(r["error_full"]), _pct(r["error_packed"])
             if _missing(r["error_full"]) and not _missing(r["test_error_last_epoch"]):
                 full = _pct(r["test_error_last_epoch"])

@@ -132,7 +132,7 @@ def table2(runs: list[RunRecord]) -> pd.DataFrame:
                          "note": "" if known else "not in this table of the paper"})
         for run in members:
             row = {"source": "run", "model": model, "method": paper.method_name(run.prior),
-                   "run": run.label,
+                   "run": run.label, "protocol": protocol(run),
                    "test_error_last_epoch": run.metrics[-1].get("test_error")
                    if run.metrics else None}
             comp = run.compression
@@ -159,7 +159,25 @@ def table2(runs: list[RunRecord]) -> pd.DataFrame:
                                                            "packed_bytes"])
 
 
-_T2_COLUMNS = ["source", "model", "method", "run", "error_full", "error_pruned",
+def protocol(run: RunRecord) -> str:
+    """How a run was made, in a few words: epochs, start, and the threshold rule of its
+    analyse stage (``analysis.json`` ``selection``; runs analysed before it existed used the
+    gap rule)."""
+    config = run.config
+    start = "from a plain net" if config.get("init_from") else "from scratch"
+    words = [f"{config.get('epochs')} ep. {start}"]
+    if run.analysis is not None:
+        sel = run.analysis.get("selection") or {"rule": "gap"}
+        if "error_budget_points" in sel:
+            words.append(f"error budget {sel['error_budget_points']} pts (val.)")
+        elif sel.get("rule") == "budget":
+            words.append("thresholds given")
+        else:
+            words.append(f"{sel.get('rule')} rule")
+    return ", ".join(words)
+
+
+_T2_COLUMNS = ["source", "model", "method", "run", "protocol", "error_full", "error_pruned",
                "error_quantised", "error_kmeans", "error_packed", "test_error_last_epoch",
                "paper_error_pct", "weights_total", "weights_kept", "nonzero_pct", "pruning",
                "fast_prediction", "max_compression", "packed_bytes", "artefact", "note"]
