@@ -39,7 +39,7 @@ from pbc.bayes.elbo import LN2, MeanFieldELBO
 from pbc.bayes.summaries import LayerPosterior, layer_moments
 from pbc.compression.masks import kept_weight_mask, structured_masks, weight_masks
 from pbc.compression.quantise import bit_precision
-from pbc.io import StageError, atomic_path, atomic_write, write_json
+from pbc.io import StageError, atomic_write, write_json
 from pbc.nets import parse_layer_values
 from pbc.reporting import figures
 from pbc.rundir import ANALYSIS, FIGURES, GROUPS, LAYERS, POSTERIOR, load_trained, run_splits
@@ -230,10 +230,11 @@ def _log_abs_data(arrays: dict[str, np.ndarray], dims: dict, coords: dict):
 
 
 def _save_arviz_plot(plot, path: Path, title: str) -> None:
-    """Save what an ArviZ plot returned: axes (0.x) or a PlotCollection (1.x)."""
-    if hasattr(plot, "savefig"):
-        with atomic_path(path) as tmp:
-            plot.savefig(tmp)
+    """Save what an ArviZ plot returned, with ``title`` above it: axes (0.x) or a
+    PlotCollection (1.x), whose matplotlib figure is ``get_viz("figure")``."""
+    if hasattr(plot, "get_viz"):
+        fig = plot.get_viz("figure")
+        figures.save_titled(fig.item() if hasattr(fig, "item") else fig, path, title)
     else:
         figures.save_axes(plot, path, title=title)
 

@@ -27,13 +27,16 @@ def save_figure(fig, path: Path, dpi: int = 130) -> Path:
     return path
 
 
+def save_titled(fig, path: Path, title: str | None = None) -> Path:
+    """Save ``fig`` with ``title`` above its panels' own titles."""
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.03)
+    return save_figure(fig, path)
+
+
 def save_axes(axes, path: Path, title: str | None = None) -> Path:
     """Save the figure that ``axes`` (an Axes or an array of them, e.g. from ArviZ) belong to."""
-    ax = np.asarray(axes).ravel()[0]
-    fig = ax.figure
-    if title:
-        fig.suptitle(title, fontsize=10, y=1.03)  # above the panels' own titles
-    return save_figure(fig, path)
+    return save_titled(np.asarray(axes).ravel()[0].figure, path, title)
 
 
 @contextmanager
