@@ -178,7 +178,7 @@ def test_protocol_states_epochs_start_and_threshold_rule():
 
     def record(init_from=None, analysis=None):
         saved = {"config": {"epochs": 30, "init_from": init_from, "prior": "gnj",
-                            "model": "lenet5"}}
+                            "model": "lenet5", "val": 5000}}
         return RunRecord(Path("r"), "r", saved, analysis=analysis)
 
     budget = {"selection": {"rule": "budget", "error_budget_points": 0.5}}
@@ -188,3 +188,5 @@ def test_protocol_states_epochs_start_and_threshold_rule():
     assert protocol(record("plain", {"selection": {"rule": "budget", "given": ["fc1"]}})) \
         == "30 ep. from a plain net, thresholds given"
     assert protocol(record("plain")) == "30 ep. from a plain net"      # no analysis (sws, dc)
+    legacy = RunRecord(Path("r"), "r", {"config": {"epochs": 20, "init_from": "plain"}})
+    assert protocol(legacy) == "20 ep. from a plain net, no validation split"

@@ -160,12 +160,14 @@ def table2(runs: list[RunRecord]) -> pd.DataFrame:
 
 
 def protocol(run: RunRecord) -> str:
-    """How a run was made, in a few words: epochs, start, and the threshold rule of its
-    analyse stage (``analysis.json`` ``selection``; runs analysed before it existed used the
-    gap rule)."""
+    """How a run was made, in a few words: epochs, start, whether a validation split was held
+    out, and the threshold rule of its analyse stage (``analysis.json`` ``selection``; runs
+    analysed before it existed used the gap rule)."""
     config = run.config
     start = "from a plain net" if config.get("init_from") else "from scratch"
     words = [f"{config.get('epochs')} ep. {start}"]
+    if not config.get("val"):
+        words.append("no validation split")
     if run.analysis is not None:
         sel = run.analysis.get("selection") or {"rule": "gap"}
         if "error_budget_points" in sel:
