@@ -35,8 +35,8 @@ from pbc.rundir import RunDir, load_point_estimate, run_splits
 
 # the settings a resumed run must share with the run it continues
 RESUME_KEYS = ("model", "prior", "data", "batch_size", "seed", "subset", "val", "tau0", "lr",
-               "lr_schedule", "scale_var_lr", "max_weight_var", "sws_tau", "sws_zero_rate", "sws_rate",
-               "dc_keep")
+               "lr_schedule", "scale_var_lr", "max_weight_var", "sws_tau", "sws_zero_rate",
+               "sws_rate", "dc_keep")
 
 
 class TrainingDiverged(RuntimeError):

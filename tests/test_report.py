@@ -188,5 +188,6 @@ def test_protocol_states_epochs_start_and_threshold_rule():
     assert protocol(record("plain", {"selection": {"rule": "budget", "given": ["fc1"]}})) \
         == "30 ep. from a plain net, thresholds given"
     assert protocol(record("plain")) == "30 ep. from a plain net"      # no analysis (sws, dc)
-    legacy = RunRecord(Path("r"), "r", {"config": {"epochs": 20, "init_from": "plain"}})
-    assert protocol(legacy) == "20 ep. from a plain net, no validation split"
+    legacy = RunRecord(Path("r"), "r", {"config": {"epochs": 20, "init_from": "plain",
+                                                   "prior": "svd"}}, analysis={})
+    assert protocol(legacy) == "20 ep. from a plain net, no validation split, sparse-vd rule"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pbc import methods
 from pbc.io import atomic_write
 from pbc.reporting import paper
 from pbc.rundir import ANALYSIS, COMPRESSION, LAYERS, METRICS, RunRecord
@@ -162,14 +163,16 @@ def table2(runs: list[RunRecord]) -> pd.DataFrame:
 def protocol(run: RunRecord) -> str:
     """How a run was made, in a few words: epochs, start, whether a validation split was held
     out, and the threshold rule of its analyse stage (``analysis.json`` ``selection``; runs
-    analysed before it existed used the gap rule)."""
+    analysed before it existed used the method's fixed threshold, else the gap rule)."""
     config = run.config
     start = "from a plain net" if config.get("init_from") else "from scratch"
     words = [f"{config.get('epochs')} ep. {start}"]
     if not config.get("val"):
         words.append("no validation split")
     if run.analysis is not None:
-        sel = run.analysis.get("selection") or {"rule": "gap"}
+        fixed = methods.get(run.prior).fixed_threshold() if run.prior in methods.names() \
+            else None
+        sel = run.analysis.get("selection") or {"rule": fixed[1] if fixed else "gap"}
         if "error_budget_points" in sel:
             words.append(f"error budget {sel['error_budget_points']} pts (val.)")
         elif sel.get("rule") == "budget":
