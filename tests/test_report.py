@@ -20,7 +20,7 @@ from pbc.reporting import paper
 from pbc.reporting.pdf import build_report
 
 REAL = Path(__file__).resolve().parents[1] / "reports" / "fashion-mnist"
-RUNS = ("lenet300-gnj", "lenet5-ghs", "lenet300-none")
+RUNS = ("lenet300-gnj-200", "lenet5-ghs", "lenet300-none")
 
 pytestmark = pytest.mark.skipif(not all((REAL / r / "config.json").is_file() for r in RUNS),
                                 reason="reports/fashion-mnist run artefacts not present")
@@ -54,7 +54,7 @@ def test_pdf_builds_with_expected_pages(runs, tmp_path):
     # title, Table 1, Table 2, Figure 1, diagnostics (gnj: 2 wide + 3 forest plots → 2 pages;
     # ghs: 3 wide + 4 forest plots → 2; none: 0), curves, MDL
     assert r.pages == ["title", "table1", "table2", "figure1",
-                       "diagnostics lenet300-gnj (1/2)", "diagnostics lenet300-gnj (2/2)",
+                       "diagnostics lenet300-gnj-200 (1/2)", "diagnostics lenet300-gnj-200 (2/2)",
                        "diagnostics lenet5-ghs (1/2)", "diagnostics lenet5-ghs (2/2)",
                        "curves", "mdl"]
     assert _pdf_pages(r.pdf) == len(r.pages) == 10
@@ -93,7 +93,7 @@ def test_csv_numbers_equal_the_artefacts(runs, tmp_path):
         assert per.loc["(run)", "kl_bits"] == metrics[-1]["kl_bits"]
         assert per.loc["(run)", "packed_bytes"] == comp["packed_bytes"]
     # Table 1: LeNet-300-100 in_kept, LeNet-5 conv out_kept / fc in_kept, as in the paper
-    assert list(t1[t1.run == "lenet300-gnj"]["units_total"]) == [784, 300, 100]
+    assert list(t1[t1.run == "lenet300-gnj-200"]["units_total"]) == [784, 300, 100]
     assert list(t1[t1.run == "lenet5-ghs"]["units_total"]) == [20, 50, 800, 500]
     # the paper's rows come from pbc.paper, unchanged
     bc = t2[(t2.source == "paper") & (t2.model == "lenet5") & (t2.method == "BC-GNJ")].iloc[0]
@@ -111,12 +111,12 @@ def test_missing_artefacts_leave_empty_cells(runs, tmp_path):
     assert _pdf_pages(r.pdf) == len(r.pages)
     assert "figure1" in r.pages and "diagnostics lenet5-ghs (1/2)" in r.pages
     t1, t2, mdl = _csv(r.csv["table1"]), _csv(r.csv["table2"]), _csv(r.csv["mdl"])
-    row = t2[t2.run == "lenet300-gnj"].iloc[0]
+    row = t2[t2.run == "lenet300-gnj-200"].iloc[0]
     assert pd.isna(row["pruning"]) and pd.isna(row["error_packed"])
     assert "no compression.json" in row["note"]
     # without compression.json, Table 1 falls back to the analyse stage's layers.csv
     layers = pd.read_csv(gnj / "layers.csv")
-    g = t1[t1.run == "lenet300-gnj"]
+    g = t1[t1.run == "lenet300-gnj-200"]
     assert list(g["units_kept"]) == list(layers["in_kept"]) and set(g["artefact"]) == {
         "layers.csv"}
     h = t1[t1.run == "lenet5-ghs"]
@@ -133,7 +133,7 @@ def test_per_layer_kl_bits_used_when_layers_csv_has_them(runs, tmp_path):
     layers["kl_bits"] = [1234.5, 67.25, 8.0]
     layers.to_csv(gnj / "layers.csv", index=False)
     mdl = _csv(build_report(runs, tmp_path / "cmp.pdf").csv["mdl"])
-    per = mdl[mdl.run == "lenet300-gnj"].set_index("layer")
+    per = mdl[mdl.run == "lenet300-gnj-200"].set_index("layer")
     assert list(per.loc[["fc1", "fc2", "fc3"], "kl_bits"]) == [1234.5, 67.25, 8.0]
     assert set(per.loc[["fc1", "fc2", "fc3"], "kl_source"]) == {"layers.csv"}
 
