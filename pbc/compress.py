@@ -22,12 +22,19 @@ biases excluded from both sides, as in the paper):
 * ``nonzero_fraction`` = |w ≠ 0| / |w| and ``pruning`` = |w| / |w ≠ 0|, counting the nonzero
   weights of the pruned export (for the structured methods these are the kept weights);
 * ``fast_prediction`` = 32·|w| / Σ_l |w kept|_l · bits_l  (the dense pruned layers, which for
-  the unstructured methods keep every unit that still has a weight; bits = 1 + e + t for the
-  fixed-point methods, the codebook index bits for DC and SWS);
+  the unstructured methods keep every unit that still has a weight; for the methods with a
+  posterior bit precision t, bits = the narrower of a float (1 + e + t) and a fixed-point
+  integer of step 2^−t; the codebook index bits for DC and SWS);
 * ``max_compression`` = 32·|w| / 8·Σ_l (Huffman value bytes + Huffman index bytes +
   4·codebook entries) — the weights' share of the packed file.
-* ``file_bytes`` is the whole packed file; ``accounted_bytes`` = header + Σ per-layer parts
-  (weights, index, codebook, float32 biases, Huffman tables, section fields) equals it.
+* ``file_bytes`` is the whole packed file; ``accounted_bytes`` = header and checksum + Σ
+  per-layer parts (weights, index, codebook, float32 biases, Huffman tables, section fields)
+  equals it.
+
+The four files are written under the run directory's lock and committed together
+(:class:`pbc.io.Commit`): a kill leaves the previous set or the new one, never a mix.
+``compression.json`` records the SHA-256 of the other three (``sha256``), which the readers
+of :mod:`pbc.rundir` check.
 """
 
 from __future__ import annotations
@@ -39,9 +46,17 @@ from pbc.compression import codec
 from pbc.compression.export import load_packed, packed_meta, save_export
 from pbc.compression.plan import INDEX_BITS, KMEANS_BITS, Structured, structured_export
 from pbc.compression.quantise import kmeans_codes
-from pbc.io import StageError, write_json
+from pbc.io import Commit, StageError, sha256_file, write_json
 from pbc.nets import classification_error, plain_network
-from pbc.rundir import COMPRESSION, PACKED, PRUNED, QUANTISED, load_trained, run_splits
+from pbc.rundir import (
+    COMPRESSION,
+    PACKED,
+    PRUNED,
+    QUANTISED,
+    RunDir,
+    load_trained,
+    run_splits,
+)
 
 
 def _with_weights(structured: Structured, weights: dict[str, torch.Tensor]) -> dict:
@@ -53,7 +68,11 @@ def _with_weights(structured: Structured, weights: dict[str, torch.Tensor]) -> d
 def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
     """Run the compress stage on a trained run (analysed first where the method has a
     posterior); returns the ``compression.json`` record."""
-    trained = load_trained(run_dir)
+    with RunDir(run_dir).writing("pbc compress"):
+        return _compress(load_trained(run_dir), kmeans_bits)
+
+
+def _compress(trained, kmeans_bits: dict[str, int] | None) -> dict:
     run, config, arch = trained.dir, trained.config, trained.arch
     plan = trained.method.compression_plan(run, config, arch, trained.net)
     empty = [n for n, (in_m, out_m) in plan.masks.items() if not in_m.any() or not out_m.any()]
@@ -95,20 +114,30 @@ def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
     quant_state = _with_weights(structured, fixed_w)
     quant_net = plain_network(structured.arch, quant_state)
     kmeans_net = plain_network(structured.arch, _with_weights(structured, kmeans_w))
-    save_export(run / PRUNED, structured.arch, structured.state)
-    save_export(run / QUANTISED, structured.arch, quant_state)
     extra = {k: v for k, v in structured.state.items()
              if k.rsplit(".", 1)[0] not in structured.weighted}
     meta = packed_meta(structured.arch, extra, {"run": str(run), "prior": config.prior,
                                                 "model": config.model, "data": config.data})
-    file_bytes = codec.write_pbcz(run / PACKED, packed, meta)
-    decoded = load_packed(run / PACKED)
-
     config, data = run_splits(config)
+    with Commit(run.path) as commit:       # a kill leaves the old four files or the new four
+        staged = {name: commit.path(name) for name in (PRUNED, QUANTISED, PACKED)}
+        save_export(staged[PRUNED], structured.arch, structured.state)
+        save_export(staged[QUANTISED], structured.arch, quant_state)
+        file_bytes = codec.write_pbcz(staged[PACKED], packed, meta)
+        decoded = load_packed(staged[PACKED])
+        record = _record(run, config, data, layers, packed, meta, file_bytes,
+                         {"full": full, "pruned": pruned_net, "quantised": quant_net,
+                          "kmeans": kmeans_net, "packed": decoded}, quant_net)
+        record["sha256"] = {name: sha256_file(p) for name, p in staged.items()}
+        write_json(commit.path(COMPRESSION), record)
+    return record
+
+
+def _record(run, config, data, layers, packed, meta, file_bytes, nets, quant_net) -> dict:
+    """The ``compression.json`` record (errors of ``nets`` on the test and validation
+    splits, rates, byte counts)."""
     x, y = data.test_x, data.test_y
-    same, max_diff = _compare(quant_net, decoded, x)
-    nets = {"full": full, "pruned": pruned_net, "quantised": quant_net, "kmeans": kmeans_net,
-            "packed": decoded}
+    same, max_diff = _compare(quant_net, nets["packed"], x)
     sizes = codec.size_report(packed, meta)
     record = {
         "run": str(run), "prior": config.prior, "model": config.model, "data": config.data,
@@ -121,9 +150,9 @@ def compress(run_dir, kmeans_bits: dict[str, int] | None = None) -> dict:
         "accounted_bytes": sizes["total_bytes"] + codec.header_bytes(meta),
         "size_parts": sizes["layers"],
         "packed_matches_quantised": {"same_argmax": same, "max_abs_logit_diff": max_diff},
-        "conventions": __doc__.split("Size conventions")[1].strip(),
+        "conventions": __doc__.split("Size conventions")[1].split("\n\nThe four files")[0]
+        .strip(),
     }
-    write_json(run / COMPRESSION, record)
     return record
 
 

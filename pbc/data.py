@@ -16,7 +16,14 @@ numpy array needs, so an untrusted file cannot run code.
 A dataset's directory is looked up in: the explicit ``data_dir`` (or ``data_dir/<name>``),
 ``$PBC_DATA`` (or ``$PBC_DATA/<name>``), the user cache ``$XDG_CACHE_HOME/pbc/<name>``
 (default ``~/.cache/pbc/<name>``) and ``/usr/share/datasets/<name>`` (Debian's
-``dataset-fashion-mnist``). Images become float32 in ``[0, 1]`` with shape ``(N, C, H, W)``.
+``dataset-fashion-mnist``).  An explicit ``data_dir`` is searched alone: one that does not
+hold the files is an error, never a reason to use other data.  Images become float32 in
+``[0, 1]`` with shape ``(N, C, H, W)``.
+
+Sizes are checked before memory is taken: an IDX header may declare at most
+:data:`MAX_IDX_BYTES` of payload, images must be 28x28 before their payload is read, and no
+more than the declared payload (and one byte, to detect trailing data) is decompressed, so a
+small gzip file cannot expand beyond what its header says.
 """
 
 from __future__ import annotations
@@ -171,7 +178,14 @@ def _qualifies(name: str, directory: pathlib.Path) -> bool:
     return all(_idx_path(directory, f) is not None for f in IDX_FILES)
 
 
-def _not_found_message(name: str, dirs: list[pathlib.Path]) -> str:
+def _not_found_message(name: str, dirs: list[pathlib.Path],
+                       explicit: list[pathlib.Path] | None = None) -> str:
+    if explicit:   # an explicit directory is searched alone: say where else pbc would look
+        others = [d for d in dirs if d not in explicit]
+        searched = (f"searched: {', '.join(map(str, explicit))} (an explicit --data-dir is "
+                    f"searched alone; without it: {', '.join(map(str, others))})")
+    else:
+        searched = f"searched: {', '.join(map(str, dirs))}"
     if name == "cifar10":
         needed = f"{CIFAR_FOLDER}/{{{','.join(CIFAR_FILES)}}} (from cifar-10-python.tar.gz)"
     else:
@@ -179,12 +193,13 @@ def _not_found_message(name: str, dirs: list[pathlib.Path]) -> str:
     how = f"--data-dir DIR or $PBC_DATA=DIR (DIR or DIR/{name} holding them)"
     if name == "fashion-mnist":
         how += ", `apt-get install dataset-fashion-mnist`"
-    return (f"{name}: data files not found; needed: {needed}; searched: "
-            f"{', '.join(map(str, dirs))}; supply them with {how}, or use --download when online")
+    return (f"{name}: data files not found; needed: {needed}; {searched}; supply them with "
+            f"{how}, or use --download when online")
 
 
 def find_data_dir(name: str, data_dir: str | os.PathLike | None = None) -> pathlib.Path:
-    """Return the first candidate directory holding the dataset's files.
+    """Return the first candidate directory holding the dataset's files; with ``data_dir``
+    only ``data_dir`` and ``data_dir/<name>`` are candidates.
 
     Raises
     ------
@@ -192,6 +207,18 @@ def find_data_dir(name: str, data_dir: str | os.PathLike | None = None) -> pathl
         If the name is unknown or no candidate qualifies (message says what and where).
     """
     dirs = candidate_dirs(name, data_dir)
+    if data_dir is not None:
+        given = pathlib.Path(data_dir).expanduser()
+        explicit = [given, given / name]
+        if not given.is_dir():
+            what = "is not a directory" if given.exists() or given.is_symlink() else \
+                "does not exist"
+            raise DataError(f"--data-dir {given} {what}; "
+                            f"{_not_found_message(name, dirs, explicit)}")
+        for d in explicit:
+            if _qualifies(name, d):
+                return d
+        raise DataError(_not_found_message(name, dirs, explicit))
     for d in dirs:
         if _qualifies(name, d):
             return d
@@ -199,7 +226,8 @@ def find_data_dir(name: str, data_dir: str | os.PathLike | None = None) -> pathl
 
 
 # ----------------------------------------------------------------------------- IDX
-_MAX_IDX_BYTES = 1 << 30  # far above any real IDX dataset; guards against absurd headers
+#: the most payload an IDX header may declare: 1.4 times MNIST's training images (47 MB)
+MAX_IDX_BYTES = 1 << 26
 
 
 def _open(path: pathlib.Path):
@@ -215,7 +243,10 @@ def _read_exact(f, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_idx(path: pathlib.Path, f, ndim: int | None) -> np.ndarray:
+def _parse_idx(path: pathlib.Path, f, ndim: int | None,
+               tail: tuple[int, ...] | None = None) -> np.ndarray:
+    """Header, checks, then at most the payload the header declares (a gzip stream is never
+    decompressed further).  ``tail``: the dimensions after the first that the caller needs."""
     magic = _read_exact(f, 4)
     if not magic:
         raise DataError(f"{path}: empty file")
@@ -229,9 +260,13 @@ def _parse_idx(path: pathlib.Path, f, ndim: int | None) -> np.ndarray:
     if len(head) < 4 * nd:
         raise DataError(f"{path}: truncated IDX header ({4 + len(head)} of {4 + 4 * nd} bytes)")
     dims = tuple(int(d) for d in np.frombuffer(head, ">u4"))
+    if tail is not None and dims[1:] != tail:
+        raise DataError(f"{path}: IDX header declares items of shape "
+                        f"{'x'.join(map(str, dims[1:]))}, expected {'x'.join(map(str, tail))}")
     expected = math.prod(dims)
-    if expected > _MAX_IDX_BYTES:
-        raise DataError(f"{path}: IDX header {dims} claims {expected} bytes, over the limit")
+    if expected > MAX_IDX_BYTES:
+        raise DataError(f"{path}: IDX header {dims} claims {expected} bytes, over the limit "
+                        f"of {MAX_IDX_BYTES}")
     payload = _read_exact(f, expected + 1)
     if len(payload) != expected:
         what = "truncated" if len(payload) < expected else "trailing bytes"
@@ -241,7 +276,8 @@ def _parse_idx(path: pathlib.Path, f, ndim: int | None) -> np.ndarray:
     return np.frombuffer(payload, np.uint8).reshape(dims).copy()
 
 
-def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
+def read_idx(path: str | os.PathLike, ndim: int | None = None,
+             tail: tuple[int, ...] | None = None) -> np.ndarray:
     """Read and validate a uint8 IDX file (raw or gzip).
 
     Parameters
@@ -250,6 +286,8 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
         The file; gzip-compressed when the name ends with ``.gz``.
     ndim : int, optional
         Required number of dimensions.
+    tail : tuple of int, optional
+        Required dimensions after the first (checked before the payload is read).
 
     Returns
     -------
@@ -264,7 +302,7 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     path = pathlib.Path(path)
     try:
         with _open(path) as f:
-            return _parse_idx(path, f, ndim)
+            return _parse_idx(path, f, ndim, tail)
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
 
@@ -289,10 +327,7 @@ def _load_idx_split(name: str, d: pathlib.Path, split: str) -> tuple[np.ndarray,
     if ipath is None or lpath is None:
         missing = f"{split}-{'images-idx3' if ipath is None else 'labels-idx1'}-ubyte[.gz]"
         raise DataError(f"{d / missing}: missing {name} file")
-    images, labels = read_idx(ipath, ndim=3), read_idx(lpath, ndim=1)
-    if images.shape[1:] != (28, 28):
-        raise DataError(f"{ipath}: images are {images.shape[1]}x{images.shape[2]}, "
-                        f"{name} needs 28x28")
+    images, labels = read_idx(ipath, ndim=3, tail=(28, 28)), read_idx(lpath, ndim=1)
     if images.shape[0] == 0:
         raise DataError(f"{ipath}: holds no images")
     if images.shape[0] != labels.shape[0]:
@@ -505,7 +540,7 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
-                 download: bool = False) -> Dataset:
+                 download: bool = False, train: bool = True) -> Dataset:
     """Find, validate and load a dataset.
 
     Parameters
@@ -516,6 +551,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
         Directory searched first (see `candidate_dirs`).
     download : bool
         If nothing is found, download into the user cache (checksum-verified).
+    train : bool
+        Read the training split; without it ``train_x`` and ``train_y`` are empty
+        (``(0, C, H, W)`` and ``(0,)``) and only the test files are read.
 
     Returns
     -------
@@ -535,14 +573,18 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
         d = _download(name)
     if name == "cifar10":
         folder = _cifar_folder(d) or d / CIFAR_FOLDER
-        batches = [_load_cifar_batch(folder / f) for f in CIFAR_FILES]
-        train_x = np.concatenate([b[0] for b in batches[:-1]])
-        train_y = np.concatenate([b[1] for b in batches[:-1]])
+        files = CIFAR_FILES if train else CIFAR_FILES[-1:]
+        batches = [_load_cifar_batch(folder / f) for f in files]
         test_x, test_y = batches[-1]
+        train_x = np.concatenate([b[0] for b in batches[:-1]] or [test_x[:0]])
+        train_y = np.concatenate([b[1] for b in batches[:-1]] or [test_y[:0]])
     else:
-        train_x, train_y = _load_idx_split(name, d, "train")
         test_x, test_y = _load_idx_split(name, d, "t10k")
-        _check_not_swapped(name, d, train_y)
+        if train:
+            train_x, train_y = _load_idx_split(name, d, "train")
+            _check_not_swapped(name, d, train_y)
+        else:
+            train_x, train_y = test_x[:0], test_y[:0]
     return Dataset(name=name, train_x=_to_tensor(train_x),
                    train_y=torch.from_numpy(train_y.astype(np.int64)),
                    test_x=_to_tensor(test_x), test_y=torch.from_numpy(test_y.astype(np.int64)),

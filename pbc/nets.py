@@ -18,6 +18,9 @@ import torch
 from torch import nn
 
 WEIGHTED = ("linear", "conv")
+#: the most weights one layer of a network read back from a file may have (VGG-16's
+#: largest has 2.4 million)
+MAX_LAYER_PARAMETERS = 1 << 25
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,22 @@ class Architecture:
 
     @classmethod
     def from_dict(cls, d: dict) -> Architecture:
-        return cls(d["name"], tuple(d["input_shape"]), tuple(LayerSpec(**s) for s in d["layers"]))
+        """The record :meth:`to_dict` wrote; ``ValueError`` for sizes that are not whole
+        numbers in range or a layer of more than :data:`MAX_LAYER_PARAMETERS` weights (an
+        artefact read back is checked before any network is built from it)."""
+        arch = cls(d["name"], tuple(d["input_shape"]),
+                   tuple(LayerSpec(**s) for s in d["layers"]))
+        sizes = [*arch.input_shape, *(v for s in arch.layers
+                                      for v in (s.in_size, s.out_size, s.kernel, s.padding))]
+        if len(arch.input_shape) != 3 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 20
+                for v in sizes):
+            raise ValueError("architecture sizes must be whole numbers in [0, 2**20)")
+        for s in arch.layers:
+            if s.in_size * s.out_size * max(1, s.kernel) ** 2 > MAX_LAYER_PARAMETERS:
+                raise ValueError(f"layer {s.name} declares more than {MAX_LAYER_PARAMETERS} "
+                                 f"weights")
+        return arch
 
     def weighted_layers(self) -> list[LayerSpec]:
         return [s for s in self.layers if s.kind in WEIGHTED]

@@ -22,6 +22,11 @@ artefact                  stage       content
 ``report.pdf``            report      the run's report
 ========================  ==========  ==================================================
 
+A stage writes under the directory's lock (:meth:`RunDir.writing`); ``analyse`` and
+``compress`` commit their files together (:class:`pbc.io.Commit`), and ``analysis.json`` /
+``compression.json`` record the SHA-256 of the files they describe, which the readers here
+check.
+
 :func:`load_trained` rebuilds the trained network (through its method) from
 ``config.json`` and ``checkpoint.pt``; :func:`read_run` reads whatever artefacts are there
 without building anything (the report's view).
@@ -29,7 +34,9 @@ without building anything (the report's view).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -46,14 +53,29 @@ from pbc.io import (
     ArtefactError,
     StageError,
     load_torch,
+    pending_commit,
     read_json,
     read_jsonl,
+    recover,
     save_torch,
+    sha256_file,
+    sweep_temporaries,
     write_json,
     write_jsonl,
 )
+from pbc.lock import Locked, locked
 from pbc.methods import Method
 from pbc.nets import Architecture
+from pbc.schema import (
+    check_checkpoint,
+    check_fields,
+    check_png,
+    is_int,
+    is_number,
+    numbers,
+    object_of_objects,
+    objects,
+)
 
 CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.pt", "metrics.jsonl"
 POSTERIOR, GROUPS, LAYERS, ANALYSIS = "posterior.nc", "groups.csv", "layers.csv", "analysis.json"
@@ -90,24 +112,58 @@ class RunDir:
             raise MissingStage(f"{self.path}: no {name}; run `pbc {stage} {self.path}` first")
         return self.path / name
 
+    @contextlib.contextmanager
+    def writing(self, command: str):
+        """Hold the directory's write lock (:func:`pbc.lock.locked`) while a stage writes;
+        on taking it, finish a multi-file commit that a kill interrupted and sweep the
+        temporary files killed processes left behind.  StageError if the directory does
+        not exist."""
+        _require_run_dir(self.path)
+        with locked(self.path, command):
+            recover(self.path)
+            sweep_temporaries(self.path)
+            yield self
+
+    def settle(self) -> None:
+        """Before reading: finish a multi-file commit that a kill interrupted, unless another
+        process is writing here (it has finished it)."""
+        if pending_commit(self.path):
+            with contextlib.suppress(Locked), locked(self.path, "pbc (finishing a commit)"):
+                recover(self.path)
+
     # -- train ---------------------------------------------------------------------------------
     def saved_config(self) -> dict:
         """``config.json`` as written: ``config``, ``arch``, ``dataset``, ``environment``."""
-        return read_json(self.path / CONFIG)
+        saved = read_json(self.path / CONFIG)
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            raise ArtefactError(f"{self.path / CONFIG}: not a pbc run configuration (no "
+                                f"'config' object)")
+        return saved
 
     def write_config(self, config: TrainConfig, arch: Architecture, dataset: dict) -> None:
         write_json(self.path / CONFIG, {"config": dataclasses.asdict(config),
                                         "arch": arch.to_dict(), "dataset": dataset,
                                         "environment": environment()})
 
-    def checkpoint(self) -> dict:
-        return load_torch(self.path / CHECKPOINT)
+    def checkpoint(self, resume: bool = False) -> dict:
+        """``checkpoint.pt``, its container verified and its content checked
+        (:func:`check_checkpoint`)."""
+        return check_checkpoint(load_torch(self.path / CHECKPOINT), self.path / CHECKPOINT,
+                                resume)
 
     def write_checkpoint(self, state: dict) -> None:
         save_torch(self.path / CHECKPOINT, state)
 
     def metrics(self) -> list[dict]:
-        return read_jsonl(self.path / METRICS)
+        """``metrics.jsonl``: one object per epoch, each with a whole-number ``epoch`` (and the
+    fields of :data:`_FIELDS` of the right types)."""
+        records = read_jsonl(self.path / METRICS)
+        for i, r in enumerate(records, 1):
+            if not is_int(r.get("epoch")) or r["epoch"] < 1:
+                raise ArtefactError(f"{self.path / METRICS}: record {i} has no whole-number "
+                                    f"'epoch' ≥ 1")
+            check_fields(r, f"{self.path / METRICS}: record {i}", _FIELDS[METRICS])
+        return records
 
     def write_metrics(self, records: list[dict]) -> None:
         write_jsonl(self.path / METRICS, records)
@@ -118,10 +174,90 @@ class RunDir:
 
     # -- later stages ----------------------------------------------------------------------------
     def analysis(self) -> dict:
-        return read_json(self.require(ANALYSIS, "analyse"))
+        """``analysis.json``, checked: an object whose ``thresholds`` map layer names to
+        numbers, and whose recorded SHA-256 digests match the files beside it."""
+        path = self.require(ANALYSIS, "analyse")
+        record = check_fields(read_json(path), path, _FIELDS[ANALYSIS])
+        thresholds = record.get("thresholds")
+        if not isinstance(thresholds, dict):
+            raise ArtefactError(f"{path}: no 'thresholds' object; rerun `pbc analyse {self}`")
+        for name, value in thresholds.items():
+            if not is_number(value) or math.isnan(value):
+                raise ArtefactError(f"{path}: threshold of {name!r} is {value!r}, not a number")
+        self.verify_digests(record, ANALYSIS)
+        return record
+
+    def thresholds(self, layers) -> dict[str, float]:
+        """``analysis.json``'s threshold of each of ``layers``; ArtefactError naming any it
+        lacks."""
+        thresholds = self.analysis()["thresholds"]
+        missing = [n for n in layers if n not in thresholds]
+        if missing:
+            raise ArtefactError(f"{self / ANALYSIS}: no threshold for {', '.join(missing)}; "
+                                f"rerun `pbc analyse {self}`")
+        return {n: float(thresholds[n]) for n in layers}
 
     def compression(self) -> dict:
-        return read_json(self.require(COMPRESSION, "compress"))
+        """``compression.json``, checked: an object whose recorded SHA-256 digests match the
+        files beside it."""
+        path = self.require(COMPRESSION, "compress")
+        record = check_fields(read_json(path), path, _FIELDS[COMPRESSION])
+        self.verify_digests(record, COMPRESSION)
+        return record
+
+    def verify_digests(self, record: dict, name: str, only: tuple[str, ...] | None = None
+                       ) -> None:
+        """Check the files that ``record`` (the artefact ``name``) lists under ``sha256``
+        against their digests; a file that is absent is not checked.  ArtefactError when one
+        differs: the pair is out of step (a file replaced or damaged since)."""
+        digests = record.get("sha256")
+        if digests is None:
+            return                                   # written before digests were recorded
+        if not isinstance(digests, dict):
+            raise ArtefactError(f"{self / name}: 'sha256' is not an object")
+        for file, digest in digests.items():
+            if only is not None and file not in only:
+                continue
+            target = self.path / str(file)
+            if "/" in str(file) or file.startswith(".") or not target.is_file():
+                continue
+            if sha256_file(target) != digest:
+                raise ArtefactError(f"{target}: does not match {name} (SHA-256 differs: the "
+                                    f"file was replaced or damaged); rerun the stage that "
+                                    f"writes them")
+
+
+def verify_recorded(path) -> None:
+    """If the run directory holding ``path`` records the file's digest (in
+    ``compression.json`` or ``analysis.json``), check it."""
+    path = Path(path)
+    run = RunDir(path.parent)
+    run.settle()
+    for record_name in (COMPRESSION, ANALYSIS):
+        if run.has(record_name):
+            record = read_json(run / record_name)
+            if isinstance(record, dict):
+                run.verify_digests(record, record_name, only=(path.name,))
+
+
+# the fields a reader of each artefact relies on: name → (check, what it must be)
+_FIELDS = {
+    COMPRESSION: {"layers": (objects, "a list of objects"),
+                  "error": (numbers, "an object of numbers"),
+                  "val_error": (lambda v: v is None or numbers(v), "an object of numbers"),
+                  "rates": (numbers, "an object of numbers"),
+                  "size_parts": (object_of_objects, "an object of objects"),
+                  "packed_bytes": (is_int, "a whole number")},
+    ANALYSIS: {"selection": (lambda v: isinstance(v, dict), "an object"),
+               "histograms": (object_of_objects, "an object of objects"),
+               "kl_bits": (numbers, "an object of numbers"),
+               "figures": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                           "a list of file names")},
+    BENCH: {"variants": (objects, "a list of objects")},
+    METRICS: {k: (lambda v: v is None or is_number(v), "a number")
+              for k in ("train_error", "val_error", "test_error", "elbo", "kl",
+                        "expected_loglik", "cross_entropy", "seconds")},
+}
 
 
 @dataclass
@@ -146,6 +282,7 @@ def load_trained(path) -> TrainedRun:
     """Rebuild a trained run from ``config.json`` and ``checkpoint.pt``."""
     run = RunDir(path)
     _require_run_dir(run.path)
+    run.settle()
     if not run.has(CONFIG) or not run.has(CHECKPOINT):
         raise StageError(f"{run}: no trained run here (no {CONFIG} and {CHECKPOINT}); "
                          f"run `pbc train --out {run}` first")
@@ -180,7 +317,8 @@ def run_splits(config: TrainConfig) -> tuple[TrainConfig, Splits]:
 def load_point_estimate(path: str) -> dict[str, torch.Tensor]:
     """The plain state dict of a ``prior="none"`` run (a run directory or its checkpoint)."""
     p = Path(path)
-    ckpt = load_torch(p / CHECKPOINT if p.is_dir() else p)
+    file = p / CHECKPOINT if p.is_dir() else p
+    ckpt = check_checkpoint(load_torch(file), file)
     if ckpt.get("prior") != "none":
         raise ArtefactError(f"{path}: --init-from needs a deterministic run (prior 'none'), "
                             f"this one has prior {ckpt.get('prior')!r}")
@@ -251,28 +389,36 @@ def read_run(path) -> RunRecord:
     """Read every summary artefact of a run directory that is there; needs ``config.json``.
 
     Raises :class:`StageError` for a path that is not a run directory and
-    :class:`ArtefactError` for an artefact that cannot be read.
+    :class:`ArtefactError` for an artefact that cannot be read, is not a JSON object, or
+    does not match the digests its stage recorded.
     """
     run = RunDir(path)
     _require_run_dir(run.path)
+    run.settle()
     if not run.has(CONFIG):
         raise StageError(f"{run}: not a run directory (no {CONFIG}); "
                          f"give directories written by `pbc train`")
     saved = run.saved_config()
-    cfg = saved.get("config") if isinstance(saved, dict) else None
-    if not isinstance(cfg, dict) or "model" not in cfg or "prior" not in cfg:
+    cfg = saved["config"]
+    if not isinstance(cfg.get("model"), str) or not isinstance(cfg.get("prior"), str):
         raise ArtefactError(f"{run / CONFIG}: no config.model / config.prior")
+    for key in ("arch", "dataset", "environment"):
+        if not isinstance(saved.get(key, {}), dict):
+            raise ArtefactError(f"{run / CONFIG}: '{key}' is not an object")
     r = RunRecord(path=run.path, label=run.path.resolve().name, saved=saved)
     r.missing = [name for name in SUMMARY_ARTEFACTS if not run.has(name)]
     r.metrics = run.metrics()
+    if run.has(ANALYSIS):
+        r.analysis = run.analysis()
+    if run.has(COMPRESSION):
+        r.compression = run.compression()
+    if run.has(BENCH):
+        r.bench = check_fields(read_json(run / BENCH), run / BENCH, _FIELDS[BENCH])
     if run.has(LAYERS):
         try:
             r.layers = pd.read_csv(run / LAYERS)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise ArtefactError(f"{run / LAYERS}: not a readable CSV ({e})") from None
-    for name, attr in ((ANALYSIS, "analysis"), (COMPRESSION, "compression"), (BENCH, "bench")):
-        if run.has(name):
-            setattr(r, attr, read_json(run / name))
     r.figures = _analysis_figures(run.path, r.analysis)
     return r
 
@@ -290,8 +436,20 @@ def read_runs(paths) -> list[RunRecord]:
 
 def _analysis_figures(run: Path, analysis: dict | None) -> list[Path]:
     """The analyse stage's PNGs: ``analysis.json["figures"]`` if listed, else figures/*.png
-    less the bench stage's chart."""
+    less the bench stage's chart and hidden files (temporaries); each checked by
+    :func:`check_figure`."""
     if analysis and isinstance(analysis.get("figures"), list):
-        paths = [run / p for p in analysis["figures"]]
-        return [p for p in paths if p.suffix.lower() == ".png" and p.is_file()]
-    return sorted(p for p in (run / FIGURES).glob("*.png") if p.name != BENCH_FIGURE)
+        paths = [run / p for p in analysis["figures"] if isinstance(p, str)]
+        paths = [p for p in paths if p.suffix.lower() == ".png" and p.is_file()]
+    else:
+        paths = sorted(p for p in (run / FIGURES).glob("*.png")
+                       if p.name != BENCH_FIGURE and not p.name.startswith("."))
+    return [check_figure(run, p) for p in paths]
+
+
+def check_figure(run: Path, path: Path) -> Path:
+    """``path`` if it lies inside the run directory ``run`` and is a PNG of sane size
+    (:func:`pbc.schema.check_png`); ArtefactError otherwise."""
+    if not path.resolve().is_relative_to(run.resolve()):
+        raise ArtefactError(f"{run / ANALYSIS}: figure {path} lies outside the run directory")
+    return check_png(path)

@@ -16,6 +16,7 @@ generator seeded by ``(seed, epoch)`` and the global RNG state is checkpointed, 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from pbc.config import LEGACY_SETTINGS, TrainConfig
 from pbc.io import ArtefactError
 from pbc.methods import Method
 from pbc.nets import Architecture, classification_error, make_architecture
-from pbc.rundir import RunDir, load_point_estimate, run_splits
+from pbc.rundir import CHECKPOINT, METRICS, RunDir, load_point_estimate, run_splits
 
 # the settings a resumed run must share with the run it continues
 RESUME_KEYS = ("model", "prior", "data", "batch_size", "seed", "subset", "val", "tau0", "lr",
@@ -86,7 +87,7 @@ def _start(config: TrainConfig, run: RunDir, net, optim) -> tuple[int, list[dict
     """Restore a checkpoint when resuming; return (completed epochs, metrics so far)."""
     if not config.resume:
         return 0, []
-    ckpt = run.checkpoint()
+    ckpt = run.checkpoint(resume=True)
     saved = run.saved_config()["config"]
     for key in RESUME_KEYS:
         # a setting added after the run was made has its legacy value there
@@ -101,13 +102,21 @@ def _start(config: TrainConfig, run: RunDir, net, optim) -> tuple[int, list[dict
     if config.lr_schedule == "cosine" and saved.get("epochs") != config.epochs:
         raise ArtefactError(f"{run}: cannot resume: the cosine schedule was planned for "
                             f"{saved.get('epochs')} epochs, now {config.epochs}")
-    net.load_state_dict(ckpt["model"])
-    optim.load_state_dict(ckpt["optim"])
-    torch.set_rng_state(ckpt["rng"])
-    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-    epoch = int(ckpt["epoch"])
-    return epoch, [m for m in run.metrics() if m["epoch"] <= epoch]
+    try:
+        net.load_state_dict(ckpt["model"])
+        optim.load_state_dict(ckpt["optim"])
+        torch.set_rng_state(ckpt["rng"])
+        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise ArtefactError(f"{run / CHECKPOINT}: does not fit this run's network "
+                            f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    epoch = ckpt["epoch"]
+    metrics = [m for m in run.metrics() if m["epoch"] <= epoch]
+    if len(metrics) != epoch:
+        raise ArtefactError(f"{run / METRICS}: {len(metrics)} records for the checkpoint's "
+                            f"{epoch} epochs")
+    return epoch, metrics
 
 
 def _batches(n: int, batch_size: int, seed: int, epoch: int):
@@ -117,13 +126,28 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int):
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Run (or resume) training; write the run's artefacts; return a :class:`TrainResult`."""
+    """Run (or resume) training; write the run's artefacts; return a :class:`TrainResult`.
+
+    The run directory is locked while training (a second writer is refused); a run that
+    fails before its directory holds anything leaves no directory behind."""
     method = check_config(config)
+    run = RunDir(config.out)
+    created = not run.path.exists()
+    run.path.mkdir(parents=True, exist_ok=True)
+    try:
+        with run.writing("pbc train"):
+            return _train(config, method, run)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                run.path.rmdir()           # only when empty: nothing of the run is lost
+        raise
+
+
+def _train(config: TrainConfig, method: Method, run: RunDir) -> TrainResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     pyro.settings.set(module_local_params=True)
-    run = RunDir(config.out)
-    run.path.mkdir(parents=True, exist_ok=True)
     if not config.resume:
         torch.manual_seed(config.seed)
 
@@ -134,7 +158,13 @@ def train(config: TrainConfig) -> TrainResult:
 
     net = method.build(config, arch)
     if config.init_from and not config.resume:
-        method.load_point_estimate(net, load_point_estimate(config.init_from))
+        state = load_point_estimate(config.init_from)
+        try:
+            method.load_point_estimate(net, state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise ArtefactError(f"{config.init_from}: --init-from does not fit a {config.model} "
+                                f"on {config.data} ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0]})") from None
     net.to(device)
     optim = torch.optim.Adam(method.param_groups(net, config), lr=config.lr)
     start, metrics = _start(config, run, net, optim)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import time
 import tracemalloc
@@ -157,7 +158,7 @@ def test_tiny_file_size_by_hand():
     # codebook 3*4 = 12, bias 3*4 = 12, tables (3 + 3) * 3 = 18,
     # section overhead 2+2 (name) + 1+2*4 (shape) + 1 (index_bits) + 4 (K) + 4 (bias len)
     #   + 8 (entries) + 2*(4+8) (table sizes, bit counts) = 54;  section = 100.
-    # header 4 + 2 + 4 + len('{"arch":"x"}') = 12 + 4 = 26;  file = 126.
+    # header 4 + 2 + 4 + len('{"arch":"x"}') = 12 + 4 = 26, checksum 32;  file = 158.
     layer = tiny_layer()
     rep = size_report([layer], META)
     fc = rep["layers"]["fc"]
@@ -166,9 +167,9 @@ def test_tiny_file_size_by_hand():
     assert (fc["codebook_bytes"], fc["bias_bytes"], fc["table_bytes"]) == (12, 12, 18)
     assert fc["section_overhead_bytes"] == 54
     assert (fc["n_entries"], fc["n_fillers"], fc["n_nonzero"]) == (6, 1, 5)
-    assert rep["total_bytes"] == 100 and header_bytes(META) == 26 and rep["file_bytes"] == 126
+    assert rep["total_bytes"] == 100 and header_bytes(META) == 58 and rep["file_bytes"] == 158
     data = encode([layer], META)
-    assert len(data) == 126
+    assert len(data) == 158
     # Spot-check the layout at the offsets the module docstring implies.
     assert data[:4] == b"PBCZ" and data[4:10] == struct.pack("<HI", FORMAT_VERSION, 12)
     assert data[10:22] == b'{"arch":"x"}' and data[22:26] == struct.pack("<I", 1)
@@ -177,7 +178,8 @@ def test_tiny_file_size_by_hand():
     assert data[72:84] == struct.pack("<QI", 6, 3)
     assert data[84:93] == bytes([0, 0, 2, 1, 0, 1, 2, 0, 2])  # (u16 symbol, u8 length) x 3
     assert data[93:101] == struct.pack("<Q", 9)
-    assert data[122:] == bytes([0b11100011, 0, 0b01110100, 0])
+    assert data[122:126] == bytes([0b11100011, 0, 0b01110100, 0])
+    assert data[126:] == hashlib.sha256(data[:126]).digest()
 
 
 def test_size_report_matches_encode_on_random_layers():

@@ -12,7 +12,7 @@ File layout (all integers little-endian, fixed width; ``f32`` is IEEE float32 LE
 
     header
       4 B   magic b"PBCZ"
-      u16   format version (1)
+      u16   format version (2)
       u32   M, length of the metadata JSON
       M B   metadata: UTF-8 JSON object (compact separators), at most 1 MiB
       u32   L, number of layer sections (at most 4096)
@@ -28,18 +28,24 @@ File layout (all integers little-endian, fixed width; ``f32`` is IEEE float32 LE
       u32   Ti, gap-table size;    Ti x (u16 symbol, u8 code length), symbols increasing
       u64   Ni, bits in the gap payload
       ceil(Nv/8) B  value payload;  ceil(Ni/8) B  gap payload
+    checksum
+      32 B  SHA-256 of every byte before it (header and layer sections)
 
-So a header takes ``14 + M`` bytes and a section ``44 + N + 4 D`` bytes of fixed fields
-plus ``4 K + 4 B + 3 (Tv + Ti) + ceil(Nv/8) + ceil(Ni/8)``; :func:`size_report` counts
-exactly these parts.  The canonical code of a table is rebuilt by sorting its symbols by
-(code length, symbol) and counting upwards (DEFLATE's rule).
+So the header and checksum take ``14 + M + 32`` bytes (:func:`header_bytes`) and a section
+``44 + N + 4 D`` bytes of fixed fields plus ``4 K + 4 B + 3 (Tv + Ti) + ceil(Nv/8) +
+ceil(Ni/8)``; :func:`size_report` counts exactly these parts.  The canonical code of a
+table is rebuilt by sorting its symbols by (code length, symbol) and counting upwards
+(DEFLATE's rule).  Version 1 files, the same without the checksum, are still read.
 
 :func:`decode` treats its input as untrusted: every length is checked against the bytes
-left before anything is read or allocated, and any defect raises :class:`CodecError`.
+left and against the limits below (at most :data:`MAX_TOTAL_ELEMENTS` weights in all, every
+codebook entry and bias finite) before anything is read or allocated, the checksum is
+verified, and any defect raises :class:`CodecError`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import math
@@ -49,14 +55,21 @@ from pathlib import Path
 
 import numpy as np
 
-from pbc.io import atomic_write
+from pbc.io import ArtefactError, atomic_write, parse_json
 
 MAGIC = b"PBCZ"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: versions this reader decodes (1: no checksum)
+READABLE_VERSIONS = (1, 2)
+CHECKSUM_BYTES = 32
 MAX_META_BYTES = 1 << 20
 MAX_LAYERS = 4096
 MAX_NDIM = 8
-MAX_LAYER_ELEMENTS = 1 << 28
+#: weights of one layer, and of all layers together (twice VGG-16's 15 million)
+MAX_LAYER_ELEMENTS = 1 << 25
+MAX_TOTAL_ELEMENTS = 1 << 25
+#: the largest file read (a network of MAX_TOTAL_ELEMENTS weights packs into far less)
+MAX_FILE_BYTES = 1 << 28
 MAX_K = 1 << 16
 MAX_INDEX_BITS = 16
 MAX_CODE_LEN = 48  # canonical codes are handled as int64 windows
@@ -219,10 +232,10 @@ def huffman_decode(payload: bytes, nbits: int, lengths: dict[int, int], count: i
         first[n] = (first[n - 1] + n_at[n - 1]) << 1
     offset = np.cumsum(n_at) - n_at
     limit = (first + n_at) << (top - np.arange(1, top + 1))
-    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8)).astype(np.int64)
+    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))   # uint8: 8 bytes per byte
     if bits[nbits:].any():
         raise CodecError("nonzero padding bits after the last code")
-    bits = np.concatenate([bits[:nbits], np.zeros(top, dtype=np.int64)])
+    bits = np.concatenate([bits[:nbits], np.zeros(top, dtype=np.uint8)])
     out: list[int] = []
     pos = 0
     for start in range(0, nbits, chunk):
@@ -283,8 +296,9 @@ def _code_starts(step: np.ndarray, first: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- file format
 def header_bytes(meta: dict) -> int:
-    """Bytes of the file header that :func:`encode` writes for ``meta``."""
-    return _HEADER_FIXED + len(_meta_json(meta))
+    """Bytes outside the layer sections that :func:`encode` writes for ``meta``: the header
+    and the checksum."""
+    return _HEADER_FIXED + len(_meta_json(meta)) + CHECKSUM_BYTES
 
 
 def size_report(layers: list[PackedLayer], meta: dict | None = None) -> dict:
@@ -294,7 +308,8 @@ def size_report(layers: list[PackedLayer], meta: dict | None = None) -> dict:
     holds ``values_bits``, ``index_bits_total``, ``values_bytes``, ``index_bytes``,
     ``codebook_bytes``, ``bias_bytes``, ``table_bytes``, ``section_overhead_bytes``,
     ``total_bytes`` (their byte sum) and counts ``n_weights``, ``n_nonzero``, ``n_entries``,
-    ``n_fillers``.  ``total_bytes`` excludes the header; with ``meta`` the report adds
+    ``n_fillers``.  ``total_bytes`` excludes the header and checksum; with ``meta`` the
+    report adds
     ``header_bytes`` and ``file_bytes`` (= ``len(encode(layers, meta))``).
     """
     per = {}
@@ -325,7 +340,8 @@ def encode(layers: list[PackedLayer], meta: dict) -> bytes:
                   struct.pack("<Q", n_entries),
                   *_table(vlen), struct.pack("<Q", vbits),
                   *_table(ilen), struct.pack("<Q", ibits), vpay, ipay]
-    return b"".join(parts)
+    body = b"".join(parts)
+    return body + hashlib.sha256(body).digest()
 
 
 def decode(data: bytes) -> tuple[dict, list[PackedLayer]]:
@@ -333,24 +349,49 @@ def decode(data: bytes) -> tuple[dict, list[PackedLayer]]:
 
     Decoded ``codes`` are uint8 when K <= 256, else uint16.
     """
-    r = _Reader(data)
-    if r.take(4, "magic") != MAGIC:
+    data = bytes(data)
+    head = _Reader(data)
+    if head.take(4, "magic") != MAGIC:
         raise CodecError("not a .pbcz file (bad magic)")
-    version, meta_len = r.unpack("<HI", "header")
-    if version != FORMAT_VERSION:
-        raise CodecError(f"unsupported .pbcz version {version} (this reader: {FORMAT_VERSION})")
+    (version,) = head.unpack("<H", "header")
+    if version not in READABLE_VERSIONS:
+        raise CodecError(f"unsupported .pbcz version {version} (this reader: "
+                         f"{', '.join(map(str, READABLE_VERSIONS))})")
+    if version == 1:
+        return _decode_body(data)
+    body, digest = data[:-CHECKSUM_BYTES], data[-CHECKSUM_BYTES:]
+    intact = len(data) >= 4 + 2 + CHECKSUM_BYTES and hashlib.sha256(body).digest() == digest
+    try:
+        out = _decode_body(body)
+    except CodecError as e:
+        if intact:
+            raise
+        raise CodecError(f"damaged file: checksum mismatch ({e})") from None
+    if not intact:
+        raise CodecError("damaged file: checksum mismatch (the file was altered after it "
+                         "was written)")
+    return out
+
+
+def _decode_body(data: bytes) -> tuple[dict, list[PackedLayer]]:
+    """Header and layer sections (no checksum) into ``(meta, layers)``."""
+    r = _Reader(data)
+    r.take(6, "magic and version")
+    (meta_len,) = r.unpack("<I", "header")
     if meta_len > MAX_META_BYTES:
         raise CodecError(f"metadata of {meta_len} bytes exceeds {MAX_META_BYTES}")
     try:
-        meta = json.loads(r.take(meta_len, "metadata").decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CodecError(f"metadata is not valid UTF-8 JSON ({type(e).__name__})") from None
+        meta = parse_json(r.take(meta_len, "metadata"), "metadata")
+    except ArtefactError as e:
+        raise CodecError(str(e)) from None
     if not isinstance(meta, dict):
         raise CodecError("metadata is not a JSON object")
     (n_layers,) = r.unpack("<I", "layer count")
     if n_layers > MAX_LAYERS:
         raise CodecError(f"{n_layers} layers exceeds {MAX_LAYERS}")
-    layers = [_read_layer(r, i) for i in range(n_layers)]
+    layers, budget = [], [MAX_TOTAL_ELEMENTS]
+    for i in range(n_layers):
+        layers.append(_read_layer(r, i, budget))
     if len({layer.name for layer in layers}) != len(layers):
         raise CodecError("duplicate layer names")
     if r.left:
@@ -370,6 +411,9 @@ def read_pbcz(path) -> tuple[dict, list[PackedLayer]]:
     """Read and :func:`decode` a ``.pbcz`` file; errors are CodecErrors naming the file."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise CodecError(f"{path}: {path.stat().st_size} bytes, more than the "
+                             f"{MAX_FILE_BYTES} a .pbcz file may have")
         data = path.read_bytes()
     except OSError as e:
         raise CodecError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
@@ -429,7 +473,9 @@ def _float32(a, what: str) -> np.ndarray:
     if a.ndim != 1 or not (a.size == 0 or np.issubdtype(a.dtype, np.floating)):
         raise ValueError(f"{what} must be a 1-D float array")
     out = a.astype(np.float32)
-    if not np.array_equal(out, a, equal_nan=True):
+    if not np.isfinite(out).all():
+        raise ValueError(f"{what} holds non-finite values")
+    if not np.array_equal(out, a):
         raise ValueError(f"{what} is not exactly representable in float32")
     return out
 
@@ -438,6 +484,9 @@ def _check_layers(layers: list[PackedLayer]) -> list[PackedLayer]:
     """Validate layers for encoding; return copies with normalised shapes and arrays."""
     if len(layers) > MAX_LAYERS:
         raise ValueError(f"{len(layers)} layers exceeds {MAX_LAYERS}")
+    total = sum(math.prod(int(d) for d in layer.shape) for layer in layers)
+    if total > MAX_TOTAL_ELEMENTS:
+        raise ValueError(f"{total} weights in all exceeds {MAX_TOTAL_ELEMENTS}")
     out, names = [], set()
     for layer in layers:
         name, shape = layer.name, tuple(int(d) for d in layer.shape)
@@ -507,7 +556,8 @@ class _Reader:
         return lengths
 
 
-def _read_layer(r: _Reader, i: int) -> PackedLayer:
+def _read_layer(r: _Reader, i: int, budget: list[int]) -> PackedLayer:
+    """One layer section; ``budget[0]``: weights the file may still declare (decremented)."""
     (name_len,) = r.unpack("<H", f"layer {i} name length")
     try:
         name = r.take(name_len, f"layer {i} name").decode("utf-8")
@@ -520,6 +570,10 @@ def _read_layer(r: _Reader, i: int) -> PackedLayer:
     length = math.prod(shape)
     if length > MAX_LAYER_ELEMENTS:
         raise CodecError(f"{name}: shape {shape} exceeds {MAX_LAYER_ELEMENTS} elements")
+    if length > budget[0]:
+        raise CodecError(f"{name}: shape {shape} exceeds the {MAX_TOTAL_ELEMENTS} weights a "
+                         f"file may hold in all")
+    budget[0] -= length
     index_bits, k = r.unpack("<BI", f"{name}: index_bits, K")
     _check_index_bits(index_bits, CodecError)
     if not 1 <= k <= MAX_K:
@@ -527,8 +581,12 @@ def _read_layer(r: _Reader, i: int) -> PackedLayer:
     codebook = r.array("<f4", k, f"{name}: codebook").astype(np.float32)
     if codebook[0] != 0:
         raise CodecError(f"{name}: codebook[0] is {codebook[0]}, not 0")
+    if not np.isfinite(codebook).all():
+        raise CodecError(f"{name}: codebook holds non-finite values")
     (n_bias,) = r.unpack("<I", f"{name}: bias length")
     bias = r.array("<f4", n_bias, f"{name}: bias").astype(np.float32)
+    if not np.isfinite(bias).all():
+        raise CodecError(f"{name}: bias holds non-finite values")
     (n_entries,) = r.unpack("<Q", f"{name}: entry count")
     if n_entries > length or n_entries > 8 * r.left:
         raise CodecError(f"{name}: {n_entries} CSR entries for {length} elements")

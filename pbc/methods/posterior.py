@@ -62,8 +62,8 @@ class PosteriorMethod(ELBOMethod):
     def compression_plan(self, run, config, arch, net) -> CompressionPlan:
         """The analyse stage's thresholds prune groups (or single weights); each layer is
         rounded to fixed point at its posterior bit precision."""
-        thresholds = run.analysis()["thresholds"]
         posts = {layer.site: layer_moments(layer) for layer in net.bayes_layers()}
+        thresholds = run.thresholds(list(posts))
         masks = structured_masks(arch, posts, thresholds)
         w_keep = weight_masks(posts, thresholds)
         keeps = surviving_weights(posts, masks, w_keep)

@@ -38,7 +38,10 @@ draws in the weights that sit between the spike and its neighbours.
 Post-processing (:func:`merge_components`, :func:`quantise_to_components`): components whose
 symmetric KL divergence is below ``merge_kl`` are merged (moment matching, the zero
 component absorbing its partners), then each weight takes the mean of its most responsible
-component, exactly 0 for the zero component.
+component, exactly 0 for the zero component.  In a layer where the zero component is the
+most responsible for every weight (a run too short for the mixture to separate), each weight
+takes its most likely component instead (:func:`layer_components`), so a short run
+compresses to a poor network rather than a constant one.
 """
 
 from __future__ import annotations
@@ -167,6 +170,18 @@ def responsibilities_argmax(w: np.ndarray, c: Components) -> np.ndarray:
     return log_r.argmax(axis=1).reshape(w.shape)
 
 
+def layer_components(w: np.ndarray, c: Components) -> tuple[Components, bool]:
+    """The mixture that assigns a layer's weights ``w``: ``c`` itself, unless its zero
+    component is the most responsible for every weight of the layer — a mixture trained too
+    briefly to separate, whose fixed ``π_0 = 0.99`` outweighs the unlearned rest, which would
+    prune the layer and so the whole network to a constant.  Then ``c`` with equal mixing
+    proportions (each weight to its component by likelihood alone): a poor network, not none.
+    Returns the mixture and whether it is the equal-proportions one."""
+    if responsibilities_argmax(w, c).any():
+        return c, False
+    return Components(np.full_like(c.pi, 1.0 / c.pi.size), c.mean, c.var), True
+
+
 def quantise_to_components(w: np.ndarray, c: Components) -> tuple[np.ndarray, np.ndarray]:
     """``(codes, codebook)`` with ``codebook[codes]`` the quantised weights: each weight at its
     most responsible component's mean, 0 (code 0) for the zero component.  The codebook
@@ -206,12 +221,17 @@ class SoftWeightSharing(ELBOMethod):
         state = {k: v.cpu() for k, v in net.posterior_mean_state_dict().items()}
         comps = merge_components(net.prior.components())
         index_bits = max(1, math.ceil(math.log2(comps.pi.size)))
+        per_layer = {s.name: layer_components(state[f"{s.name}.weight"].numpy(), comps)
+                     for s in arch.weighted_layers()}
 
         def quantise(name: str, w: np.ndarray) -> Quantised:
-            codes, codebook = quantise_to_components(w, comps)
-            return Quantised(codes, codebook, {"bits": index_bits,
-                                               "components_merged": int(comps.pi.size)})
+            mixture, equal = per_layer[name]
+            codes, codebook = quantise_to_components(w, mixture)
+            return Quantised(codes, codebook, {
+                "bits": index_bits, "components_merged": int(comps.pi.size),
+                "assigned_by": "likelihood (equal mixing proportions: the mixture had not "
+                               "separated)" if equal else "responsibility"})
 
-        keep = {s.name: responsibilities_argmax(state[f"{s.name}.weight"].numpy(), comps) != 0
-                for s in arch.weighted_layers()}
+        keep = {name: responsibilities_argmax(state[f"{name}.weight"].numpy(), mixture) != 0
+                for name, (mixture, _) in per_layer.items()}
         return unstructured_plan(arch, state, keep, quantise)
