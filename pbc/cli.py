@@ -1,12 +1,14 @@
 """``pbc`` command line: parse, build a config, call the library.  No logic lives here.
 
-Exit status: 0 success; 1 a data or artefact problem, or a diverged run (one line on stderr);
-2 bad arguments (one line); ``--debug`` shows the traceback instead.
+Exit status: 0 success; 1 a data or artefact problem, a directory another command is
+writing in, a full or read-only disk, or a diverged run (one line on stderr); 2 bad arguments
+(one line); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -22,11 +24,14 @@ from pbc.compression.export import load_compressed
 from pbc.config import SWS_DEFAULT_TAU, TrainConfig
 from pbc.data import DATASETS, DataError, load_dataset
 from pbc.demo import run_demo
-from pbc.io import ArtefactError, StageError
+from pbc.export import FORMATS as EXPORT_FORMATS
+from pbc.export import export
+from pbc.io import ArtefactError, StageError, describe_os_error
 from pbc.methods.sws import RATE_HELP, ZERO_RATE_HELP
 from pbc.nets import ARCHITECTURES, classification_error, parse_layer_values
 from pbc.reporting.pdf import build_report
-from pbc.rundir import RunDir
+from pbc.rundir import RunDir, verify_recorded
+from pbc.sweep import SpecError, is_sweep_dir, load_spec, parse_value, read_summary, run_sweep
 from pbc.train import TrainingDiverged, check_config, train
 
 
@@ -38,8 +43,13 @@ class UsageError(Exception):
 USAGE_ERRORS = (UsageError, StageError)
 
 
-def _int_at_least(minimum: int):
-    """An argparse type: a whole number ``≥ minimum``, else a one-line reason."""
+# the largest count any flag accepts unless it says otherwise: far beyond any real run,
+# small enough that no size computed from it overflows
+MAX_COUNT = 10_000_000
+
+
+def _int_at_least(minimum: int, maximum: int = MAX_COUNT):
+    """An argparse type: a whole number in ``[minimum, maximum]``, else a one-line reason."""
 
     def parse(text: str) -> int:
         try:
@@ -48,6 +58,8 @@ def _int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if v < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {v}")
+        if v > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {v}")
         return v
 
     return parse
@@ -55,6 +67,40 @@ def _int_at_least(minimum: int):
 
 _positive_int = _int_at_least(1)
 _nonnegative_int = _int_at_least(0)
+_seed = _int_at_least(0, 2**32 - 1)
+_threads = _int_at_least(1, 1024)
+
+
+def _device(text: str) -> str:
+    """An argparse type: ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def _out_path(text: str) -> str:
+    """An argparse type: a non-empty path whose existing part is made of directories."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a directory, got an empty path")
+    path = Path(text)
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                raise argparse.ArgumentTypeError(
+                    f"{p} is {'a file' if p.is_file() else 'not a directory'}"
+                    f"{'' if p == path else f', so {text!r} cannot be a directory'}")
+            break
+    return text
+
+
+def _pdf_path(text: str) -> str:
+    """An argparse type: a ``.pdf`` file name that is not a directory."""
+    if Path(text).suffix.lower() != ".pdf" or not Path(text).stem:
+        raise argparse.ArgumentTypeError(f"must name a .pdf file, got {text!r}")
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a .pdf file")
+    _out_path(str(Path(text).parent))
+    return text
 
 
 def _finite_float(accept, condition: str):
@@ -94,16 +140,16 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--data", choices=DATASETS, default="fashion-mnist")
     p.add_argument("--data-dir", help="directory holding the dataset files")
     p.add_argument("--download", action="store_true", help="download missing data (online)")
-    p.add_argument("--epochs", type=_positive_int, default=30)
-    p.add_argument("--batch-size", type=_positive_int, default=100)
+    p.add_argument("--epochs", type=_int_at_least(1, 100_000), default=30)
+    p.add_argument("--batch-size", type=_int_at_least(1, 1_000_000), default=100)
     p.add_argument("--lr", type=_positive_float, default=1e-3)
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
                    help="cosine: decay the learning rate to 0 over the run")
     p.add_argument("--scale-var-lr", type=_positive_float, default=10.0,
                    help="gnj, ghs: learning-rate multiplier for the log-variances of the group "
                         "scales, which set the dropout rates log α")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--subset", type=_positive_int, help="train on the first N examples only")
     p.add_argument("--val", type=_nonnegative_int,
                    help="examples held out of the training set for validation, drawn from "
@@ -116,7 +162,7 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
                    help="upper bound on the posterior variance of w̃ (Louizos et al.'s "
                         "clip_var); default 0.04 for gnj and for ghs from scratch, none for "
                         "ghs with --init-from")
-    p.add_argument("--kl-warmup", type=_nonnegative_int, default=0,
+    p.add_argument("--kl-warmup", type=_int_at_least(0, 100_000), default=0,
                    help="epochs of linear KL annealing (0: none)")
     p.add_argument("--sws-tau", type=_positive_float, default=SWS_DEFAULT_TAU,
                    help="sws: weight of the mixture prior against the log-likelihood")
@@ -127,9 +173,9 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--dc-keep", type=_layer_values,
                    help="dc: per-layer keep fractions, e.g. fc1=0.12,fc2=0.1 "
                         "(default: Han et al.'s)")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.add_argument("--threads", type=_threads, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", type=_out_path, required=True, help="run directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                     False)
     an = sub.add_parser("analyse", help="posterior analysis of a trained run (ArviZ)")
     an.add_argument("run_dir")
-    an.add_argument("--draws", type=_positive_int, default=1000,
+    an.add_argument("--draws", type=_int_at_least(1, 100_000), default=1000,
                     help="posterior draws of z (split into 4 chains)")
     an.add_argument("--thresholds", help="per-layer thresholds, e.g. fc1=3,fc2=2.5 (the rule "
                                          "chooses the other layers)")
@@ -158,22 +204,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", help="model.pbcz, pruned.pt or quantised.pt")
     ev.add_argument("--data", choices=DATASETS, default="fashion-mnist")
     ev.add_argument("--data-dir")
+    ex = sub.add_parser("export", help="write a compressed run in a deployment format")
+    ex.add_argument("run_dir")
+    ex.add_argument("--format", choices=EXPORT_FORMATS, default="int8",
+                    help="int8: the layers whose weights fit in 8 bits on int8 kernels "
+                         "(RUN/model.int8.pt)")
+    ex.add_argument("--out", help="the file to write (default RUN/model.int8.pt)")
     be = sub.add_parser("bench", help="time dense vs compressed forward passes")
     be.add_argument("run_dir")
-    be.add_argument("--batch", type=_positive_int, default=8192)
-    be.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    be.add_argument("--threads", type=_positive_int, help="torch CPU threads (recorded)")
-    be.add_argument("--repeats", type=_positive_int, default=20)
-    be.add_argument("--warmup", type=_nonnegative_int, default=3)
+    be.add_argument("--batch", type=_int_at_least(1, 65_536), default=8192)
+    be.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:N]")
+    be.add_argument("--threads", type=_threads, help="torch CPU threads (recorded)")
+    be.add_argument("--repeats", type=_int_at_least(1, 10_000), default=20)
+    be.add_argument("--warmup", type=_int_at_least(0, 10_000), default=3)
     rp = sub.add_parser("report", help="comparison PDF (and CSV tables) from run directories")
-    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    rp.add_argument("--out", required=True, help="the PDF; NAME.table1/table2/mdl.csv beside it")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                    help="run directories; a sweep directory (`pbc sweep --out`) first "
+                         "gives its configurations with mean ± sd over seeds")
+    rp.add_argument("--out", type=_pdf_path, required=True,
+                    help="the PDF; NAME.table1/table2/mdl.csv beside it")
+    _add_sweep_args(sub.add_parser("sweep", help="a grid of runs from a TOML spec, on Ray "
+                                                 "(locally or on a cluster) or in this process"))
     demo = sub.add_parser("demo", help="the main job end to end on the default data")
-    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--out", type=_out_path, default="runs/demo")
     demo.add_argument("--data-dir")
-    demo.add_argument("--epochs", type=_positive_int, default=5)
-    demo.add_argument("--pretrain-epochs", type=_positive_int, default=2)
-    demo.add_argument("--threads", type=_positive_int)
+    demo.add_argument("--epochs", type=_int_at_least(1, 100_000), default=5)
+    demo.add_argument("--pretrain-epochs", type=_int_at_least(1, 100_000), default=2)
+    demo.add_argument("--threads", type=_threads)
     return parser
 
 
@@ -188,6 +245,72 @@ def _train_config(args, prior: str):
         sws_zero_rate=args.sws_zero_rate, sws_rate=args.sws_rate, dc_keep=args.dc_keep,
         max_weight_var=args.max_weight_var, threads=args.threads,
         progress=not args.no_progress)
+
+
+def _add_sweep_args(sw: argparse.ArgumentParser) -> None:
+    sw.add_argument("spec", help="the sweep spec (TOML), e.g. studies/fashion-mnist.toml")
+    sw.add_argument("--out", type=_out_path, required=True,
+                    help="the sweep's directory: runs/, summary.csv, …")
+    sw.add_argument("--engine", choices=("auto", "ray", "local"), default="auto",
+                    help="ray: each run a Ray task; local: one after another in this process; "
+                         "auto: ray when it is installed")
+    sw.add_argument("--address", help="a Ray cluster to run on: 'auto' (the cluster this node "
+                                      "belongs to) or ray://HOST:PORT; default: a Ray instance "
+                                      "on this machine")
+    sw.add_argument("--jobs", type=_positive_int,
+                    help="runs at once (default: as many as the cluster's CPUs and GPUs hold)")
+    sw.add_argument("--cpus-per-run", type=_positive_float, default=1.0,
+                    help="CPUs a run asks of a node (also its torch threads; default 1)")
+    sw.add_argument("--gpus-per-run", type=_nonnegative_float, default=0.0,
+                    help="GPUs a run asks of a node, fractions allowed; > 0 trains on cuda")
+    sw.add_argument("--retries", type=_nonnegative_int, default=3,
+                    help="times a run whose worker or node died is started again")
+    sw.add_argument("--data-dir", help="where the data set's files are on every node")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a spec key in every block (TOML value: --set epochs=1, "
+                         "--set seed=[0,1])")
+    sw.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
+                    help="only the runs with one of these values (and the plain nets they "
+                         "start from), e.g. --only prior=gnj,svd")
+    sw.add_argument("--list", action="store_true",
+                    help="print the runs the spec expands to, and exit")
+
+
+def _key_value(text: str, flag: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"{flag} expects KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _sweep(args) -> int:
+    try:
+        overrides = dict(_key_value(t, "--set") for t in args.set)
+        plan = load_spec(args.spec, {k: parse_value(v) for k, v in overrides.items()})
+        only = {}
+        for text in args.only:
+            key, values = _key_value(text, "--only")
+            only[key] = [parse_value(v) for v in values.split(",")]
+        if only:
+            plan = plan.only(only)
+    except SpecError as e:
+        raise UsageError(str(e)) from None
+    if args.list:
+        for r in plan.runs:
+            what = "plain net" if r.plain else \
+                f"{r.train['prior']}, from {r.pretrain or 'scratch'}"
+            print(f"{r.id}: {r.train['model']} {what}, {r.train['epochs']} epochs")
+        print(f"{len(plan.runs)} runs in {len(plan.configurations())} configurations")
+        return 0
+    result = run_sweep(plan, args.out, engine=args.engine, address=args.address,
+                       jobs=args.jobs, cpus_per_run=args.cpus_per_run,
+                       gpus_per_run=args.gpus_per_run, retries=args.retries,
+                       data_dir=args.data_dir, say=lambda line: print(line, flush=True))
+    if result.failed:
+        print(f"pbc: error: {len(result.failed)} runs failed: "
+              f"{', '.join(sorted(result.failed))}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run(args) -> int:
@@ -240,35 +363,65 @@ def run(args) -> int:
     if args.command == "evaluate":
         if not Path(args.model).is_file():
             raise UsageError(f"{args.model}: no such file")
-        net = load_compressed(args.model)
-        data = load_dataset(args.data, args.data_dir)
-        print(f"{args.model}: test error {classification_error(net, data.test_x, data.test_y):.4f}"
-              f" on {data.name} ({data.test_x.shape[0]} images)")
+        verify_recorded(args.model)
+        try:
+            net = load_compressed(args.model)
+        except (RuntimeError, IndexError) as e:       # the header's state does not fit
+            raise ArtefactError(f"{args.model}: inconsistent network ({_first_line(e)})") \
+                from None
+        data = load_dataset(args.data, args.data_dir, train=False)
+        try:
+            error = classification_error(net, data.test_x, data.test_y)
+        except (RuntimeError, IndexError) as e:
+            raise ArtefactError(f"{args.model}: the network does not run on {data.name}'s "
+                                f"{tuple(data.test_x.shape[1:])} images ({_first_line(e)})") \
+                from None
+        print(f"{args.model}: test error {error:.4f} on {data.name} "
+              f"({data.test_x.shape[0]} images)")
+        return 0
+    if args.command == "export":
+        r = export(args.run_dir, args.format, args.out)
+        e = r["test_error"]
+        print(f"{r['path']}: {r['bytes']} bytes ({r['quantised_bytes']} float32); int8 layers "
+              f"{', '.join(r['int8_layers'])}; float32 {', '.join(r['float_layers']) or '-'}")
+        print(f"test error: quantised (float32) {e['quantised']:.4f}, int8 {e['int8']:.4f}")
         return 0
     if args.command == "bench":
         if args.device.startswith("cuda"):
             if not torch.cuda.is_available():
                 raise UsageError("device 'cuda' requested but CUDA is not available")
-        r = bench(args.run_dir, batch=args.batch, device=args.device, threads=args.threads,
-                  repeats=args.repeats, warmup=args.warmup)
+        # before the first parallel operation: the intra-op threads inherit it when they start
+        torch.set_flush_denormal(True)
+        with RunDir(args.run_dir).writing("pbc bench"):
+            r = bench(args.run_dir, batch=args.batch, device=args.device,
+                      threads=args.threads, repeats=args.repeats, warmup=args.warmup)
         print(f"{r['device_name']} ({r['device']}, {r['threads']} threads), batch {r['batch']}:")
         for v in r["variants"]:
             energy = f", {v['energy_j']:.3f} J" if v["energy_j"] is not None else ""
-            print(f"  {v['name']:>9}: {v['median_s'] * 1e3:8.2f} ms  speed-up "
-                  f"{v['speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x){energy}")
+            err = f", test error {v['test_error']:.4f}" if v.get("test_error") is not None else ""
+            print(f"  {v['name']:>12}: {v['median_s'] * 1e3:8.2f} ms  speed-up "
+                  f"{v['speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x){energy}{err}")
         return 0
     if args.command == "report":
-        if Path(args.out).suffix.lower() != ".pdf":
-            raise UsageError(f"--out must name a .pdf file, got {args.out!r}")
-        r = build_report(args.run_dirs, args.out)
+        if is_sweep_dir(args.run_dirs[0]):   # mean ± sd over seeds, then any single runs
+            r = build_report(args.run_dirs[1:], args.out, sweep=read_summary(args.run_dirs[0]))
+        else:
+            r = build_report(args.run_dirs, args.out)
         print(f"{r.pdf}: {len(r.pages)} pages from {len(r.runs)} runs; tables "
               f"{', '.join(str(p) for p in r.csv.values())}")
         return 0
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "demo":
         run_demo(args.out, data_dir=args.data_dir, epochs=args.epochs,
                  pretrain_epochs=args.pretrain_epochs, threads=args.threads)
         return 0
     raise UsageError(f"unknown command {args.command!r}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def main(argv=None) -> int:
@@ -284,7 +437,12 @@ def main(argv=None) -> int:
     except (DataError, ArtefactError, TrainingDiverged) as e:
         if args.debug:
             raise
-        print(f"pbc: error: {e}", file=sys.stderr)
+        print(f"pbc: error: {_first_line(e)}", file=sys.stderr)
+        return 1
+    except OSError as e:          # a full or read-only disk, a path that cannot be made
+        if args.debug:
+            raise
+        print(f"pbc: error: {describe_os_error(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pbc: interrupted", file=sys.stderr)

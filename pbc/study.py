@@ -11,6 +11,9 @@ checkpoint has all its epochs is not retrained, a partial one resumes, and a sta
 artefact exists is skipped (``--redo`` reruns the stages after training).  ``--smoke``
 swaps in a tiny generated data set, a smaller network of the same structure where the study's
 is large, one epoch each, no analysis figures and a small bench: seconds, for the tests.
+
+:func:`train_or_resume` and :func:`later_stages` are the pipeline's steps for one run
+directory; a sweep (:mod:`pbc.sweep`) runs the same steps for every run of its grid.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pbc.compress import compress
 from pbc.config import TrainConfig
 from pbc.data import write_synthetic_dataset
 from pbc.reporting.pdf import build_report
-from pbc.rundir import ANALYSIS, BENCH, COMPRESSION, REPORT, RunDir
+from pbc.rundir import ANALYSIS, BENCH, CHECKPOINT, COMPRESSION, REPORT, RunDir
 from pbc.train import train
 
 # the smoke run of a study checks the pipeline: a network of the same structure, smaller
@@ -65,13 +68,49 @@ def parse_args(study: Study, argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _train(config) -> None:
-    done = RunDir(config.out).epochs_done()
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def train_or_resume(config: TrainConfig, say=_say) -> int:
+    """Bring the run ``config.out`` to ``config.epochs`` epochs: nothing when its checkpoint
+    holds them all, a resume from the checkpoint when it holds some, a fresh run otherwise.
+    Returns the epochs the checkpoint held before (the checkpoint's count, not the metrics',
+    which a kill between the two writes can leave one epoch ahead)."""
+    run = RunDir(config.out)
+    done = int(run.checkpoint()["epoch"]) if run.has(CHECKPOINT) else 0
     if done >= config.epochs:
-        print(f"      {config.out}: {done} epochs already trained", flush=True)
-        return
+        say(f"      {config.out}: {done} epochs already trained")
+        return done
     config.resume = done > 0
     train(config)
+    return done
+
+
+def later_stages(run: Path, prior: str, *, analyse_kw: dict | None = None,
+                 bench_kw: dict | None = None, redo: bool = False, step=_say,
+                 say=_say) -> None:
+    """The stages after training, in order: analyse (methods with a posterior), compress,
+    bench.  A stage whose artefact is there is skipped unless ``redo``; ``analyse_kw`` and
+    ``bench_kw`` go to :func:`pbc.analysis.analyse` and :func:`pbc.bench.bench`."""
+    run = Path(run)
+
+    def stage(artefact: str, text: str, fn) -> None:
+        step(text)
+        if (run / artefact).is_file() and not redo:
+            say(f"      {run / artefact} exists (--redo reruns)")
+        else:
+            fn()
+
+    if methods.get(prior).has_posterior:
+        stage(ANALYSIS, "analyse the posterior (ArviZ)",
+              lambda: analyse(run, **(analyse_kw or {})))
+    else:
+        step(f"analyse: not applicable to {prior} (no posterior)")
+    stage(COMPRESSION, "compress: prune, quantise, pack", lambda: compress(run))
+    bench_kw = bench_kw or {}
+    stage(BENCH, f"bench dense vs compressed ({bench_kw.get('device', 'cpu')}, batch "
+                 f"{bench_kw.get('batch', 8192)})", lambda: bench(run, **bench_kw))
 
 
 def run_study(study: Study, args: argparse.Namespace) -> Path:
@@ -95,35 +134,26 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
     elif args.pretrain_epochs:
         step(f"pretrain {model} (plain, {args.pretrain_epochs} epochs) → {pre}")
         lr = {"lr": 1e-2} if args.smoke else {}  # tiny data: weights must move in one epoch
-        _train(TrainConfig(out=str(pre), prior="none", epochs=args.pretrain_epochs,
-                           **common, **lr))
+        train_or_resume(TrainConfig(out=str(pre), prior="none", epochs=args.pretrain_epochs,
+                                    **common, **lr))
     else:
         step("no pretraining: the method trains from scratch")
         pre = None
     run = out / "run"
     step(f"train {model} under {study.prior} ({args.epochs} epochs, from "
          f"{pre or 'scratch'}) → {run}")
-    _train(TrainConfig(out=str(run), prior=study.prior, epochs=args.epochs,
-                       init_from=str(pre) if pre else None, **common, **study.train))
+    train_or_resume(TrainConfig(out=str(run), prior=study.prior, epochs=args.epochs,
+                                init_from=str(pre) if pre else None, **common, **study.train))
 
-    def stage(artefact: str, text: str, fn) -> None:
-        step(text)
-        if (run / artefact).is_file() and not args.redo:
-            print(f"      {run / artefact} exists (--redo reruns)", flush=True)
-        else:
-            fn()
-
-    if methods.get(study.prior).has_posterior:
-        stage(ANALYSIS, "analyse the posterior (ArviZ)",
-              lambda: analyse(run, draws=40 if args.smoke else 1000, figures=not args.smoke))
+    later_stages(run, study.prior, redo=args.redo, step=step, say=_say,
+                 analyse_kw={"draws": 40 if args.smoke else 1000, "figures": not args.smoke},
+                 bench_kw={"batch": args.bench_batch, "device": args.device,
+                           "threads": args.threads, "repeats": 2 if args.smoke else 20})
+    step(f"report → {run / REPORT}")
+    if (run / REPORT).is_file() and not args.redo:
+        _say(f"      {run / REPORT} exists (--redo reruns)")
     else:
-        step(f"analyse: not applicable to {study.prior} (no posterior)")
-    stage(COMPRESSION, "compress: prune, quantise, pack", lambda: compress(run))
-    stage(BENCH, f"bench dense vs compressed ({args.device}, batch {args.bench_batch})",
-          lambda: bench(run, batch=args.bench_batch, device=args.device, threads=args.threads,
-                        repeats=2 if args.smoke else 20))
-    stage(REPORT, f"report → {run / REPORT}",
-          lambda: build_report([run, pre] if pre else [run], run / REPORT))
+        build_report([run, pre] if pre else [run], run / REPORT)
     return run
 
 

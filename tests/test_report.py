@@ -184,6 +184,9 @@ def test_protocol_states_epochs_start_and_threshold_rule():
     budget = {"selection": {"rule": "budget", "error_budget_points": 0.5}}
     assert protocol(record(analysis=budget)) == \
         "30 ep. from scratch, error budget 0.5 pts (val.)"
+    bounded = {"selection": {**budget["selection"], "val_changed_by_pruning": 40}}
+    assert protocol(record(analysis=bounded)) == \
+        "30 ep. from scratch, error budget 0.5 pts (val., upper bound)"
     assert protocol(record("plain", {"thresholds": {}})) == "30 ep. from a plain net, gap rule"
     assert protocol(record("plain", {"selection": {"rule": "budget", "given": ["fc1"]}})) \
         == "30 ep. from a plain net, thresholds given"

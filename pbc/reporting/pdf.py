@@ -11,8 +11,11 @@ from the tables of :mod:`pbc.reporting.tables`:
 6. training curves from metrics.jsonl (errors, ELBO terms);
 7. MDL: the KL term in bits beside the packed size in bits.
 
-A long table continues on further pages.  ``NAME.table1.csv``, ``NAME.table2.csv`` and
-``NAME.mdl.csv`` hold the same tables unrounded.  Nothing here trains or computes statistics:
+For a sweep's directory (``pbc report SWEEP_DIR``) each row is a configuration: Tables 1–2
+and Figure 1 show the mean ± sd over its seeds that the sweep's summary files hold, and the
+per-run pages show its first seed.  A long table continues on further pages.
+``NAME.table1.csv``, ``NAME.table2.csv`` and ``NAME.mdl.csv`` hold the same tables
+unrounded.  Nothing here trains or computes statistics:
 numbers are only formatted (errors as %, rounded for display).
 """
 
@@ -32,7 +35,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from pbc.io import atomic_path
-from pbc.reporting import paper, tables
+from pbc.reporting import paper, spread, tables
 from pbc.rundir import RunRecord, read_runs
 
 PAGE = (11.69, 8.27)          # A4 landscape, inches
@@ -51,17 +54,29 @@ class Report:
     runs: list[RunRecord] = field(default_factory=list)
 
 
-def build_report(run_dirs, out) -> Report:
-    """Read the run directories, write ``out`` (a PDF) and the CSV tables beside it."""
+def build_report(run_dirs, out, sweep=None) -> Report:
+    """Read the run directories, write ``out`` (a PDF) and the CSV tables beside it.
+
+    ``sweep`` (a :class:`pbc.sweep.SweepSummary`) adds a sweep: its selected configurations
+    come first, in Tables 1–2 and Figure 1 as mean ± sd over seeds, the per-run pages from
+    each configuration's first seed; ``run_dirs`` follow as single runs."""
     out = Path(out)
+    if sweep is not None:
+        first = sweep.representatives()
+        run_dirs = list(first.values()) + list(run_dirs)
     runs = read_runs(run_dirs)
+    if sweep is not None:
+        for run, conf in zip(runs, first, strict=False):   # single runs follow
+            run.label = conf
     t1, t2 = tables.table1(runs), tables.table2(runs)
+    if sweep is not None:
+        t1, t2 = tables.with_spread(t1, t2, sweep.configurations, sweep.layers)
     mdl = tables.mdl_table(runs)
     result = Report(out, {}, runs=runs)
     with atomic_path(out) as tmp:
         with PdfPages(tmp, metadata={"Title": f"pbc comparison report: {out.stem}",
                                      "Creator": "pbc report"}) as pdf:
-            for title, fig in _pages(runs, t1, t2, mdl):   # one page in memory at a time
+            for title, fig in _pages(runs, t1, t2, mdl, sweep):   # one page at a time
                 pdf.savefig(fig)
                 result.pages.append(title)
     result.csv = tables.write_tables(out, t1, t2, mdl)
@@ -89,6 +104,14 @@ def _as_printed(v) -> str:
 
 def _pct(fraction) -> str:
     return DASH if _missing(fraction) else f"{100 * float(fraction):.2f}"
+
+
+def _sd(row, key: str, fmt) -> str:
+    """``fmt`` of ``row[key]``, followed by ``± fmt(sd)`` where the row (a sweep's) has a
+    standard deviation over seeds in ``<key>_sd``."""
+    text = fmt(row[key])
+    sd = row.get(f"{key}_sd")
+    return text if text == DASH or _missing(sd) else f"{text} ± {fmt(sd)}"
 
 
 def _page(title: str, subtitle: str | None = None):
@@ -186,12 +209,12 @@ def _run_desc(run: RunRecord) -> str:
 
 # ---------------------------------------------------------------------------------- pages
 
-def _pages(runs, t1, t2, mdl):
+def _pages(runs, t1, t2, mdl, sweep=None):
     """``(title, figure)`` for each page, in order, each drawn only when asked for."""
-    yield from _title_page(runs)
+    yield from _title_page(runs, sweep)
     yield from _table1_pages(t1, runs)
     yield from _table2_pages(t2)
-    yield _bench_page(runs)
+    yield _bench_page(runs) if sweep is None else _sweep_bench_page(sweep, runs)
     yield from _diagnostic_pages(runs)
     yield _curves_page(runs)
     yield from _mdl_pages(mdl)
@@ -204,16 +227,23 @@ def _dataset(run: RunRecord) -> str:
     return run.data
 
 
-def _title_page(runs):
+def _title_page(runs, sweep=None):
     datasets = sorted({_dataset(r) for r in runs})
     built = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    count = f"{len(runs)} runs" if sweep is None else \
+        f"sweep {sweep.root}: {len(runs)} configurations"
     fig = _page("pbc comparison report",
-                f"Data set: {', '.join(datasets)}    ·    {len(runs)} runs    ·    built {built}")
+                f"Data set: {', '.join(datasets)}    ·    {count}    ·    built {built}")
     fig.text(0.04, 0.86, textwrap.fill(
         "Bayesian Compression for Deep Learning (Louizos, Ullrich & Welling 2017), reproduced "
         "with pbc. Every number in this report is read from the run directories' artefacts "
         "(nothing is trained or recomputed); the paper's numbers come from "
-        "pbc/reporting/paper.py.", 150),
+        "pbc/reporting/paper.py." + ("" if sweep is None else
+                                     " Tables 1-2 and Figure 1 give each configuration's mean "
+                                     "± sample sd over its seeds (the sweep's summary.csv, "
+                                     "summary_layers.csv, summary_bench.csv); the run listed "
+                                     "below, its first seed, gives the diagnostics, training "
+                                     "curves and MDL pages."), 150),
         fontsize=10, va="top")
     header = ["#", "run directory", "method", "model", "data", "epochs (config / trained)",
               "git commit", "missing artefacts"]
@@ -245,11 +275,17 @@ def _group_rows(frame: pd.DataFrame, keys: list[str]):
         yield frame[order == key]
 
 
-def _joined(values) -> str:
+def _joined(values, sds=None) -> str:
+    """Per-layer values joined by '-'; a sweep's means rounded, each with '±sd', joined
+    by ' / '."""
     vals = list(values)
     if all(_missing(v) for v in vals):
         return DASH
-    return "-".join("?" if _missing(v) else str(int(v)) for v in vals)
+    sds = [None] * len(vals) if sds is None else list(sds)
+    spread = any(not _missing(s) for s in sds)
+    return (" / " if spread else "-").join(
+        "?" if _missing(v) else f"{float(v):.0f}" if _missing(s) else
+        f"{float(v):.0f}±{float(s):.0f}" for v, s in zip(vals, sds, strict=True))
 
 
 def _table1_pages(t1: pd.DataFrame, runs):
@@ -264,7 +300,8 @@ def _table1_pages(t1: pd.DataFrame, runs):
             src = "original network"
         notes = "; ".join(dict.fromkeys(n for n in g["note"] if isinstance(n, str) and n))
         rows.append([paper.model_name(first["model"]), first["method"], src,
-                     _joined(g["units_kept"]), _joined(g["bits"]), notes])
+                     _joined(g["units_kept"], g.get("units_kept_sd")),
+                     _joined(g["bits"], g.get("bits_sd")), notes])
         shade.append(is_paper)
     layers = {m: "-".join(f"{n}" for n in t1[(t1.model == m) & (t1.source == "run")]
                           .drop_duplicates("layer")["layer"]) for m in t1["model"].unique()}
@@ -304,16 +341,17 @@ def _table2_pages(t2: pd.DataFrame):
             compressed = DASH if _missing(r["paper_error_pct"]) else f"{r['paper_error_pct']:.1f}"
             src = _paper_source(r["model"])
         else:
-            src = r["run"]
+            src = r["run"] if _missing(r.get("n_seeds")) else f"{r['run']} ({r['n_seeds']} seeds)"
             note = "; ".join(filter(None, [r["protocol"], note]))
-            full, compressed = _pct(r["error_full"]), _pct(r["error_packed"])
+            full, compressed = _sd(r, "error_full", _pct), _sd(r, "error_packed", _pct)
             if _missing(r["error_full"]) and not _missing(r["test_error_last_epoch"]):
-                full = _pct(r["test_error_last_epoch"])
+                full = _sd(r, "test_error_last_epoch", _pct)
                 note = "; ".join(filter(None, [note, "error: last epoch of metrics.jsonl"]))
         fmt = _as_printed if is_paper else _num
         rows.append([paper.model_name(r["model"]), r["method"], src, full, compressed,
-                     fmt(r["nonzero_pct"]), fmt(r["pruning"]), fmt(r["fast_prediction"]),
-                     fmt(r["max_compression"]), note])
+                     *(fmt(r[k]) if is_paper else _sd(r, k, _num) for k in
+                       ("nonzero_pct", "pruning", "fast_prediction", "max_compression")),
+                     note])
         shade.append(is_paper)
     return _table_pages(
         "Table 2 — errors and compression rates", header, rows, shade,
@@ -360,6 +398,11 @@ def _bench_page(runs):
         colour = COLOURS[runs.index(run) % len(COLOURS)]   # the run's colour on every page
         many = len(names) > 4
         ax.bar(range(len(names)), med, yerr=[lo, hi], color=colour, capsize=3)
+        ideal = [med[0] / v["ideal_speedup"] if v["ideal_speedup"] else math.nan for v in rows]
+        ax.scatter(range(len(names)), ideal, marker="_", s=250, color="#c44e52", zorder=3)
+        if "flush_to_zero" not in b:
+            notes.append(f"{run.label}: bench.json predates the fair benchmark (subnormal "
+                         f"weights kept, variants timed one after another)")
         ax.set_xticks(range(len(names)),
                       [n.replace("-pad", "\n+pad") for n in names] if many else names,
                       fontsize=6.5 if many else 8)
@@ -368,7 +411,8 @@ def _bench_page(runs):
                      f"{v['speedup']:.2f}×\n(ideal {v['ideal_speedup']:.2f}×)")
             ax.text(x, m + hi[x], label, ha="center", va="bottom",
                     fontsize=6 if many else 7.5)
-        ax.set_ylim(0, max(m + h for m, h in zip(med, hi, strict=True)) * 1.45)
+        ax.set_ylim(0, max([m + h for m, h in zip(med, hi, strict=True)]
+                           + [t for t in ideal if t == t]) * 1.45)
         ax.set_ylabel("ms per batch", fontsize=8.5)
         ax.tick_params(labelsize=8)
         ax.set_title(f"{_run_desc(run)}\n{b.get('device_name', '?')} ({b.get('device', '?')}, "
@@ -389,9 +433,31 @@ def _bench_page(runs):
             ax2.tick_params(labelsize=8)
     _notes(fig, notes + ["Times are for one batch through the network held by each variant: "
                          "dense (posterior means, nothing removed), pruned (structured export), "
-                         "quantised (fixed-point values, float32 arithmetic), csr (linear "
-                         "layers as sparse CSR). Runs benched on different machines are not "
-                         "comparable in absolute time."])
+                         "quantised (fixed-point values, float32 arithmetic), fast (the layers "
+                         "whose weights fit in 8 bits on int8 kernels, CPU), csr (linear "
+                         "layers as sparse CSR). Red tick: the time the FLOP ratio predicts "
+                         "(dense time / ideal speed-up). Subnormal weights are flushed and the "
+                         "variants are timed in turn (bench.json records load and threads). "
+                         "Runs benched on different machines are not comparable in absolute "
+                         "time."])
+    return ("figure1", fig)
+
+
+def _sweep_bench_page(sweep, runs):
+    fig = _page("Figure 1 — forward-pass time per variant, mean ± sd over seeds",
+                "Bars: the mean over seeds of each run's median time (summary_bench.csv); "
+                "whiskers: ± the seeds' sample standard deviation; above each bar: the measured "
+                "speed-up over 'dense', mean ± sd (in brackets: ideal = FLOP ratio).")
+    benched = set(sweep.bench["configuration"])
+    order = [r.label for r in runs if r.label in benched]
+    if not order:
+        fig.text(0.5, 0.5, "No configuration has a bench.json.", ha="center", fontsize=12)
+        return ("figure1", fig)
+    spread.draw_bench_spread(fig, sweep.bench, order,
+                             {r.label: COLOURS[i % len(COLOURS)] for i, r in enumerate(runs)},
+                             {r.label: _run_desc(r) for r in runs})
+    _notes(fig, ["Runs benched on different machines are not comparable in absolute time; "
+                 "each run's own medians and quartiles are in its bench.json."])
     return ("figure1", fig)
 
 

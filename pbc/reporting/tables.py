@@ -15,6 +15,9 @@ Tables (long form, one CSV each, see :func:`write_tables`):
 * :func:`table2` — one row per run or paper row: errors, ``|w≠0|/|w|``, the three rates;
 * :func:`mdl_table` — one row per run × layer (and one per run, ``layer="(run)"``): the KL
   term in bits beside the packed size in bits.
+
+A sweep's report (:func:`with_spread`) puts in each run row the mean over the configuration's
+seeds that the sweep's summary files hold, with the standard deviation beside it.
 """
 
 from __future__ import annotations
@@ -163,7 +166,9 @@ def table2(runs: list[RunRecord]) -> pd.DataFrame:
 def protocol(run: RunRecord) -> str:
     """How a run was made, in a few words: epochs, start, whether a validation split was held
     out, and the threshold rule of its analyse stage (``analysis.json`` ``selection``; runs
-    analysed before it existed used the method's fixed threshold, else the gap rule)."""
+    analysed before it existed used the method's fixed threshold, else the gap rule; budget
+    selections made before the rule bounded the error by one standard error say so by the
+    absence of "upper bound")."""
     config = run.config
     start = "from a plain net" if config.get("init_from") else "from scratch"
     words = [f"{config.get('epochs')} ep. {start}"]
@@ -174,7 +179,10 @@ def protocol(run: RunRecord) -> str:
             else None
         sel = run.analysis.get("selection") or {"rule": fixed[1] if fixed else "gap"}
         if "error_budget_points" in sel:
-            words.append(f"error budget {sel['error_budget_points']} pts (val.)")
+            # a selection that counted the changed predictions accepted on the error's
+            # upper bound (one standard error above it)
+            bound = ", upper bound" if "val_changed_by_pruning" in sel else ""
+            words.append(f"error budget {sel['error_budget_points']} pts (val.{bound})")
         elif sel.get("rule") == "budget":
             words.append("thresholds given")
         else:
@@ -271,6 +279,41 @@ def write_tables(out_pdf, t1: pd.DataFrame, t2: pd.DataFrame, mdl: pd.DataFrame)
             frame.to_csv(f, index=False)
         paths[key] = path
     return paths
+
+
+#: Table 2's columns that a sweep's report gives as mean ± sd over seeds
+SPREAD_T2 = ("error_full", "error_pruned", "error_quantised", "error_kmeans", "error_packed",
+             "test_error_last_epoch", "nonzero_pct", "pruning", "fast_prediction",
+             "max_compression", "packed_bytes", "weights_kept")
+#: Table 1's columns that a sweep's report gives as mean ± sd over seeds
+SPREAD_T1 = ("units_kept", "bits")
+
+
+def with_spread(t1: pd.DataFrame, t2: pd.DataFrame, summary: pd.DataFrame,
+                layers: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A sweep's Tables 1 and 2 (see :mod:`pbc.sweep.summary`): each run row stands for a
+    configuration (``run`` is its name) and takes the mean over its seeds from the sweep's
+    ``summary.csv`` / ``summary_layers.csv``, the sample standard deviation in
+    ``<column>_sd`` and the number of seeds in ``n_seeds``; the paper's rows, and runs that
+    are not one of the sweep's configurations, are unchanged."""
+    t1, t2 = t1.copy(), t2.copy()
+    stats = summary.set_index("configuration")
+    rows = (t2["source"] == "run") & t2["run"].isin(stats.index)   # single runs stay as read
+    t2["n_seeds"] = pd.array([pd.NA] * len(t2), dtype="Int64")
+    t2.loc[rows, "n_seeds"] = t2.loc[rows, "run"].map(stats["n_seeds"])
+    for col in SPREAD_T2:
+        t2[col] = t2[col].astype("Float64")
+        t2.loc[rows, col] = t2.loc[rows, "run"].map(stats[f"{col}_mean"])
+        t2[f"{col}_sd"] = t2["run"].map(stats[f"{col}_sd"]).where(rows).astype("Float64")
+    per_layer = layers.set_index(["configuration", "layer"])
+    rows = (t1["source"] == "run") & t1["run"].isin(stats.index)
+    keys = pd.MultiIndex.from_arrays([t1["run"], t1["layer"]])
+    for col in SPREAD_T1:
+        mean = pd.Series(per_layer[f"{col}_mean"].reindex(keys).to_numpy(), index=t1.index)
+        sd = pd.Series(per_layer[f"{col}_sd"].reindex(keys).to_numpy(), index=t1.index)
+        t1[col] = t1[col].astype("Float64").where(~rows, mean)
+        t1[f"{col}_sd"] = sd.where(rows).astype("Float64")
+    return t1, t2
 
 
 def _by_model(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:

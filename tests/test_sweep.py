@@ -1,0 +1,353 @@
+"""Sweeps: a spec's expansion, a 2 × 2 sweep on local Ray and its summary, a rerun that trains
+nothing, a killed worker whose run resumes to the undisturbed result, the directory lock, the
+report's mean ± sd, and selection on the validation split.
+
+Ray runs with 2 CPUs and one torch thread per run; the runs are 1–3 epochs on generated
+data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import one_line_error
+
+from pbc import cli
+from pbc.data import write_synthetic_dataset
+from pbc.io import ArtefactError
+from pbc.sweep import SpecError, SweepError, expand, load_spec, run_sweep
+from pbc.sweep.pipeline import attempts, log_path
+from pbc.sweep.summary import select
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"data": "fashion-mnist", "epochs": 1, "subset": 200, "batch_size": 20, "draws": 40,
+        "figures": False, "bench_batch": 64, "bench_repeats": 2}
+
+
+def _spec(tmp: Path, text: str) -> Path:
+    path = tmp / "spec.toml"
+    path.write_text(text)
+    return path
+
+
+def _lines(sink: list[str]):
+    return sink.append
+
+
+# ------------------------------------------------------------------------------ the spec
+def test_spec_expands_axes_seeds_and_shares_plain_nets():
+    plan = expand({"data": "fashion-mnist", "seed": [0, 1], "pretrain_epochs": 2, "grid": [
+        {"model": "lenet300", "prior": ["gnj", "svd"], "epochs": 3},
+        {"model": "lenet300", "prior": "sws", "sws_tau": [0.1, 0.2]},
+        {"model": "lenet300", "prior": "gnj", "pretrain_epochs": 0, "label": "scratch"},
+        {"model": "lenet300", "prior": "none", "epochs": 2}]})
+    ids = [r.id for r in plan.runs]
+    # plain nets first; the none block is the same run as the pretraining: one per seed
+    assert ids[:2] == ["lenet300-none/seed0", "lenet300-none/seed1"]
+    assert sorted(ids[2:7]) == sorted(f"{c}/seed0" for c in (
+        "lenet300-gnj", "lenet300-svd", "lenet300-sws-sws_tau0.1", "lenet300-sws-sws_tau0.2",
+        "lenet300-gnj-scratch"))
+    assert len(ids) == 2 + 2 * 5 and len(set(ids)) == len(ids)
+    runs = plan.by_id()
+    assert runs["lenet300-svd/seed1"].pretrain == "lenet300-none/seed1"
+    assert runs["lenet300-gnj-scratch/seed1"].pretrain is None
+    assert runs["lenet300-gnj/seed0"].train["epochs"] == 3
+    assert runs["lenet300-sws-sws_tau0.2/seed0"].train["sws_tau"] == 0.2
+    assert runs["lenet300-none/seed0"].train["epochs"] == 2
+    assert runs["lenet300-none/seed0"].block == 3          # the none block's configuration
+    # the analyse stage's settings go to methods with a posterior only, seeded by the run
+    assert runs["lenet300-gnj/seed1"].analyse["seed"] == 1
+    assert runs["lenet300-sws-sws_tau0.1/seed0"].analyse == {}
+    assert set(plan.only({"prior": ["svd"], "seed": [1]}).by_id()) == \
+        {"lenet300-svd/seed1", "lenet300-none/seed1"}
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ({"modle": "lenet300"}, "unknown key 'modle'"),
+    ({"data_dir": "/data"}, "--data-dir"),
+    ({"prior": "sws"}, "--init-from"),
+    ({"epochs": "30"}, "epochs must be an int"),
+    ({"prior": "gnj", "seed": []}, "gives no runs"),
+    ({"grid": [{"prior": "gnj", "lr": 0.001}, {"prior": "gnj", "lr": 0.0010000001}]},
+     "distinct labels"),        # both would be lenet300-gnj-lr0.001
+    ({"select": {"budget": -1}}, "budget"),
+])
+def test_spec_errors_name_the_key(spec, needle):
+    with pytest.raises(SpecError, match=needle):
+        expand(spec)
+
+
+def test_committed_fashion_mnist_spec_expands_to_the_study(capsys):
+    plan = load_spec(ROOT / "studies" / "fashion-mnist.toml")
+    seeds: dict[str, set] = {}
+    for r in plan.runs:
+        seeds.setdefault(r.configuration, set()).add(r.seed)
+        assert r.train["data"] == "fashion-mnist" and r.train["val"] is None   # 5,000 held out
+    lenet300 = {c: s for c, s in seeds.items() if c.startswith("lenet300-")}
+    lenet5 = {c: s for c, s in seeds.items() if c.startswith("lenet5-")}
+    priors = {c.split("-")[1] for c in seeds}
+    assert priors == {"none", "gnj", "ghs", "svd", "sws", "dc"}
+    assert all(len(s) >= 3 for s in lenet300.values())
+    assert all(len(s) >= 2 for s in lenet5.values())
+    assert plan.select is not None          # settings are chosen, on the validation split
+    assert cli.main(["sweep", str(ROOT / "studies" / "fashion-mnist.toml"), "--out",
+                     "unused", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(plan.runs)} runs in {len(seeds)} configurations" in out
+    assert not Path("unused").exists()
+
+
+def test_selection_reads_validation_error_never_test_error():
+    # B is within 0.5 points of A on validation and compresses more: B is chosen, although
+    # its test error is far worse; a tighter budget chooses A
+    summary = pd.DataFrame({
+        "configuration": ["A", "B", "plain"], "block": pd.array([0, 0, pd.NA], dtype="Int64"),
+        "n_seeds": [3, 3, 3], "val_error_packed_mean": [0.100, 0.104, None],
+        "val_error_last_epoch_mean": [0.09, 0.09, 0.08], "max_compression_mean": [20.0, 30.0, None],
+        "error_packed_mean": [0.09, 0.30, None]})
+    assert select(summary, {"budget": 0.5, "maximise": "max_compression"}) == [False, True, True]
+    assert select(summary, {"budget": 0.2, "maximise": "max_compression"}) == [True, False, True]
+    assert select(summary, None) == [True, True, True]
+
+
+# --------------------------------------------------------------------- sweeps on local Ray
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance with 2 CPUs for the module's sweeps."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("sweep") / "data", n_train=600,
+                                   n_test=100)
+
+
+TWO_BY_TWO = "\n".join(f"{k} = {json.dumps(v).lower() if isinstance(v, bool) else json.dumps(v)}"
+                       for k, v in TINY.items()) + """
+model = "lenet300"
+prior = ["gnj", "svd"]
+seed = [0, 1]
+"""
+
+
+@pytest.fixture(scope="module")
+def two_by_two(ray_local, data, tmp_path_factory):
+    """Two methods × two seeds, 1 epoch each, on local Ray: (sweep dir, result, lines)."""
+    tmp = tmp_path_factory.mktemp("two-by-two")
+    lines: list[str] = []
+    result = run_sweep(load_spec(_spec(tmp, TWO_BY_TWO)), tmp / "out", engine="ray", jobs=2,
+                       data_dir=str(data), say=_lines(lines))
+    return tmp / "out", result, lines
+
+
+def test_two_by_two_sweep_on_ray_summarises_each_configuration(two_by_two):
+    root, result, lines = two_by_two
+    assert result.engine == "ray" and not result.failed and len(result.done) == 4
+    finished = [line for line in lines if " seed " in line]
+    assert len(finished) == 4 and "[4/4 done · 0 running · 0 left]" in finished[-1]
+    assert all(re.search(r"test error .* max compr\. [\d.]+×, \d+ s$", line)
+               for line in finished), finished
+    summary = pd.read_csv(root / "summary.csv")
+    assert list(summary["configuration"]) == ["lenet300-gnj", "lenet300-svd"]
+    for row in summary.itertuples():
+        assert row.n_seeds == 2 and row.seeds == "0;1"
+        dirs = row.run_dirs.split(";")
+        assert dirs == [f"runs/{row.configuration}/seed0", f"runs/{row.configuration}/seed1"]
+        comp = [json.loads((root / d / "compression.json").read_text()) for d in dirs]
+        for key, values in (("error_packed", [c["error"]["packed"] for c in comp]),
+                            ("val_error_full", [c["val_error"]["full"] for c in comp]),
+                            ("max_compression", [c["rates"]["max_compression"] for c in comp]),
+                            ("pruning", [c["rates"]["pruning"] for c in comp])):
+            assert getattr(row, f"{key}_mean") == pytest.approx(statistics.mean(values),
+                                                                rel=1e-12, abs=1e-15)
+            assert getattr(row, f"{key}_sd") == pytest.approx(statistics.stdev(values),
+                                                              rel=1e-9, abs=1e-15)
+        # each seed is its own run: the seeds trained differently
+        assert comp[0]["packed_bytes"] != comp[1]["packed_bytes"]
+    layers = pd.read_csv(root / "summary_layers.csv")
+    assert set(layers["layer"]) == {"fc1", "fc2", "fc3"} and (layers["n_seeds"] == 2).all()
+    bench = pd.read_csv(root / "summary_bench.csv")
+    assert {"dense", "pruned", "quantised"} <= set(bench["variant"])
+
+
+def test_rerunning_a_finished_sweep_trains_nothing_and_rewrites_the_same_summary(two_by_two):
+    root, _, _ = two_by_two
+    files = sorted(root.glob("runs/*/*/*"))
+    before = {p: p.stat().st_mtime_ns for p in files}
+    summary = {n: (root / n).read_bytes() for n in ("summary.csv", "runs.csv",
+                                                     "summary_layers.csv", "summary_bench.csv")}
+    (root / "summary.csv").unlink()
+    lines: list[str] = []
+    spec = root.parent / "spec.toml"
+    result = run_sweep(load_spec(spec), root, engine="ray", say=_lines(lines))
+    assert result.engine is None and result.done == [] and len(result.skipped) == 4
+    assert sum("finished before" in line for line in lines) == 4
+    assert {p: p.stat().st_mtime_ns for p in sorted(root.glob("runs/*/*/*"))} == before
+    for name, data in summary.items():
+        assert (root / name).read_bytes() == data, name
+
+
+def test_a_changed_setting_under_an_existing_run_is_refused(two_by_two):
+    root, _, _ = two_by_two
+    plan = load_spec(root.parent / "spec.toml", {"epochs": 2})
+    with pytest.raises(SweepError, match="epochs was 1, now 2"):
+        run_sweep(plan, root, engine="local", say=_lines([]))
+
+
+def test_report_of_a_sweep_shows_mean_and_sd(two_by_two, tmp_path, capsys):
+    root, _, _ = two_by_two
+    assert cli.main(["report", str(root), "--out", str(tmp_path / "r.pdf")]) == 0
+    assert "pages from 2 runs" in capsys.readouterr().out
+    t2 = pd.read_csv(tmp_path / "r.table2.csv")
+    summary = pd.read_csv(root / "summary.csv").set_index("configuration")
+    runs = t2[t2["source"] == "run"].set_index("run")
+    assert list(runs.index) == ["lenet300-gnj", "lenet300-svd"]
+    for conf, row in runs.iterrows():
+        assert row["n_seeds"] == 2
+        for col in ("error_full", "error_packed", "pruning", "max_compression"):
+            assert row[col] == summary.loc[conf, f"{col}_mean"]
+            assert row[f"{col}_sd"] == summary.loc[conf, f"{col}_sd"]
+    t1 = pd.read_csv(tmp_path / "r.table1.csv")
+    layers = pd.read_csv(root / "summary_layers.csv").set_index(["configuration", "layer"])
+    for row in t1[t1["source"] == "run"].itertuples():
+        assert row.units_kept == layers.loc[(row.run, row.layer), "units_kept_mean"]
+        assert row.units_kept_sd == layers.loc[(row.run, row.layer), "units_kept_sd"]
+
+
+def test_report_of_a_sweep_and_a_single_run(two_by_two, tmp_path, capsys):
+    """Run directories after the sweep's are single rows: their own numbers, no spread."""
+    root, _, _ = two_by_two
+    single = root / "runs" / "lenet300-svd" / "seed1"
+    out = tmp_path / "r.pdf"
+    assert cli.main(["report", str(root), str(single), "--out", str(out)]) == 0
+    assert "pages from 3 runs" in capsys.readouterr().out
+    t2 = pd.read_csv(tmp_path / "r.table2.csv")
+    runs = t2[t2["source"] == "run"].set_index("run")
+    assert list(runs.index) == ["lenet300-gnj", "lenet300-svd", "seed1"]
+    own = json.loads((single / "compression.json").read_text())
+    assert runs.loc["seed1", "pruning"] == pytest.approx(own["rates"]["pruning"], rel=1e-3)
+    assert pd.isna(runs.loc["seed1", "n_seeds"]) and pd.isna(runs.loc["seed1", "pruning_sd"])
+    assert runs.loc["lenet300-svd", "n_seeds"] == 2
+
+
+KILL = "\n".join(f"{k} = {json.dumps(v).lower() if isinstance(v, bool) else json.dumps(v)}"
+                 for k, v in {**TINY, "epochs": 3, "subset": 600, "batch_size": 10}.items()) \
+    + '\nmodel = "lenet300"\nprior = "gnj"\nseed = 0\n'
+RUN = "lenet300-gnj/seed0"
+
+
+def test_a_killed_worker_is_retried_and_the_sweep_ends_as_an_undisturbed_one(
+        ray_local, data, tmp_path, monkeypatch):
+    spec = _spec(tmp_path, KILL)
+    killed = tmp_path / "kill"            # the same length as "calm": packed headers name it
+    box: dict = {}
+
+    def sweep():
+        try:
+            box["result"] = run_sweep(load_spec(spec), killed, engine="ray", retries=2,
+                                      data_dir=str(data), say=_lines(box.setdefault("lines", [])))
+        except BaseException as e:   # noqa: BLE001 - reported by the test below
+            box["error"] = e
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    run_dir = killed / "runs" / RUN
+    deadline = time.monotonic() + 300
+    # kill the worker once the first epoch is checkpointed, while the second trains
+    while not (run_dir / "checkpoint.pt").is_file():
+        assert thread.is_alive() and time.monotonic() < deadline, box
+        time.sleep(0.02)
+    pid = attempts(killed, RUN)[0]["pid"]
+    epochs = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(epochs) < 3, "the run finished its epochs before it could be killed"
+    os.kill(pid, signal.SIGKILL)
+    first_epoch = epochs[0]      # with its seconds: a retry from scratch would rewrite it
+    thread.join(timeout=300)
+    assert "error" not in box and not thread.is_alive(), box
+    result = box["result"]
+    assert result.done == [RUN] and not result.failed
+    tries = attempts(killed, RUN)
+    assert len(tries) == 2 and tries[0]["pid"] == pid != tries[1]["pid"]
+    assert tries[1]["epochs_at_start"] >= 1            # resumed from the checkpoint:
+    assert (run_dir / "metrics.jsonl").read_text().splitlines()[0] == first_epoch
+    assert any("lenet300-gnj seed 0: test error" in line and "attempt 2, resumed at epoch"
+               in line for line in box["lines"]), box["lines"]
+
+    # the same sweep, undisturbed, in this process (Ray hidden: the local engine says so)
+    monkeypatch.setitem(sys.modules, "ray", None)
+    calm_lines: list[str] = []
+    calm = run_sweep(load_spec(spec), tmp_path / "calm", data_dir=str(data),
+                     say=_lines(calm_lines))
+    assert calm.engine == "local" and "Ray is not installed" in calm_lines[1]
+    numbers = [c for c in pd.read_csv(killed / "runs.csv").columns
+               if c not in ("train_seconds", "run_dir")]
+    a = pd.read_csv(killed / "runs.csv")[numbers]
+    b = pd.read_csv(tmp_path / "calm" / "runs.csv")[numbers]
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    per_epoch = [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+                 for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    calm_epochs = [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+                   for line in (tmp_path / "calm" / "runs" / RUN / "metrics.jsonl")
+                   .read_text().splitlines()]
+    assert per_epoch == calm_epochs and len(per_epoch) == 3
+    assert log_path(tmp_path / "calm", RUN).is_file()
+
+
+# ------------------------------------------------------------------------- without Ray
+def test_a_failing_run_is_reported_and_the_others_go_on(data, tmp_path):
+    plan = expand({**TINY, "model": "lenet300", "pretrain_epochs": 1, "grid": [
+        {"prior": "dc", "dc_keep": {"fc9": 0.5}}, {"prior": "svd"}]})
+    lines: list[str] = []
+    result = run_sweep(plan, tmp_path / "out", engine="local", data_dir=str(data),
+                       say=_lines(lines))
+    assert result.done == ["lenet300-none/seed0", "lenet300-svd/seed0"]
+    assert list(result.failed) == ["lenet300-dc/seed0"]
+    assert "fc9" in result.failed["lenet300-dc/seed0"]
+    assert any("lenet300-dc seed 0: FAILED" in line and "1 failed" in line for line in lines)
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("configuration")
+    assert summary.loc["lenet300-dc", "n_seeds"] == 0
+    assert summary.loc["lenet300-svd", "n_seeds"] == 1
+
+
+def test_engine_ray_without_ray_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    plan = expand({**TINY, "model": "lenet300", "prior": "gnj"})
+    with pytest.raises(SweepError, match=r"pip install 'pbc\[sweep\]'"):
+        run_sweep(plan, tmp_path / "out", engine="ray", say=_lines([]))
+    assert not list((tmp_path / "out").glob("runs/*/*/checkpoint.pt"))
+
+
+def test_a_second_sweep_on_the_same_directory_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pbc.lock import locked\n"
+         f"with locked({str(out)!r}, 'pbc sweep other'):\n"
+         "    print('held', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        spec = _spec(tmp_path, 'model = "lenet300"\nprior = "gnj"\nepochs = 1\n')
+        with pytest.raises(ArtefactError, match="pbc sweep other"):
+            run_sweep(load_spec(spec), out, engine="local", say=_lines([]))
+        assert cli.main(["sweep", str(spec), "--out", str(out), "--engine", "local"]) == 1
+        one_line_error(capsys.readouterr().err, "in use by", "pbc sweep other")
+        assert not (out / "sweep.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
