@@ -10,19 +10,39 @@ Variants, all plain torch modules in eval mode under ``torch.inference_mode``:
   gain in that layout is ``pruned-pad16`` against ``dense-pad16``;
 * ``quantised`` — the same shapes with fixed-point weights (``quantised.pt``), still float32
   arithmetic: the bit precision pays off in storage, not in float32 speed;
+* ``fast`` — ``quantised`` with the layers whose weights fit in 8 bits on int8 kernels
+  (:mod:`pbc.compression.lowbit`; CPU only): what ``pbc export --format int8`` writes;
 * ``csr`` — ``quantised`` with every linear layer's weight as a ``torch.sparse_csr`` matrix
   (convolutions stay dense: torch has no sparse convolution).
 
-Each variant is warmed up, then timed ``repeats`` times (CUDA synchronised); the median and
-the inter-quartile range go into ``bench.json`` with the variant's FLOPs (2 × multiply-adds,
-sparse layers counted by their stored nonzeros) and the ideal speed-up (FLOP ratio to
-``dense``) beside the measured one.  On CUDA, energy per batch comes from NVML's total
-energy counter, differenced around many iterations; where NVML is absent the reason is
-recorded instead of a number.
+The rules that make the comparison fair:
+
+* **no subnormal arithmetic** — every variant's weights below the smallest normal float32
+  are set to 0 (they change no prediction; the exports already store them so), and the
+  timing runs with flush-to-zero on (:func:`flush_to_zero`; ``bench.json`` records on which
+  threads): subnormal operands take a slow path on many CPUs and would time the values, not
+  the shapes;
+* **one layout** — networks with convolutions run channels-last (inputs and weights), for
+  every variant alike;
+* **side by side** — every variant is warmed up, then the variants are timed in turn,
+  ``repeats`` rounds with the order rotated each round, through
+  :class:`torch.utils.benchmark.Timer` (threads set, CUDA synchronised), so a change of
+  machine load hits all of them alike; ``bench.json`` holds the median and quartiles of
+  each, and of the per-round speed-up over ``dense``.
+
+Beside the measured speed-up stands the ideal one, the FLOP ratio to ``dense`` (FLOPs:
+2 × multiply-adds, sparse layers counted by their stored nonzeros, int8 multiply-adds
+counted like float ones — so ``fast`` may beat its FLOP ideal by the cheaper arithmetic).
+The test error of each distinct function (dense, pruned, quantised, fast) is recorded too.
+On CUDA, energy per batch comes from NVML's total energy counter, differenced around many
+iterations; where NVML is absent the reason is recorded instead of a number.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import os
 import platform
 import statistics
 import time
@@ -31,10 +51,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils import benchmark
 
-from pbc.compression.export import load_export
+from pbc.compression import lowbit
+from pbc.compression.export import flush_subnormals, load_export
 from pbc.io import ArtefactError, read_json, write_json
-from pbc.nets import plain_network
+from pbc.nets import classification_error, plain_network
 from pbc.reporting import figures
 from pbc.rundir import (
     BENCH,
@@ -43,8 +65,13 @@ from pbc.rundir import (
     PRUNED,
     QUANTISED,
     MissingStage,
+    RunDir,
     load_trained,
+    run_splits,
 )
+
+#: variants whose function differs from the others' (their test errors are recorded)
+DISTINCT_FUNCTIONS = ("dense", "pruned", "quantised", "fast")
 
 
 class SparseLinear(nn.Module):
@@ -70,44 +97,149 @@ def to_csr(net: nn.Sequential) -> nn.Sequential:
 @torch.inference_mode()
 def flops(net: nn.Sequential, input_shape, batch: int = 1, device="cpu") -> int:
     """FLOPs (2 × multiply-adds) of a forward pass of ``batch`` inputs (shapes found by
-    running one input through ``net``); a CSR layer counts its stored nonzeros."""
+    running one input through ``net``); a CSR layer counts its stored nonzeros, an int8
+    layer its multiply-adds like a float one."""
     total = 0
     x = torch.zeros(1, *input_shape, device=device)
     for m in net:
         y = m(x)
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear | lowbit.Int8Linear):
             total += 2 * m.in_features * m.out_features
         elif isinstance(m, SparseLinear):
             total += 2 * m.weight.values().numel()
-        elif isinstance(m, nn.Conv2d):
-            k = m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Conv2d | lowbit.Int8Conv2d):
+            k = m.kernel ** 2 if isinstance(m, lowbit.Int8Conv2d) else \
+                m.kernel_size[0] * m.kernel_size[1]
             total += 2 * m.in_channels * m.out_channels * k * y.shape[-1] * y.shape[-2]
         x = y
     return total * batch
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# ------------------------------------------------------------------------- fair arithmetic
+def flushing() -> str:
+    """Which threads treat subnormal floats as zero now: ``"all threads"``, ``"main thread
+    only"`` or ``"none"`` (a probe: a subnormal times 1, once on this thread and once over a
+    tensor large enough to be split among the intra-op threads)."""
+    main = int(torch.count_nonzero(_subnormals(1) * 1.0)) == 0
+    spread = int(torch.count_nonzero(_subnormals(1 << 20) * 1.0)) == 0
+    return "all threads" if main and spread else "main thread only" if main else "none"
 
 
-@torch.inference_mode()
+def _subnormals(n: int) -> torch.Tensor:
+    """``n`` float32 copies of 2^−129, a subnormal, made from its bits (no conversion that a
+    flushing thread could round to 0)."""
+    return torch.full((n,), 1 << 20, dtype=torch.int32).view(torch.float32)
+
+
+@contextlib.contextmanager
+def flush_to_zero():
+    """Run the block with subnormal floats treated as zero (``torch.set_flush_denormal``) and
+    yield :func:`flushing`; restore the previous setting of this thread after.
+
+    The setting is per thread: intra-op worker threads copy it from the main thread when the
+    pool starts and keep it, so a process that sets it before its first parallel operation
+    (as ``pbc bench`` does) flushes on every thread, and one whose pool is already running
+    flushes on the main thread only — which :func:`flushing` reports.
+    """
+    before = int(torch.count_nonzero(_subnormals(1) * 1.0)) == 0
+    torch.set_flush_denormal(True)
+    try:
+        yield flushing()
+    finally:
+        torch.set_flush_denormal(before)
+
+
+@torch.no_grad()
+def without_subnormals(net: nn.Module) -> nn.Module:
+    """``net`` with every parameter and floating buffer value below the smallest normal float
+    set to 0, in place; returns it."""
+    for tensors in (dict(net.named_parameters()), dict(net.named_buffers())):
+        flushed = flush_subnormals({k: v.data for k, v in tensors.items()
+                                    if not v.is_sparse and v.layout == torch.strided})
+        for k, v in flushed.items():
+            tensors[k].data.copy_(v)
+    return net
+
+
+def count_subnormals(net: nn.Module) -> int:
+    """Nonzero parameter and buffer values of ``net`` below the smallest normal float."""
+    n = 0
+    for t in [*net.parameters(), *net.buffers()]:
+        if t.is_floating_point() and t.layout == torch.strided:
+            n += int(((t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)).sum())
+    return n
+
+
+def _uses_conv(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d | lowbit.Int8Conv2d) for m in net.modules())
+
+
+def prepare(net: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """A variant made ready to time: subnormals flushed, on ``device``, eval mode, and
+    channels-last when asked (float convolution weights; int8 layers pack their own)."""
+    net = without_subnormals(net).to(device).eval()
+    if channels_last:
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.to(memory_format=torch.channels_last)
+    return net
+
+
+# --------------------------------------------------------------------------------- timing
+def _summary(times: list[float]) -> dict:
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {"median_s": statistics.median(times),
+            "spread": {"q25": q[0], "q75": q[2], "iqr": q[2] - q[0], "min": min(times),
+                       "max": max(times)},
+            "times_s": times, "repeats": len(times)}
+
+
+def time_variants(cases: dict[str, tuple[nn.Module, torch.Tensor]], repeats: int = 20,
+                  warmup: int = 3, threads: int | None = None) -> dict[str, dict]:
+    """Time ``net(x)`` for each ``name: (net, x)`` side by side.
+
+    Each case runs ``warmup`` untimed calls; then ``repeats`` rounds take one sample of each
+    case, the order rotated by one each round (so no case always follows the same one).  A
+    sample is :meth:`torch.utils.benchmark.Timer.timeit` of one call, which sets
+    ``threads`` intra-op threads (default the current number), synchronises CUDA and runs
+    two untimed calls of the same case first.  Returns per case the median, quartiles and
+    extremes of the seconds per call, and the samples (``times_s``).
+    """
+    threads = threads or torch.get_num_threads()
+    names = list(cases)
+    calls, timers = {}, {}
+    for name, (net, x) in cases.items():
+        @torch.inference_mode()
+        def call(net=net, x=x):
+            return net(x)
+
+        calls[name] = call
+        timers[name] = benchmark.Timer("call()", globals={"call": call}, num_threads=threads,
+                                       label=name)
+    for name in names:
+        for _ in range(warmup):
+            calls[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            times[name].append(timers[name].timeit(1).mean)
+    return {name: _summary(t) for name, t in times.items()}
+
+
 def time_forward(net: nn.Module, x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> dict:
     """Median and quartiles of the wall time of ``net(x)`` over ``repeats`` timed runs."""
-    for _ in range(warmup):
-        net(x)
-    _sync(x.device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        net(x)
-        _sync(x.device)
-        times.append(time.perf_counter() - t0)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"median_s": statistics.median(times), "spread": {"q25": q[0], "q75": q[2],
-            "min": min(times), "max": max(times)}, "repeats": repeats}
+    return time_variants({"net": (net, x)}, repeats, warmup)["net"]
 
 
+def paired_speedups(base: list[float], other: list[float]) -> dict:
+    """Per-round speed-ups ``base[r] / other[r]``: median and quartiles."""
+    ratios = [b / o for b, o in zip(base, other, strict=True)]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"median": statistics.median(ratios), "q25": q[0], "q75": q[2]}
+
+
+# --------------------------------------------------------------------------------- energy
 class NvmlEnergy:
     """GPU energy from NVML's total-energy counter (millijoules since driver load)."""
 
@@ -129,6 +261,11 @@ class NvmlEnergy:
         return self._read(self.handle) / 1000.0
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.inference_mode()
 def energy_per_batch(net, x, meter: NvmlEnergy, min_seconds: float = 2.0) -> float | None:
     """Energy (J) per forward pass, from the counter differenced over ≥ ``min_seconds``."""
@@ -143,6 +280,7 @@ def energy_per_batch(net, x, meter: NvmlEnergy, min_seconds: float = 2.0) -> flo
     return (meter.joules() - e0) / n
 
 
+# ------------------------------------------------------------------------------- variants
 @torch.no_grad()
 def pad_linear_widths(net: nn.Sequential, multiple: int = 16) -> nn.Sequential:
     """A copy of ``net`` whose hidden linear layers have output widths rounded up to a
@@ -174,62 +312,126 @@ def pad_linear_widths(net: nn.Sequential, multiple: int = 16) -> nn.Sequential:
         else:
             if extra_in and not isinstance(m, nn.ReLU):
                 raise ValueError(f"cannot pad through {type(m).__name__}")
-            out.append(m)
+            out.append(copy.deepcopy(m))
     return nn.Sequential(*out).eval()
 
 
-def variants(run: Path, dense: nn.Module) -> dict[str, nn.Module]:
-    """The timed networks; ``dense`` is the posterior-mean net of the original shape."""
+def variants(run: Path, dense: nn.Module, device: torch.device | str = "cpu"
+             ) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """The timed networks (``dense`` is the posterior-mean net of the original shape) and,
+    for variants left out on this device, the reason."""
     quantised = load_export(run / QUANTISED)
     pruned = load_export(run / PRUNED)
-    return {"dense": dense.eval(), "dense-pad16": pad_linear_widths(dense, 16),
+    nets = {"dense": dense.eval(), "dense-pad16": pad_linear_widths(dense, 16),
             "pruned": pruned, "pruned-pad16": pad_linear_widths(pruned, 16),
-            "quantised": quantised, "csr": to_csr(quantised).eval()}
+            "quantised": quantised}
+    skipped = {}
+    if lowbit.int8_kernels(device):
+        nets["fast"] = lowbit.lowbit_network(load_export(run / QUANTISED))
+    else:
+        skipped["fast"] = f"no int8 kernels on {torch.device(device).type}"
+    nets["csr"] = to_csr(load_export(run / QUANTISED)).eval()
+    return nets, skipped
 
 
 def bench(run_dir, batch: int = 8192, device: str = "cpu", threads: int | None = None,
-          repeats: int = 20, warmup: int = 3) -> dict:
-    """Time every variant of a compressed run; write ``bench.json`` and a bar chart."""
+          repeats: int = 20, warmup: int = 3, test_error: bool = True) -> dict:
+    """Time every variant of a compressed run side by side; write ``bench.json`` and a bar
+    chart (see the module docstring for the rules)."""
     run = Path(run_dir)
     if not (run / QUANTISED).is_file():
         raise MissingStage(f"{run}: no compressed network; run `pbc compress {run}` first")
-    if threads:
-        torch.set_num_threads(threads)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ArtefactError("device 'cuda' requested but CUDA is not available")
+    with RunDir(run).writing("pbc bench"):
+        record = _bench(run, batch, dev, threads or torch.get_num_threads(), repeats, warmup,
+                        test_error)
+        write_json(run / BENCH, record)
+        figures.bench_chart(record, run / FIGURES / BENCH_FIGURE)
+    return record
+
+
+def _bench(run: Path, batch: int, dev: torch.device, threads: int, repeats: int, warmup: int,
+           test_error: bool) -> dict:
     trained = load_trained(run)
     config, arch = trained.config, trained.arch
     dense = plain_network(arch, trained.method.plain_state(trained.net))
-    nets = {k: v.to(dev) for k, v in variants(run, dense).items()}
+    nets, skipped = variants(run, dense, dev)
+    subnormals = {k: count_subnormals(v) for k, v in nets.items()}
+    channels_last = _uses_conv(dense)
+    nets = {k: prepare(v, dev, channels_last) for k, v in nets.items()}
     x = torch.rand(batch, *arch.input_shape, device=dev)
-    meter = NvmlEnergy(dev) if dev.type == "cuda" else None
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    load_before = _load_average()
+    with flush_to_zero() as flush:
+        timed = time_variants({k: (m, x) for k, m in nets.items()}, repeats, warmup, threads)
+        meter = NvmlEnergy(dev) if dev.type == "cuda" else None
+        energy = {k: energy_per_batch(m, x, meter) if meter else None for k, m in nets.items()}
+        errors = _test_errors(config, nets, dev) if test_error else {}
+    load_after = _load_average()
+    base = timed["dense"]
+    dense_flops = flops(nets["dense"], arch.input_shape, batch, dev)
     rows = []
     for name, m in nets.items():
-        row = {"name": name, **time_forward(m, x, repeats, warmup),
-               "flops": flops(m, arch.input_shape, batch, dev)}
-        row["energy_j"] = energy_per_batch(m, x, meter) if meter else None
-        rows.append(row)
-    base = rows[0]
-    for row in rows:
+        row = {"name": name, **timed[name], "flops": flops(m, arch.input_shape, batch, dev),
+               "energy_j": energy[name], "subnormal_weights_flushed": subnormals[name],
+               "test_error": errors.get(name)}
         row["speedup"] = base["median_s"] / row["median_s"]
-        row["ideal_speedup"] = base["flops"] / row["flops"]
-    record = {"run": str(run), "model": config.model, "prior": config.prior,
-              "device": str(dev), "device_name": _device_name(dev),
-              "threads": torch.get_num_threads(), "batch": batch, "repeats": repeats,
-              "warmup": warmup, "torch": torch.__version__,
-              "energy_note": (meter.reason if meter else "CPU run: no energy counter") or
-              "NVML total energy, differenced over ≥ 2 s per variant",
-              "variants": rows}
-    write_json(run / BENCH, record)
-    figures.bench_chart(record, run / FIGURES / BENCH_FIGURE)
-    return record
+        row["speedup_paired"] = paired_speedups(base["times_s"], row["times_s"])
+        row["ideal_speedup"] = dense_flops / row["flops"]
+        rows.append(row)
+    int8 = ([n for n, m in nets["fast"].named_children() if isinstance(m, lowbit.Int8Layer)]
+            if "fast" in nets else [])
+    return {"run": str(run), "model": config.model, "prior": config.prior,
+            "device": str(dev), "device_name": _device_name(dev), "threads": threads,
+            "batch": batch, "repeats": repeats, "warmup": warmup, "torch": torch.__version__,
+            "timer": "torch.utils.benchmark.Timer; variants interleaved, order rotated "
+                     "each round",
+            "flush_to_zero": flush, "memory_format": ("channels_last" if channels_last
+                                                     else "contiguous"),
+            "load_average": {"before": load_before, "after": load_after},
+            "int8_layers": int8, "int8_kernels": (
+                "oneDNN qlinear/qconv2d (torch.ops.onednn), int8 weights, dynamic 7-bit "
+                "uint8 activations" if int8 else None),
+            "skipped": skipped,
+            "energy_note": (meter.reason if meter else "CPU run: no energy counter") or
+            "NVML total energy, differenced over ≥ 2 s per variant",
+            "variants": rows}
+
+
+def _test_errors(config, nets: dict[str, nn.Module], dev: torch.device) -> dict[str, float]:
+    """Test error of each variant in :data:`DISTINCT_FUNCTIONS` (batches of 8192, as timed)."""
+    _, data = run_splits(config)
+    return {k: classification_error(nets[k], data.test_x, data.test_y, batch_size=8192,
+                                    device=dev)
+            for k in DISTINCT_FUNCTIONS if k in nets}
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    return platform.processor() or platform.machine()
+    return f"{cpu_model()} ({os.cpu_count()} CPUs)"
 
 
 def read_bench(run_dir) -> dict:

@@ -1,14 +1,19 @@
 """Compressed networks as plain torch modules: save, load, decode.  Never imports Pyro.
 
-Two on-disk forms:
+Three on-disk forms:
 
-* ``*.pt`` — ``{"arch": Architecture.to_dict(), "state_dict": {...}}`` saved with
-  ``torch.save``; loads with ``torch.load(weights_only=True)``.
+* ``*.pt`` — ``{"format", "arch": Architecture.to_dict(), "state_dict": {...}}`` saved with
+  ``torch.save``; loads with ``torch.load(weights_only=True)``.  Weights whose magnitude is
+  below the smallest normal float32 are stored as 0 (:func:`flush_subnormals`): they change
+  no prediction, and subnormal operands make float arithmetic slow on many CPUs;
+* ``*.int8.pt`` — the same form with format ``pbc-int8-network``: the layers that
+  :mod:`pbc.compression.lowbit` runs on integer kernels hold ``weight_int8`` (int8) and
+  ``weight_scale`` (float32) instead of ``weight``; ``int8_layers`` names them;
 * ``*.pbcz`` — the packed format of :mod:`pbc.compression.codec` (relative CSR + Huffman);
   its metadata holds the architecture and the small non-weight state (``select`` indices,
   batch norm).
 
-Both load into ``build_network(arch)`` of :mod:`pbc.nets`.
+All load into ``build_network(arch)`` of :mod:`pbc.nets` (int8 layers swapped in).
 """
 
 from __future__ import annotations
@@ -19,34 +24,68 @@ import numpy as np
 import torch
 from torch import nn
 
-from pbc.compression import codec
+from pbc.compression import codec, lowbit
 from pbc.io import ArtefactError, load_torch, save_torch
 from pbc.nets import Architecture, build_network
 
 FORMAT = "pbc-compressed-network"
+INT8_FORMAT = "pbc-int8-network"
+
+
+def flush_subnormals(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every floating-point value of magnitude below the smallest normal
+    number of its dtype (a subnormal) set to 0; other tensors unchanged."""
+    out = {}
+    for k, v in state.items():
+        if v.is_floating_point():
+            v = torch.where(v.abs() < torch.finfo(v.dtype).tiny, torch.zeros_like(v), v)
+        out[k] = v
+    return out
 
 
 def save_export(path, arch: Architecture, state: dict[str, torch.Tensor]) -> None:
-    save_torch(path, {"format": FORMAT, "arch": arch.to_dict(),
-                      "state_dict": {k: v.detach().cpu() for k, v in state.items()}})
+    """Write a ``.pt`` export; subnormal weights are stored as 0 (:func:`flush_subnormals`)."""
+    state = flush_subnormals({k: v.detach().cpu() for k, v in state.items()})
+    save_torch(path, {"format": FORMAT, "arch": arch.to_dict(), "state_dict": state})
 
 
 def load_export(path) -> nn.Module:
-    """Rebuild a ``.pt`` export (``weights_only=True``) as a plain ``nn.Sequential``."""
+    """Rebuild a ``.pt`` export (``weights_only=True``) as a plain ``nn.Sequential``; an int8
+    export (:func:`save_int8`) with its int8 layers."""
+    return read_export(path)[1]
+
+
+def read_export(path) -> tuple[Architecture, nn.Module]:
+    """:func:`load_export`, with the architecture the file records."""
     obj = load_torch(path)
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+    fmt = obj.get("format") if isinstance(obj, dict) else None
+    if fmt not in (FORMAT, INT8_FORMAT):
         raise ArtefactError(f"{path}: not a pbc compressed network")
-    return _build(path, obj["arch"], obj["state_dict"])
+    int8_layers = obj.get("int8_layers", []) if fmt == INT8_FORMAT else []
+    return _build(path, obj["arch"], obj["state_dict"], int8_layers)
 
 
-def _build(path, arch_dict, state) -> nn.Module:
+def save_int8(path, arch: Architecture, net: nn.Sequential) -> list[str]:
+    """Write ``net`` — :func:`pbc.compression.lowbit.lowbit_network` of an export of ``arch``
+    — as an int8 export; returns the names of its int8 layers."""
+    names = [n for n, m in net.named_children() if isinstance(m, lowbit.Int8Layer)]
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    save_torch(path, {"format": INT8_FORMAT, "arch": arch.to_dict(), "int8_layers": names,
+                      "state_dict": state})
+    return names
+
+
+def _build(path, arch_dict, state, int8_layers=()) -> tuple[Architecture, nn.Module]:
     try:
-        net = build_network(Architecture.from_dict(arch_dict))
+        arch = Architecture.from_dict(arch_dict)
+        net = build_network(arch)
+        for name in int8_layers:
+            setattr(net, name, lowbit.empty_int8_like(getattr(net, name)))
         net.load_state_dict(state, strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise ArtefactError(f"{path}: architecture and weights do not match "
                             f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return net.eval()
+    return arch, net.eval()
 
 
 def packed_meta(arch: Architecture, extra_state: dict[str, torch.Tensor], source: dict) -> dict:
@@ -81,7 +120,7 @@ def load_packed(path) -> nn.Module:
         state = state_from_packed(meta, layers)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ArtefactError(f"{path}: bad extra state in the header ({e})") from None
-    return _build(path, meta["arch"], state)
+    return _build(path, meta["arch"], state)[1]
 
 
 def load_compressed(path) -> nn.Module:

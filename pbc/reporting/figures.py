@@ -105,30 +105,38 @@ def weight_scatter(layers: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
 
 
 def bench_chart(record: dict, path: Path):
-    """Bar chart of forward-pass time per variant (median, IQR whiskers), the measured and
-    ideal (FLOP-ratio) speed-ups written above each bar; energy per batch where measured."""
+    """Bar chart of forward-pass time per variant (median, IQR whiskers), a tick at the time
+    the FLOP ratio would give (dense time / ideal speed-up), the measured and ideal
+    speed-ups written above each bar; energy per batch where measured."""
     rows = record["variants"]
     names = [r["name"] for r in rows]
     med = np.array([r["median_s"] for r in rows]) * 1e3
     lo = med - np.array([r["spread"]["q25"] for r in rows]) * 1e3
     hi = np.array([r["spread"]["q75"] for r in rows]) * 1e3 - med
+    ideal = med[0] / np.array([r["ideal_speedup"] for r in rows])
     energy = [r.get("energy_j") for r in rows]
     panels = 2 if any(e is not None for e in energy) else 1
-    fig = Figure(figsize=(4.2 * panels, 3.2))
+    fig = Figure(figsize=(max(4.2, 0.75 * len(rows)) * panels, 3.2))
     axes = fig.subplots(1, panels, squeeze=False)
     ax = axes[0, 0]
-    ax.bar(names, med, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], color="#4c72b0", capsize=3)
+    x = np.arange(len(rows))
+    ax.bar(x, med, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], color="#4c72b0", capsize=3)
+    ax.scatter(x, ideal, marker="_", s=300, color="#c44e52", zorder=3, label="FLOP-ratio ideal")
     for i, r in enumerate(rows):
-        ax.text(i, med[i], f"{r['speedup']:.2f}x\n(ideal {r['ideal_speedup']:.1f}x)",
-                ha="center", va="bottom", fontsize=7)
+        ax.text(i, max(med[i] + max(hi[i], 0), ideal[i]),
+                f"{r['speedup']:.2f}x\n(ideal {r['ideal_speedup']:.2f}x)",
+                ha="center", va="bottom", fontsize=6.5)
+    ax.set_xticks(x, names, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("ms per batch", fontsize=8)
-    ax.set_ylim(0, med.max() * 1.35)
+    ax.set_ylim(0, max(med.max(), ideal.max()) * 1.4)
+    ax.legend(fontsize=7, frameon=False, loc="upper right")
     ax.set_title(f"{record['model']} {record['prior']}: batch {record['batch']}, "
                  f"{record['device']} ({record['threads']} threads)", fontsize=8)
     ax.tick_params(labelsize=7)
     if panels == 2:
         ax2 = axes[0, 1]
-        ax2.bar(names, [e or 0.0 for e in energy], color="#55a868")
+        ax2.bar(x, [e or 0.0 for e in energy], color="#55a868")
+        ax2.set_xticks(x, names, fontsize=7, rotation=30, ha="right")
         ax2.set_ylabel("J per batch (NVML)", fontsize=8)
         ax2.tick_params(labelsize=7)
     fig.tight_layout()

@@ -1,0 +1,227 @@
+"""Low-bit inference: layers whose quantised weights fit in 8 bits run on integer kernels.
+
+Torch only (never Pyro).  A layer qualifies when its quantised weights take at most
+:data:`MAX_CODES` distinct values — the posterior bit precision's fixed-point codebook, or a
+DC/SWS codebook, has ≤ 256 entries — since 256 values are what an 8-bit weight can name.
+Such a layer stores
+
+* ``weight_int8: (out, in[, k, k])`` int8 and ``weight_scale: (out,)`` float32, with
+  ``w ≈ weight_scale[o] · weight_int8[o, …]``: per output unit, the power-of-two step of the
+  fixed-point grid when the weights lie on it within ±127 steps (then exactly), else the
+  symmetric step ``max|w_o| / 127``;
+* ``bias: (out,)`` float32;
+
+and computes ``y = s_x s_w (q_x − z_x) q_wᵀ + b`` with 8-bit integer products and 32-bit
+integer sums, where the activation ``x`` is quantised per call (dynamic quantisation: one
+scale ``s_x`` and zero point ``z_x`` from the batch's minimum and maximum) to
+:data:`ACT_LEVELS` + 1 levels of ``uint8``.  Activations use 7 bits, not 8: x86 CPUs without
+VNNI multiply ``uint8 × int8`` pairs into saturating 16-bit sums (``vpmaddubsw``), and
+``2 · 255 · 127`` overflows them; ``2 · 127 · 127`` does not.
+
+Kernels: oneDNN's ``onednn::qlinear_pointwise`` and ``onednn::qconv2d_pointwise`` on plain
+``uint8``/``int8`` tensors (the kernels PyTorch's x86 int8 path lowers to), so nothing here
+builds a quantized-dtype tensor or touches the deprecated ``torch.ao.quantization`` API.
+Where they are absent (a build without oneDNN, or a CUDA tensor) the same arithmetic runs as
+float32 on the dequantised integers: same function, no speed-up (:func:`int8_kernels`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_CODES = 256     # distinct weight values an int8 weight can name
+WEIGHT_LEVELS = 127  # symmetric int8 weights: −127 … 127
+ACT_LEVELS = 127    # activations: uint8 codes 0 … 127 (7 bits; see the module docstring)
+
+
+def int8_kernels(device: torch.device | str = "cpu") -> bool:
+    """Whether oneDNN's int8 kernels run on ``device`` (CPU builds with oneDNN only)."""
+    return (torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.onednn, "qlinear_pointwise"))
+
+
+def fits_int8(weight: torch.Tensor) -> bool:
+    """The rule: a layer runs in int8 when its weights take ≤ :data:`MAX_CODES` values."""
+    return torch.unique(weight.detach()).numel() <= MAX_CODES
+
+
+def quantise_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per output unit ``o``: ``(q: int8 like weight, s: (out,) float32)``, ``w ≈ s[o]·q[o]``.
+
+    The scale is the power of two ``2^⌈log2(max|w_o| / 127)⌉`` when every weight of the unit is
+    a multiple of it (a fixed-point grid: then ``s·q == w`` exactly), else ``max|w_o| / 127``.
+    A unit of zeros gets scale 1.
+    """
+    w = weight.detach().to(torch.float64).reshape(weight.shape[0], -1)  # (out, fan_in)
+    top = w.abs().amax(1)
+    pow2 = torch.exp2(torch.ceil(torch.log2(top.clamp_min(1e-300) / WEIGHT_LEVELS)))
+    on_grid = (torch.round(w / pow2[:, None]) * pow2[:, None] == w).all(1)
+    scale = torch.where(on_grid, pow2, top / WEIGHT_LEVELS)
+    scale = torch.where(top > 0, scale, torch.ones_like(scale))
+    q = torch.round(w / scale[:, None]).clamp(-WEIGHT_LEVELS, WEIGHT_LEVELS)
+    return q.to(torch.int8).reshape(weight.shape), scale.to(torch.float32)
+
+
+def quantise_activation(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """Dynamic asymmetric quantisation of ``x`` (any shape) to ``uint8`` codes 0 … 127.
+
+    ``x ≈ s·(q − z)`` with ``s = (max(x, 0) − min(x, 0)) / 126`` and ``z = round(−min/s)``, so
+    0 is exact.  With 126 steps (not 127), ``x/s + z + ½`` lies in [0, 127] and truncating it
+    rounds to nearest with no clamp: three passes over ``x`` (min/max, scale, cast).
+    Returns ``(q, s, z)``.
+    """
+    lo, hi = torch.aminmax(x.detach())
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = (hi - lo) / (ACT_LEVELS - 1) if hi > lo else 1.0
+    zero = int(round(-lo / scale))
+    shifted = torch.addcmul(x.new_tensor(zero + 0.5), x.detach(), x.new_tensor(1.0 / scale))
+    return shifted.to(torch.uint8), scale, zero
+
+
+class Int8Layer(nn.Module):
+    """Shared state of :class:`Int8Linear` and :class:`Int8Conv2d`; the packed weight is a
+    cache (oneDNN's layout) rebuilt from ``weight_int8`` after loading or moving."""
+
+    def __init__(self, weight_shape: tuple[int, ...]):
+        super().__init__()
+        self.register_buffer("weight_int8", torch.zeros(weight_shape, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(weight_shape[0]))
+        self.register_buffer("bias", torch.zeros(weight_shape[0]))
+        self._packed = None
+        self._zeros = torch.zeros(weight_shape[0], dtype=torch.int64)
+
+    @classmethod
+    def from_float(cls, layer: nn.Module) -> Int8Layer:
+        q = cls._like(layer)
+        w_int8, scale = quantise_weight(layer.weight)
+        with torch.no_grad():
+            q.weight_int8.copy_(w_int8)
+            q.weight_scale.copy_(scale)
+            q.bias.copy_(layer.bias.detach())
+        return q
+
+    def dequantised_weight(self) -> torch.Tensor:
+        """``s[o] · q[o, …]`` as float32: the weights this layer computes with."""
+        shape = (-1,) + (1,) * (self.weight_int8.dim() - 1)
+        return self.weight_int8.float() * self.weight_scale.reshape(shape)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._packed = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._packed = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, scale, zero = quantise_activation(x)
+        if not int8_kernels(x.device):
+            return self._reference(scale * (q.float() - zero))
+        if self._packed is None:
+            self._packed = self._pack()
+        return self._kernel(q, scale, zero)
+
+
+class Int8Linear(Int8Layer):
+    """``nn.Linear`` with int8 weights and dynamic 7-bit activations: ``(N, in) → (N, out)``."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__((out_features, in_features))
+        self.in_features, self.out_features = in_features, out_features
+
+    @staticmethod
+    def _like(layer: nn.Linear) -> Int8Linear:
+        return Int8Linear(layer.in_features, layer.out_features)
+
+    def _pack(self):
+        return torch.ops.onednn.qlinear_prepack(self.weight_int8.contiguous(), None)
+
+    def _kernel(self, q, scale, zero):
+        return torch.ops.onednn.qlinear_pointwise(
+            q, scale, zero, self._packed, self.weight_scale, self._zeros, self.bias,
+            1.0, 0, torch.float32, "none", [], "")
+
+    def _reference(self, x):
+        return F.linear(x, self.dequantised_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+class Int8Conv2d(Int8Layer):
+    """``nn.Conv2d`` (stride 1, square kernel) with int8 weights and dynamic 7-bit
+    activations: ``(N, C_in, H, W) → (N, C_out, H', W')``, channels-last in memory."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, padding: int = 0):
+        super().__init__((out_channels, in_channels, kernel, kernel))
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel, self.padding = kernel, padding
+
+    @staticmethod
+    def _like(layer: nn.Conv2d) -> Int8Conv2d:
+        if layer.stride != (1, 1) or layer.dilation != (1, 1) or layer.groups != 1 \
+                or layer.kernel_size[0] != layer.kernel_size[1] \
+                or layer.padding[0] != layer.padding[1]:
+            raise ValueError(f"Int8Conv2d handles square stride-1 convolutions, not {layer}")
+        return Int8Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size[0],
+                          layer.padding[0])
+
+    def _geometry(self):
+        return [1, 1], [self.padding, self.padding], [1, 1], 1
+
+    def _pack(self):
+        stride, padding, dilation, groups = self._geometry()
+        # the activation scale given here is not used by the kernel (it takes each call's)
+        return torch.ops.onednn.qconv_prepack(self.weight_int8.contiguous(), self.weight_scale,
+                                              1.0, 0, stride, padding, dilation, groups, None)
+
+    def _kernel(self, q, scale, zero):
+        stride, padding, dilation, groups = self._geometry()
+        q = q.contiguous(memory_format=torch.channels_last)
+        return torch.ops.onednn.qconv2d_pointwise(
+            q, scale, zero, self._packed, self.weight_scale, self._zeros, self.bias,
+            stride, padding, dilation, groups, 1.0, 0, torch.float32, "none", [], "")
+
+    def _reference(self, x):
+        return F.conv2d(x, self.dequantised_weight(), self.bias, padding=self.padding)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel}, "
+                f"padding={self.padding}, int8")
+
+
+def to_int8(layer: nn.Module) -> Int8Layer:
+    """The int8 counterpart of an ``nn.Linear`` or ``nn.Conv2d``."""
+    if isinstance(layer, nn.Linear):
+        return Int8Linear.from_float(layer)
+    if isinstance(layer, nn.Conv2d):
+        return Int8Conv2d.from_float(layer)
+    raise TypeError(f"no int8 counterpart of {type(layer).__name__}")
+
+
+def empty_int8_like(layer: nn.Module) -> Int8Layer:
+    """An int8 layer of ``layer``'s shape with zero weights (to load a state dict into)."""
+    if isinstance(layer, nn.Linear):
+        return Int8Linear._like(layer)
+    if isinstance(layer, nn.Conv2d):
+        return Int8Conv2d._like(layer)
+    raise TypeError(f"no int8 counterpart of {type(layer).__name__}")
+
+
+def int8_layer_names(net: nn.Sequential) -> list[str]:
+    """The weighted layers of ``net`` that :func:`fits_int8` selects."""
+    return [name for name, m in net.named_children()
+            if isinstance(m, (nn.Linear, nn.Conv2d)) and fits_int8(m.weight)]
+
+
+def lowbit_network(net: nn.Sequential, names: list[str] | None = None) -> nn.Sequential:
+    """A copy of ``net`` (an ``nn.Sequential`` of named layers, e.g. the quantised export)
+    whose layers ``names`` (default :func:`int8_layer_names`) run in int8; the rest are
+    shared with ``net``."""
+    names = int8_layer_names(net) if names is None else names
+    return nn.Sequential(OrderedDict(
+        (name, to_int8(m) if name in names else m) for name, m in net.named_children())).eval()
