@@ -16,7 +16,12 @@ from pbc.bayes.priors import make_prior
 from pbc.bayes.summaries import layer_moments
 from pbc.cli import main
 from pbc.compression.masks import propagate_masks
-from pbc.compression.quantise import bit_precision, exponent_bits, significand_bits
+from pbc.compression.quantise import (
+    bit_precision,
+    exponent_bits,
+    fixed_point_bits,
+    significand_bits,
+)
 from pbc.nets import lenet5, lenet300
 
 
@@ -103,8 +108,19 @@ def test_bit_precision_rules():
     assert exponent_bits(np.array([0.01, 0.02, 0.04]), t=10) == 2
     assert exponent_bits(np.array([1e3, 1e-3]), t=12) == 5       # exponents -10 … 9
     assert exponent_bits(np.array([0.5]), t=4) == 1
-    b = bit_precision(np.array([0.5, 0.25]), np.array([0.01, 0.03]))
-    assert b["bits"] == 1 + b["significand_bits"] + b["exponent_bits"]
+    # fixed point: |w| ≤ 0.3 at step 2^-5 → magnitudes up to round(9.6) = 10 → 4 bits + sign
+    assert fixed_point_bits(np.array([0.3, -0.1, 0.02]), t=5) == 5
+    assert fixed_point_bits(np.array([-0.5]), t=4) == 1 + 4          # 8 needs 4 bits
+    assert fixed_point_bits(np.array([0.01]), t=2) == 2              # all round to 0: 1 + 1
+    # t = 6 from mean variance 0.02; exponents -3 … -1 (2 bits) → float 1+2+6 = 9 bits;
+    # fixed point: round(0.5·64) = 32 → 6 bits + sign = 7: the narrower format counts
+    b = bit_precision(np.array([0.5, 0.25, -0.125]), np.array([0.01, 0.03, 0.02]))
+    assert (b["significand_bits"], b["exponent_bits"], b["fixed_point_bits"]) == (6, 2, 7)
+    assert b["bits"] == 7
+    # a wide range favours the float: |w| up to 1000 at t = 14 needs 1 + 24 bits fixed
+    wide = bit_precision(np.array([1000.0, 1e-3]), np.array([1e-4, 1e-4]))
+    assert wide["fixed_point_bits"] > 1 + wide["exponent_bits"] + wide["significand_bits"]
+    assert wide["bits"] == 1 + wide["exponent_bits"] + wide["significand_bits"]
 
 
 def test_masks_propagate_through_flatten_and_between_layers():

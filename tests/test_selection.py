@@ -4,6 +4,7 @@ on a posterior whose best thresholds are known."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -117,8 +118,14 @@ def test_budget_rule_spends_a_budget_only_where_it_buys_compression():
     net.load_state_dict(pruned_quantised_state(arch, state, posts, {"fc1": 8.0, "fc2": 10.0}))
     cost = (net(x).argmax(-1) != y).float().mean().item()
     assert cost > 0
-    loose = budget_thresholds(arch, state, posts, x, y, budget=cost + 0.01)
-    assert _kept(posts, loose.thresholds)["fc1"] < 8 and loose.error <= cost + 0.01
+    # pruning it changes the prediction of every example it gets wrong (e₀ = 0)
+    margin = math.sqrt(cost * len(y)) / len(y)
+    loose = budget_thresholds(arch, state, posts, x, y, budget=cost + margin + 0.01)
+    assert _kept(posts, loose.thresholds)["fc1"] < 8
+    assert loose.error + math.sqrt(loose.changed) / len(y) <= cost + margin + 0.01
+    # a budget that covers the cost but not its standard error keeps the input
+    exact = budget_thresholds(arch, state, posts, x, y, budget=cost)
+    assert _kept(posts, exact.thresholds)["fc1"] == 8 and exact.changed == 0
 
 
 def test_budget_rule_needs_a_validation_split():

@@ -6,9 +6,14 @@ choice is a number ``k`` of groups pruned, and its threshold lies between the ``
 ``(k+1)``-th highest scores.  With ``e₀`` the validation error of the unpruned posterior-mean
 network and ``P`` the budget (a fraction), the rule looks for thresholds with
 
-    error(pruned and quantised network) ≤ e₀ + P
+    error(pruned and quantised network) + √d / n ≤ e₀ + P
 
-pruning as many groups as it can, never all of a layer's units: for each layer in turn, a
+pruning as many groups as it can, never all of a layer's units.  ``d`` counts the ``n``
+validation examples whose predicted class pruning changed, so ``√d / n`` is one standard
+error of the paired difference in error (McNemar's): a trial is accepted on its error's
+upper bound, not on a favourable draw of the split — the search tries dozens of settings
+and would otherwise keep those that the validation examples happen to flatter, which the
+test set then does not.  For each layer in turn, a
 bisection on ``k`` with the other layers held, in two passes — the first allows ``e₀ + P/2``
 so that the first layers do not take the whole budget, the second ``e₀ + P``.  Layers go in
 the order of the weights one of their groups takes with it, its neighbours' included (a
@@ -30,7 +35,7 @@ import torch
 from pbc.bayes.summaries import LayerPosterior
 from pbc.compression.masks import structured_masks, surviving_weights, weight_masks
 from pbc.compression.quantise import posterior_fixed_point
-from pbc.nets import Architecture, build_network, classification_error
+from pbc.nets import Architecture, build_network
 
 PASSES = (0.5, 1.0)   # the share of the budget each pass may use
 
@@ -42,6 +47,7 @@ class BudgetResult:
     thresholds: dict[str, float]
     unpruned_error: float       # e₀: unpruned posterior-mean network, unquantised
     error: float                # pruned and quantised at the chosen thresholds
+    changed: int                # validation examples whose predicted class pruning changed
     evaluations: int
 
 
@@ -103,18 +109,30 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
     net = build_network(arch).eval()
     count = 0
 
-    def error(thresholds: dict[str, float]) -> float:
+    def predict() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([net(x[i:i + 5000]).argmax(-1) for i in range(0, len(x), 5000)])
+
+    def trial(thresholds: dict[str, float]) -> tuple[float, int]:
+        """``(error, examples changed)`` of the network the thresholds give."""
         nonlocal count
         count += 1
         masks = structured_masks(arch, posts, thresholds)
         if any(not m.any() for pair in masks.values() for m in pair):
-            return math.inf              # a layer left without units: a constant network
+            return math.inf, n_val           # a layer left without units: a constant network
         keeps = surviving_weights(posts, masks, weight_masks(posts, thresholds))
         net.load_state_dict(_quantised_state(state, posts, keeps))
-        return classification_error(net, x, y, batch_size=5000)
+        pred = predict()
+        return (pred != y).sum().item() / n_val, int((pred != pred0).sum())
 
+    def within(thresholds: dict[str, float], limit: float) -> bool:
+        err, changed = trial(thresholds)
+        return err + math.sqrt(changed) / n_val <= limit
+
+    n_val = x.shape[0]
     net.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
-    e0 = classification_error(net, x, y, batch_size=5000)
+    pred0 = predict()
+    e0 = (pred0 != y).sum().item() / n_val
     layers = [n for n in posts if n not in fixed]
     rules = {n: _thresholds_for(posts[n].score) for n in layers}
     sizes = {n: int(posts[n].score.size) for n in layers}
@@ -129,10 +147,11 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
             lo, hi = pruned[name], sizes[name] - 1      # at least one group stays
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                if error({**current, name: rules[name](mid)}) <= limit:
+                if within({**current, name: rules[name](mid)}, limit):
                     lo = mid
                 else:
                     hi = mid - 1
             pruned[name] = lo
             current[name] = rules[name](lo)
-    return BudgetResult(current, e0, error(current), count)
+    err, changed = trial(current)
+    return BudgetResult(current, e0, err, changed, count)

@@ -12,6 +12,11 @@ adapts them (xarray/ArviZ, pandas) and writes, into the run directory:
 * ``figures/`` — score histograms with thresholds, forest plots of ``z``, global scales
   (GHS), weight mean-vs-variance scatter.
 
+They are written under the run directory's lock and committed together
+(:class:`pbc.io.Commit`): a kill leaves the previous analysis or the new one.
+``analysis.json`` lists the figures drawn and records the SHA-256 of ``posterior.nc``,
+``groups.csv`` and ``layers.csv``; free space for ``posterior.nc`` is checked first.
+
 Draws from ``q`` are independent, so they are split into chains only to let ``az.summary``
 report R-hat and ESS, which for iid draws should read ≈1 and ≈ the number of draws.
 """
@@ -39,10 +44,19 @@ from pbc.bayes.elbo import LN2, MeanFieldELBO
 from pbc.bayes.summaries import LayerPosterior, layer_moments
 from pbc.compression.masks import kept_weight_mask, structured_masks, weight_masks
 from pbc.compression.quantise import bit_precision
-from pbc.io import StageError, atomic_write, write_json
+from pbc.io import Commit, StageError, atomic_write, check_free_space, sha256_file, write_json
 from pbc.nets import parse_layer_values
 from pbc.reporting import figures
-from pbc.rundir import ANALYSIS, FIGURES, GROUPS, LAYERS, POSTERIOR, load_trained, run_splits
+from pbc.rundir import (
+    ANALYSIS,
+    FIGURES,
+    GROUPS,
+    LAYERS,
+    POSTERIOR,
+    RunDir,
+    load_trained,
+    run_splits,
+)
 
 
 class ThresholdError(ValueError):
@@ -86,9 +100,17 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
     """
     if rule not in RULES:
         raise ThresholdError(f"unknown threshold rule {rule!r}; choose from {list(RULES)}")
-    if not error_budget >= 0:
+    if not (error_budget >= 0 and math.isfinite(error_budget)):
         raise ThresholdError(f"the error budget must be ≥ 0 points, got {error_budget}")
-    trained = load_trained(run_dir)
+    bad = [f"{k}={v}" for k, v in (thresholds or {}).items() if not math.isfinite(v)]
+    if bad:
+        raise ThresholdError(f"--thresholds must be finite numbers, got {', '.join(bad)}")
+    with RunDir(run_dir).writing("pbc analyse"):
+        return _analyse(load_trained(run_dir), draws, chains, thresholds, figures, seed, rule,
+                        error_budget)
+
+
+def _analyse(trained, draws, chains, thresholds, figures, seed, rule, error_budget):
     run, config, arch, net, method = (trained.dir.path, trained.config, trained.arch,
                                       trained.net, trained.method)
     if not method.has_posterior:
@@ -123,7 +145,8 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
             chosen.setdefault(name, Threshold(value, "error-budget", math.nan))
         selection.update(error_budget_points=error_budget, val_examples=int(splits.val_y.numel()),
                          val_error_unpruned=found.unpruned_error,
-                         val_error_pruned_quantised=found.error, evaluations=found.evaluations)
+                         val_error_pruned_quantised=found.error,
+                         val_changed_by_pruning=found.changed, evaluations=found.evaluations)
     values = {n: t.value for n, t in chosen.items()}
     masks = structured_masks(arch, posts, values)
     w_masks = weight_masks(posts, values)
@@ -151,23 +174,35 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
         moments[f"{name}.kept"] = ([f"{name}_group"], res.groups_kept_mask.astype(np.int8))
     attrs = {"prior": config.prior, "model": config.model, "data": config.data,
              "score": method.score_name}
-    if posterior:
-        write_netcdf(to_inference_data(posterior, moments, dims, attrs), run / POSTERIOR)
-    else:  # nothing is drawn: the moments alone, as a plain netCDF dataset
-        write_moments_netcdf(moments, attrs, run / POSTERIOR)
-
     for name, bits in layer_kl_bits(net, arch).items():
         result[name].row["kl_bits"] = bits
-    _write_csv(pd.DataFrame(_group_rows(result)), run / GROUPS)
-    _write_csv(pd.DataFrame([r.row for r in result.values()]), run / LAYERS)
-    write_json(run / ANALYSIS, {"draws": draws, "chains": chains, "prior": config.prior,
-                                "selection": selection,
-                                "thresholds": {n: r.row["threshold"] for n, r in result.items()},
-                                "histograms": {n: _histogram(r.post.score)
-                                               for n, r in result.items()}})
-    if figures:
-        _figures(run, result, method.score_label, posterior)
+    # a full disk is found here, not inside the netCDF library halfway through a file
+    check_free_space(run, _netcdf_estimate(posterior, moments), POSTERIOR)
+    with Commit(run) as commit:           # a kill leaves the old analysis or the new one
+        staged = {name: commit.path(name) for name in (POSTERIOR, GROUPS, LAYERS)}
+        if posterior:
+            write_netcdf(to_inference_data(posterior, moments, dims, attrs), staged[POSTERIOR])
+        else:  # nothing is drawn: the moments alone, as a plain netCDF dataset
+            write_moments_netcdf(moments, attrs, staged[POSTERIOR])
+        _write_csv(pd.DataFrame(_group_rows(result)), staged[GROUPS])
+        _write_csv(pd.DataFrame([r.row for r in result.values()]), staged[LAYERS])
+        drawn = (_figures(lambda name: commit.path(f"{FIGURES}/{name}"), result,
+                          method.score_label, posterior) if figures else [])
+        write_json(commit.path(ANALYSIS), {
+            "draws": draws, "chains": chains, "prior": config.prior, "selection": selection,
+            "thresholds": {n: r.row["threshold"] for n, r in result.items()},
+            "histograms": {n: _histogram(r.post.score) for n, r in result.items()},
+            "figures": [f"{FIGURES}/{name}" for name in drawn],
+            "sha256": {name: sha256_file(p) for name, p in staged.items()}})
     return result
+
+
+def _netcdf_estimate(posterior: dict, moments: dict) -> int:
+    """Bytes to have free before writing ``posterior.nc`` (and the small files beside it):
+    twice the arrays, plus 16 MB for the netCDF structure, tables and figures."""
+    arrays = sum(np.asarray(v).nbytes for v in posterior.values())
+    arrays += sum(np.asarray(v).nbytes for _, v in moments.values())
+    return 2 * arrays + (16 << 20)
 
 
 def layer_kl_bits(net, arch) -> dict[str, float]:
@@ -239,14 +274,15 @@ def _save_arviz_plot(plot, path: Path, title: str) -> None:
         figures.save_axes(plot, path, title=title)
 
 
-def _figures(run: Path, result: dict[str, LayerAnalysis], score_label: str,
-             posterior: dict[str, np.ndarray]) -> None:
-    fig_dir = run / FIGURES
+def _figures(path_for, result: dict[str, LayerAnalysis], score_label: str,
+             posterior: dict[str, np.ndarray]) -> list[str]:
+    """Draw the figures, each to ``path_for(file name)``; returns the file names."""
+    drawn = ["scores.png", "weights.png"]
     figures.score_histograms({n: (r.post.score.ravel(), r.threshold.value)
                               for n, r in result.items()},
-                             score_label, fig_dir / "scores.png")
+                             score_label, path_for("scores.png"))
     figures.weight_scatter({n: (r.post.w_mean, r.post.w_var, r.weights_kept_mask)
-                           for n, r in result.items()}, fig_dir / "weights.png")
+                           for n, r in result.items()}, path_for("weights.png"))
     az = arviz()
     new_api = arviz_major() >= 1
     for name, r in result.items():
@@ -260,11 +296,14 @@ def _figures(run: Path, result: dict[str, LayerAnalysis], score_label: str,
         extra = {"backend": "matplotlib"} if new_api else {"figsize": (6, 7)}
         with figures.pyplot_figures_closed():   # ArviZ draws through pyplot
             plot = az.plot_forest(data, combined=True, **extra)
-            _save_arviz_plot(plot, fig_dir / f"forest_{name}.png",
+            _save_arviz_plot(plot, path_for(f"forest_{name}.png"),
                              f"{name}: log |z|, 24 groups across the score range")
+        drawn.append(f"forest_{name}.png")
     if all(f"{n}.s" in posterior for n in result):   # a global scale per layer (GHS)
         data = _log_abs_data({f"{n}.s": posterior[f"{n}.s"] for n in result}, {}, {})
         with figures.pyplot_figures_closed():
             plot = (az.plot_dist(data, backend="matplotlib") if new_api else
                     az.plot_posterior(data, figsize=(3.2 * len(result), 2.8)))
-            _save_arviz_plot(plot, fig_dir / "global_scales.png", "log s per layer")
+            _save_arviz_plot(plot, path_for("global_scales.png"), "log s per layer")
+        drawn.append("global_scales.png")
+    return drawn

@@ -3,7 +3,8 @@ codes, and k-means weight sharing.
 
 * :func:`bit_precision` — significand bits ``t``: the fewest whose unit round-off ``2^−t``
   lies below the layer's mean posterior variance of the kept weights (the paper's rule);
-  exponent bits from the range of binary exponents of the kept weights; one sign bit;
+  bits per weight of the narrower dense format at that precision (a float with exponent bits
+  for the kept weights' range and one sign bit, or a fixed-point integer of step ``2^−t``);
 * :func:`fixed_point_codes` — round to multiples of ``2^−t`` and index a codebook;
 * :func:`kmeans_codes` — Deep Compression's per-layer k-means codebook (linear init).
 
@@ -53,14 +54,26 @@ def exponent_bits(weights: np.ndarray, t: int) -> int:
     return max(1, math.ceil(math.log2(span))) if span > 1 else 1
 
 
+def fixed_point_bits(weights: np.ndarray, t: int) -> int:
+    """Bits of a sign-magnitude integer that holds every weight rounded to a multiple of
+    ``2^−t``: one sign bit and ``⌈log2(M + 1)⌉`` (at least 1) for the largest magnitude
+    ``M = round(|w|·2^t)``."""
+    w = np.abs(np.asarray(weights, dtype=np.float64).ravel())
+    m = int(np.floor(w.max() * 2.0**t + 0.5)) if w.size else 0
+    return 1 + max(1, math.ceil(math.log2(m + 1)))
+
+
 def bit_precision(w_mean_kept: np.ndarray, w_var_kept: np.ndarray) -> dict:
-    """Significand bits from the layer's mean posterior variance (the paper's rule), exponent
-    bits from the range of binary exponents, one sign bit."""
+    """Significand bits ``t`` from the layer's mean posterior variance (the paper's rule) and
+    the bits per weight of the dense format that holds the weights at that precision: the
+    narrower of a float (one sign bit, exponent bits for the range of binary exponents, ``t``
+    significand bits) and a fixed-point integer of step ``2^−t`` (:func:`fixed_point_bits`)."""
     mean_var = float(np.mean(w_var_kept)) if w_var_kept.size else math.nan
     t = significand_bits(mean_var)
     e = exponent_bits(w_mean_kept, t)
+    fixed = fixed_point_bits(w_mean_kept, t)
     return {"mean_var_kept": mean_var, "significand_bits": t, "exponent_bits": e,
-            "bits": 1 + e + t}
+            "fixed_point_bits": fixed, "bits": min(1 + e + t, fixed)}
 
 
 def posterior_fixed_point(w: np.ndarray, w_mean_kept: np.ndarray,
