@@ -33,6 +33,16 @@ def _evaluate(path, data, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+def _evaluate_measured(path, tiny_data, capsys):
+    """``_evaluate`` with the peak of Python's traced allocations: ``(code, err, bytes)``."""
+    tracemalloc.start()
+    try:
+        code, err = _evaluate(path, tiny_data, capsys)
+        return code, err, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def _reseal(body: bytes) -> bytes:
     """A version-2 file of ``body`` (header and sections) with a valid checksum: what an
     attacker who knows the format can write."""
@@ -81,13 +91,8 @@ def test_huge_declared_layers_are_refused_before_allocation(tmp_path, tiny_data,
     path = tmp_path / "model.pbcz"
     path.write_bytes(_reseal(_body({"format": "pbc-compressed-network"}, sections)))
     assert path.stat().st_size < 4000
-    tracemalloc.start()
     t0 = time.perf_counter()
-    try:
-        code, err = _evaluate(path, tiny_data, capsys)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    code, err, peak = _evaluate_measured(path, tiny_data, capsys)
     assert code == 1
     one_line_error(err, str(path), "exceeds")
     assert peak < 64 << 20 and time.perf_counter() - t0 < 5
@@ -102,12 +107,7 @@ def test_an_architecture_of_huge_layers_is_refused_before_it_is_built(tmp_path, 
     _write(path, [_layer("fc1", 10, 784, rng)],
            _arch(LayerSpec("linear", "fc1", 784, 10), LayerSpec("linear", "fc2", 100000,
                                                                 100000)))
-    tracemalloc.start()
-    try:
-        code, err = _evaluate(path, tiny_data, capsys)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    code, err, peak = _evaluate_measured(path, tiny_data, capsys)
     assert code == 1
     one_line_error(err, str(path), "fc2")
     assert peak < 64 << 20

@@ -194,22 +194,21 @@ class Int8Conv2d(Int8Layer):
                 f"padding={self.padding}, int8")
 
 
+def _int8_class(layer: nn.Module) -> type:
+    for float_type, int8_type in ((nn.Linear, Int8Linear), (nn.Conv2d, Int8Conv2d)):
+        if isinstance(layer, float_type):
+            return int8_type
+    raise TypeError(f"no int8 counterpart of {type(layer).__name__}")
+
+
 def to_int8(layer: nn.Module) -> Int8Layer:
     """The int8 counterpart of an ``nn.Linear`` or ``nn.Conv2d``."""
-    if isinstance(layer, nn.Linear):
-        return Int8Linear.from_float(layer)
-    if isinstance(layer, nn.Conv2d):
-        return Int8Conv2d.from_float(layer)
-    raise TypeError(f"no int8 counterpart of {type(layer).__name__}")
+    return _int8_class(layer).from_float(layer)
 
 
 def empty_int8_like(layer: nn.Module) -> Int8Layer:
     """An int8 layer of ``layer``'s shape with zero weights (to load a state dict into)."""
-    if isinstance(layer, nn.Linear):
-        return Int8Linear._like(layer)
-    if isinstance(layer, nn.Conv2d):
-        return Int8Conv2d._like(layer)
-    raise TypeError(f"no int8 counterpart of {type(layer).__name__}")
+    return _int8_class(layer)._like(layer)
 
 
 def int8_layer_names(net: nn.Sequential) -> list[str]:
