@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from pbc.cli import main
+from pbc.io import sha256_file
 from pbc.reporting import paper
 from pbc.reporting.pdf import build_report
 
@@ -132,6 +133,9 @@ def test_per_layer_kl_bits_used_when_layers_csv_has_them(runs, tmp_path):
     layers = pd.read_csv(gnj / "layers.csv")
     layers["kl_bits"] = [1234.5, 67.25, 8.0]
     layers.to_csv(gnj / "layers.csv", index=False)
+    analysis = json.loads((gnj / "analysis.json").read_text())   # as analyse records it
+    analysis["sha256"]["layers.csv"] = sha256_file(gnj / "layers.csv")
+    (gnj / "analysis.json").write_text(json.dumps(analysis))
     mdl = _csv(build_report(runs, tmp_path / "cmp.pdf").csv["mdl"])
     per = mdl[mdl.run == "lenet300-gnj-200"].set_index("layer")
     assert list(per.loc[["fc1", "fc2", "fc3"], "kl_bits"]) == [1234.5, 67.25, 8.0]

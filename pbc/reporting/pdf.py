@@ -312,7 +312,8 @@ def _table1_pages(t1: pd.DataFrame, runs):
         [f"Layer order: {order}. Units kept: output channels of a convolution, input units "
          "of a linear layer (compression.json out_kept / in_kept), as in the paper's Table 1.",
          "Shaded rows: the paper (MNIST; VGG on CIFAR-10); our runs are on the data set named "
-         "on the title page. Bits: compression.json 'bits' (sign + exponent + significand)."],
+         "on the title page. Bits: compression.json 'bits' per weight (the narrower of sign + "
+         "exponent + significand and a fixed-point integer; codebook index bits for DC, SWS)."],
         "table1")
 
 
@@ -380,10 +381,11 @@ def _bench_page(runs):
         return ("figure1", fig)
     cols = min(len(benched), 3)
     nrows = math.ceil(len(benched) / cols)
+    older, unmeasured = [], set()
     energy_any = any(v["energy_j"] is not None for r in benched
                      for v in tables.bench_rows(r))
     gs = fig.add_gridspec(nrows * (2 if energy_any else 1), cols, left=0.07, right=0.97,
-                          top=0.83, bottom=0.2, hspace=0.75, wspace=0.3)
+                          top=0.83, bottom=0.2, hspace=0.95, wspace=0.3)
     for i, run in enumerate(benched):
         rows = tables.bench_rows(run)
         b = run.bench
@@ -401,8 +403,7 @@ def _bench_page(runs):
         ideal = [med[0] / v["ideal_speedup"] if v["ideal_speedup"] else math.nan for v in rows]
         ax.scatter(range(len(names)), ideal, marker="_", s=250, color="#c44e52", zorder=3)
         if "flush_to_zero" not in b:
-            notes.append(f"{run.label}: bench.json predates the fair benchmark (subnormal "
-                         f"weights kept, variants timed one after another)")
+            older.append(run.label)
         ax.set_xticks(range(len(names)),
                       [n.replace("-pad", "\n+pad") for n in names] if many else names,
                       fontsize=6.5 if many else 8)
@@ -420,9 +421,7 @@ def _bench_page(runs):
                      fontsize=8.5)
         energy = [v["energy_j"] for v in rows]
         if all(e is None for e in energy):
-            ax.text(0.03, 0.97, textwrap.fill(
-                f"energy: not measured ({b.get('energy_note', 'no note')})", 45),
-                transform=ax.transAxes, ha="left", va="top", fontsize=7.5, color="#884444")
+            unmeasured.add(b.get("energy_note", "no note"))
         else:
             ax2 = fig.add_subplot(gs[row * 2 + 1, col])
             ax2.bar(names, [e if e is not None else 0.0 for e in energy], color="#55a868")
@@ -431,6 +430,11 @@ def _bench_page(runs):
                     ax2.text(x, 0, "not\nmeasured", ha="center", va="bottom", fontsize=7)
             ax2.set_ylabel("J per batch (NVML)", fontsize=8.5)
             ax2.tick_params(labelsize=8)
+    if older:
+        notes.append(f"bench.json from before the fair benchmark (subnormal weights kept, "
+                     f"variants timed one after another): {', '.join(older)}")
+    if unmeasured:
+        notes.append(f"Energy not measured: {'; '.join(sorted(unmeasured))}.")
     _notes(fig, notes + ["Times are for one batch through the network held by each variant: "
                          "dense (posterior means, nothing removed), pruned (structured export), "
                          "quantised (fixed-point values, float32 arithmetic), fast (the layers "
