@@ -51,7 +51,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 
 from pbc.compression import lowbit
 from pbc.compression.export import flush_subnormals, load_export
@@ -205,6 +204,10 @@ def time_variants(cases: dict[str, tuple[nn.Module, torch.Tensor]], repeats: int
     two untimed calls of the same case first.  Returns per case the median, quartiles and
     extremes of the seconds per call, and the samples (``times_s``).
     """
+    # imported here: torch.utils.benchmark pulls in torch's C++-extension builder (setuptools,
+    # and a CUDA-runtime warning on CUDA builds without one) on every command otherwise
+    from torch.utils import benchmark
+
     threads = threads or torch.get_num_threads()
     names = list(cases)
     calls, timers = {}, {}
