@@ -178,17 +178,24 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--out", type=_out_path, required=True, help="run directory")
 
 
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` starts with its one-line description and shows every
+    option's default."""
+    return sub.add_parser(name, help=help, description=help,
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pbc", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_train_args(sub.add_parser("train", help="train a Bayesian (or plain) network"), True)
-    _add_train_args(sub.add_parser("pretrain", help="train a plain network (= --prior none)"),
+    _add_train_args(_command(sub, "train", help="train a Bayesian (or plain) network"), True)
+    _add_train_args(_command(sub, "pretrain", help="train a plain network (= --prior none)"),
                     False)
-    an = sub.add_parser("analyse", help="posterior analysis of a trained run (ArviZ)")
+    an = _command(sub, "analyse", help="posterior analysis of a trained run (ArviZ)")
     an.add_argument("run_dir")
     an.add_argument("--draws", type=_int_at_least(1, 100_000), default=1000,
-                    help="posterior draws of z (split into 4 chains)")
+                    help="posterior draws of z: a multiple of 4 (split into 4 chains)")
     an.add_argument("--thresholds", help="per-layer thresholds, e.g. fc1=3,fc2=2.5 (the rule "
                                          "chooses the other layers)")
     an.add_argument("--threshold-rule", choices=RULES, default="budget",
@@ -198,34 +205,34 @@ def build_parser() -> argparse.ArgumentParser:
                     help="points of validation error the pruned and quantised net may lose "
                          "(default %(default)s)")
     an.add_argument("--no-figures", action="store_true")
-    co = sub.add_parser("compress", help="prune, quantise and pack an analysed run")
+    co = _command(sub, "compress", help="prune, quantise and pack an analysed run")
     co.add_argument("run_dir")
-    ev = sub.add_parser("evaluate", help="test error of a compressed network (.pbcz or .pt)")
+    ev = _command(sub, "evaluate", help="test error of a compressed network (.pbcz or .pt)")
     ev.add_argument("model", help="model.pbcz, pruned.pt or quantised.pt")
     ev.add_argument("--data", choices=DATASETS, default="fashion-mnist")
     ev.add_argument("--data-dir")
-    ex = sub.add_parser("export", help="write a compressed run in a deployment format")
+    ex = _command(sub, "export", help="write a compressed run in a deployment format")
     ex.add_argument("run_dir")
     ex.add_argument("--format", choices=EXPORT_FORMATS, default="int8",
                     help="int8: the layers whose weights fit in 8 bits on int8 kernels "
                          "(RUN/model.int8.pt)")
     ex.add_argument("--out", help="the file to write (default RUN/model.int8.pt)")
-    be = sub.add_parser("bench", help="time dense vs compressed forward passes")
+    be = _command(sub, "bench", help="time dense vs compressed forward passes")
     be.add_argument("run_dir")
     be.add_argument("--batch", type=_int_at_least(1, 65_536), default=8192)
     be.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:N]")
     be.add_argument("--threads", type=_threads, help="torch CPU threads (recorded)")
     be.add_argument("--repeats", type=_int_at_least(1, 10_000), default=20)
     be.add_argument("--warmup", type=_int_at_least(0, 10_000), default=3)
-    rp = sub.add_parser("report", help="comparison PDF (and CSV tables) from run directories")
+    rp = _command(sub, "report", help="comparison PDF (and CSV tables) from run directories")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                     help="run directories; a sweep directory (`pbc sweep --out`) first "
                          "gives its configurations with mean ± sd over seeds")
     rp.add_argument("--out", type=_pdf_path, required=True,
                     help="the PDF; NAME.table1/table2/mdl.csv beside it")
-    _add_sweep_args(sub.add_parser("sweep", help="a grid of runs from a TOML spec, on Ray "
+    _add_sweep_args(_command(sub, "sweep", help="a grid of runs from a TOML spec, on Ray "
                                                  "(locally or on a cluster) or in this process"))
-    demo = sub.add_parser("demo", help="the main job end to end on the default data")
+    demo = _command(sub, "demo", help="the main job end to end on the default data")
     demo.add_argument("--out", type=_out_path, default="runs/demo")
     demo.add_argument("--data-dir")
     demo.add_argument("--epochs", type=_int_at_least(1, 100_000), default=5)

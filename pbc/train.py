@@ -210,7 +210,7 @@ def _train_epoch(config: TrainConfig, method: Method, net, elbo, optim, x, y, ep
     net.train()
     t0 = time.perf_counter()
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-               disable=not config.progress, unit="step")
+               disable=None if config.progress else True, unit="step")   # None: TTY only
     for step, idx in enumerate(bar):
         idx_dev = idx.to(x.device)
         xb, yb = x[idx_dev], y[idx_dev]

@@ -18,6 +18,16 @@ def _train_args(idx_dir, out, *extra):
             "--out", str(out), *extra]
 
 
+def test_progress_bars_only_on_a_terminal(idx_dir, tmp_path, capsys):
+    """With progress on, a log that is not a terminal gets each epoch's summary line and no
+    progress bar (no carriage returns, no steps per second)."""
+    args = [a for a in _train_args(idx_dir, tmp_path / "r") if a != "--no-progress"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "epoch 1 |" in out and "train err" in out
+    assert "\r" not in out + err and "step/s" not in out + err
+
+
 @pytest.mark.parametrize("model,prior", [("lenet300", "gnj"), ("lenet5", "ghs")])
 def test_train_smoke(idx_dir, tmp_path, capsys, model, prior):
     out = tmp_path / f"{model}-{prior}"
