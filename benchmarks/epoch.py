@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import platform
 import statistics
 import sys
 import time
@@ -44,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from svi_step import PlainBayesNet  # noqa: E402  (the plain reference layers)
+from svi_step import PlainBayesNet, setup  # noqa: E402  (the plain reference layers)
 
 from pbc import methods  # noqa: E402
 from pbc.bayes.elbo import MeanFieldELBO  # noqa: E402
@@ -281,12 +280,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    pyro.settings.set(module_local_params=True)
-    device = torch.device(args.device)
-    print(f"torch {torch.__version__}, pyro {pyro.__version__}, python "
-          f"{platform.python_version()}, device {device}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}, {args.repeats} epochs each (interleaved)"
+    device, environment = setup(args)
+    print(f"{environment}, {args.repeats} epochs each (interleaved)"
           + (f", first {args.max_steps} steps of each" if args.max_steps else ""), flush=True)
     if args.profile:
         profile(args, device)

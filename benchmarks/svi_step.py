@@ -496,14 +496,21 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def setup(args) -> tuple[torch.device, str]:
+    """Set a benchmark's threads and Pyro's module-local parameters; return its device and
+    the environment line its output starts with."""
     torch.set_num_threads(args.threads)
     pyro.settings.set(module_local_params=True)
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, pyro {pyro.__version__}, python "
-          f"{platform.python_version()}, device {device}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}, warm-up {args.warmup}, {args.repeats} repeats × {args.steps} "
+    return device, (f"torch {torch.__version__}, pyro {pyro.__version__}, python "
+                    f"{platform.python_version()}, device {device}, threads "
+                    f"{torch.get_num_threads()}, batch {args.batch}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device, environment = setup(args)
+    print(f"{environment}, warm-up {args.warmup}, {args.repeats} repeats × {args.steps} "
           f"steps (pbc and plain interleaved)")
     if args.profile:
         profile(args, device)
