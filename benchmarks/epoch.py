@@ -72,25 +72,19 @@ def _z_mean(layer) -> torch.Tensor:
     return torch.exp(mu + 0.5 * var)
 
 
+def _mean_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    """A Bayesian layer with its posterior-mean weights ``E[w] = E[z]·μ``, ``E[b] = μ_b``."""
+    z = _z_mean(layer)
+    if layer.conv:
+        return F.conv2d(x, layer.w_loc * z[:, None, None, None], layer.b_loc,
+                        padding=layer.padding)
+    return F.linear(x, layer.w_loc * z, layer.b_loc)
+
+
 @torch.no_grad()
 def plain_mean_logits(plain: PlainBayesNet, x: torch.Tensor) -> torch.Tensor:
     """Logits of the posterior-mean network ``E[w] = E[z]·μ``, ``E[b] = μ_b``."""
-    for kind, arg in plain.ops:
-        if kind == "bayes":
-            layer = plain.bayes[arg]
-            z = _z_mean(layer)
-            if layer.conv:
-                x = F.conv2d(x, layer.w_loc * z[:, None, None, None], layer.b_loc,
-                             padding=layer.padding)
-            else:
-                x = F.linear(x, layer.w_loc * z, layer.b_loc)
-        elif kind == "relu":
-            x = F.relu(x)
-        elif kind == "flatten":
-            x = x.flatten(1)
-        else:
-            x = F.max_pool2d(x, arg)
-    return x
+    return plain.logits(x, bayes_layer=_mean_forward)
 
 
 def plain_error(plain, x, y, batch: int = 1000) -> float:

@@ -172,10 +172,13 @@ class PlainBayesNet(nn.Module):
             else:
                 raise ValueError(f"plain reference has no {spec.kind!r} layer")
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, bayes_layer=None) -> torch.Tensor:
+        """The network's logits; ``bayes_layer(layer, x)``, if given, replaces the Bayesian
+        layers' sampled forward (e.g. by the posterior-mean one)."""
         for kind, arg in self.ops:
             if kind == "bayes":
-                x = self.bayes[arg](x)
+                layer = self.bayes[arg]
+                x = layer(x) if bayes_layer is None else bayes_layer(layer, x)
             elif kind == "relu":
                 x = F.relu(x)
             elif kind == "flatten":
