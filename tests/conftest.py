@@ -3,7 +3,10 @@ and tiny trained runs built once per session (copied into a test that writes int
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import tracemalloc
+import types
 from pathlib import Path
 
 import pyro
@@ -134,6 +137,19 @@ def tiny_data(tmp_path_factory) -> Path:
 def trained_runs(tmp_path_factory, tiny_data) -> TrainedRuns:
     """The session's shared tiny runs, on ``tiny_data`` (see :class:`TrainedRuns`)."""
     return TrainedRuns(tmp_path_factory.mktemp("trained"), tiny_data)
+
+
+@contextlib.contextmanager
+def peak_memory():
+    """Trace Python's allocations inside the block; the yielded record's ``bytes`` holds
+    their peak once the block has run."""
+    record = types.SimpleNamespace(bytes=None)
+    tracemalloc.start()
+    try:
+        yield record
+        record.bytes = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 # ----------------------------------------------------------------------------- command line

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import struct
 import time
-import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import peak_memory
 
 from pbc.compression.codec import (
     FORMAT_VERSION,
@@ -289,15 +289,10 @@ def test_bad_magic_version_and_trailing_bytes():
 ])
 def test_huge_length_fields_raise_without_allocating(offset, fmt, value):
     data = patched(encode([tiny_layer()], META), offset, fmt, value)
-    tracemalloc.start()
     t0 = time.perf_counter()
-    try:
-        with pytest.raises(CodecError):
-            decode(data)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert time.perf_counter() - t0 < 1.0 and peak < 1 << 20
+    with peak_memory() as peak, pytest.raises(CodecError):
+        decode(data)
+    assert time.perf_counter() - t0 < 1.0 and peak.bytes < 1 << 20
 
 
 def test_code_not_below_k_is_rejected():

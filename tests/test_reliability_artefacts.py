@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import struct
-import tracemalloc
 import zipfile
 import zlib
 
 import pytest
 import torch
-from conftest import one_line_error, tiny_train_args
+from conftest import one_line_error, peak_memory, tiny_train_args
 
 from pbc.cli import main
 
@@ -227,14 +226,10 @@ def test_an_oversized_png_is_refused_without_decoding_it(trained_runs, tmp_path,
     record.pop("figures", None)        # an analysis.json that lists none: figures/ is read
     (run / "analysis.json").write_text(json.dumps(record))
     _png(run / "figures" / "scores.png", 30000, 30000)
-    tracemalloc.start()
-    try:
+    with peak_memory() as peak:
         assert _code(["report", str(run), "--out", str(tmp_path / "r.pdf")]) == 1
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
     one_line_error(capsys.readouterr().err, str(run / "figures" / "scores.png"), "pixels")
-    assert peak < 200 << 20
+    assert peak.bytes < 200 << 20
 
 
 def test_report_ignores_hidden_temporaries(trained_runs, tmp_path):

@@ -8,10 +8,9 @@ import gzip
 import json
 import struct
 import time
-import tracemalloc
 
 import pytest
-from conftest import make_idx_dataset, one_line_error, tiny_train_args
+from conftest import make_idx_dataset, one_line_error, peak_memory, tiny_train_args
 
 from pbc.cli import main
 from pbc.data import MAX_IDX_BYTES, load_dataset
@@ -82,15 +81,11 @@ def test_a_gzip_bomb_is_refused_from_its_header(tmp_path, capsys, declared):
     d = make_idx_dataset(tmp_path / "data")
     bomb = d / "train-images-idx3-ubyte.gz"
     _bomb(bomb, declared)
-    tracemalloc.start()
     t0 = time.perf_counter()
-    try:
+    with peak_memory() as peak:
         assert _code(tiny_train_args(d, tmp_path / "run")) == 1
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
     one_line_error(capsys.readouterr().err, str(bomb), "over the limit")
-    assert peak < 64 << 20 and time.perf_counter() - t0 < 10
+    assert peak.bytes < 64 << 20 and time.perf_counter() - t0 < 10
 
 
 def test_a_gzip_stream_is_never_decompressed_past_its_header(tmp_path, capsys):
@@ -99,14 +94,10 @@ def test_a_gzip_stream_is_never_decompressed_past_its_header(tmp_path, capsys):
     d = make_idx_dataset(tmp_path / "data")
     bomb = d / "train-images-idx3-ubyte.gz"
     _bomb(bomb, 1000, real=20000)
-    tracemalloc.start()
-    try:
+    with peak_memory() as peak:
         assert _code(tiny_train_args(d, tmp_path / "run")) == 1
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
     one_line_error(capsys.readouterr().err, str(bomb), "trailing bytes")
-    assert peak < 8 * 1000 * 784 + (32 << 20)     # never the 20000 images' 16 MB as floats
+    assert peak.bytes < 8 * 1000 * 784 + (32 << 20)     # never the 20000 images' 16 MB as floats
 
 
 def test_evaluate_reads_only_the_test_split(trained_runs, tiny_data, tmp_path, capsys):

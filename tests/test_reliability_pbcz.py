@@ -12,12 +12,11 @@ import hashlib
 import json
 import struct
 import time
-import tracemalloc
 
 import numpy as np
 import pytest
 import torch
-from conftest import one_line_error
+from conftest import one_line_error, peak_memory
 
 from pbc.cli import main
 from pbc.compression import codec
@@ -31,16 +30,6 @@ def _evaluate(path, data, capsys) -> tuple[int, str]:
     except SystemExit as e:           # argparse's exit: never expected here
         code = e.code
     return code, capsys.readouterr().err
-
-
-def _evaluate_measured(path, tiny_data, capsys):
-    """``_evaluate`` with the peak of Python's traced allocations: ``(code, err, bytes)``."""
-    tracemalloc.start()
-    try:
-        code, err = _evaluate(path, tiny_data, capsys)
-        return code, err, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def _reseal(body: bytes) -> bytes:
@@ -92,10 +81,11 @@ def test_huge_declared_layers_are_refused_before_allocation(tmp_path, tiny_data,
     path.write_bytes(_reseal(_body({"format": "pbc-compressed-network"}, sections)))
     assert path.stat().st_size < 4000
     t0 = time.perf_counter()
-    code, err, peak = _evaluate_measured(path, tiny_data, capsys)
+    with peak_memory() as peak:
+        code, err = _evaluate(path, tiny_data, capsys)
     assert code == 1
     one_line_error(err, str(path), "exceeds")
-    assert peak < 64 << 20 and time.perf_counter() - t0 < 5
+    assert peak.bytes < 64 << 20 and time.perf_counter() - t0 < 5
 
 
 def test_an_architecture_of_huge_layers_is_refused_before_it_is_built(tmp_path, tiny_data,
@@ -107,10 +97,11 @@ def test_an_architecture_of_huge_layers_is_refused_before_it_is_built(tmp_path, 
     _write(path, [_layer("fc1", 10, 784, rng)],
            _arch(LayerSpec("linear", "fc1", 784, 10), LayerSpec("linear", "fc2", 100000,
                                                                 100000)))
-    code, err, peak = _evaluate_measured(path, tiny_data, capsys)
+    with peak_memory() as peak:
+        code, err = _evaluate(path, tiny_data, capsys)
     assert code == 1
     one_line_error(err, str(path), "fc2")
-    assert peak < 64 << 20
+    assert peak.bytes < 64 << 20
 
 
 # ------------------------------------------------------------------------- inconsistent headers
