@@ -16,9 +16,8 @@ from pbc.compression import lowbit
 from pbc.compression.export import load_export, read_export, save_int8
 from pbc.io import StageError
 from pbc.nets import classification_error
-from pbc.rundir import QUANTISED, RunDir, load_trained, run_splits
+from pbc.rundir import INT8, QUANTISED, RunDir, load_trained, run_splits
 
-INT8 = "model.int8.pt"
 FORMATS = ("int8",)
 
 

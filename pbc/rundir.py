@@ -83,6 +83,7 @@ FIGURES = "figures"
 PRUNED, QUANTISED, PACKED, COMPRESSION = "pruned.pt", "quantised.pt", "model.pbcz", \
     "compression.json"
 BENCH, BENCH_FIGURE, REPORT = "bench.json", "bench.png", "report.pdf"
+INT8 = "model.int8.pt"
 #: the artefacts a report reads
 SUMMARY_ARTEFACTS = (CONFIG, METRICS, LAYERS, ANALYSIS, COMPRESSION, BENCH)
 
