@@ -92,7 +92,7 @@ def plain_error(plain, x, y, batch: int = 1000) -> float:
     for i in range(0, x.shape[0], batch):
         wrong += int((plain_mean_logits(plain, x[i:i + batch]).argmax(-1)
                       != y[i:i + batch]).sum())
-    return wrong / x.shape[0]
+    return wrong / max(1, x.shape[0])
 
 
 def plain_epoch(plain, optim, data, config, epoch: int, max_steps: int | None) -> dict:
