@@ -3,6 +3,10 @@
 Exit status: 0 success; 1 a data or artefact problem, a directory another command is
 writing in, a full or read-only disk, or a diverged run (one line on stderr); 2 bad arguments
 (one line); ``--debug`` shows the traceback instead.
+
+Parsing imports no torch: the parser's choices and defaults come from :mod:`pbc.defaults`,
+and :mod:`pbc.commands`, which imports the stages, is imported only once a command runs, so
+``pbc --help`` and ``pbc CMD --help`` answer at once.
 """
 
 from __future__ import annotations
@@ -12,36 +16,22 @@ import re
 import sys
 from pathlib import Path
 
-import torch
-
-from pbc import methods
-from pbc.analysis import ThresholdError, analyse, parse_thresholds
-from pbc.analysis.stage import DEFAULT_ERROR_BUDGET, RULES
-from pbc.bayes.mixture import GAMMA_OTHER, GAMMA_ZERO
-from pbc.bench import bench
-from pbc.compress import compress
-from pbc.compression.export import load_compressed
-from pbc.config import SWS_DEFAULT_TAU, TrainConfig
-from pbc.data import DATASETS, DataError, load_dataset
-from pbc.demo import run_demo
-from pbc.export import FORMATS as EXPORT_FORMATS
-from pbc.export import export
-from pbc.io import ArtefactError, StageError, describe_os_error
-from pbc.methods.sws import RATE_HELP, ZERO_RATE_HELP
-from pbc.nets import ARCHITECTURES, classification_error, parse_layer_values
-from pbc.reporting.pdf import build_report
-from pbc.rundir import RunDir, verify_recorded
-from pbc.sweep import SpecError, is_sweep_dir, load_spec, parse_value, read_summary, run_sweep
-from pbc.train import TrainingDiverged, check_config, train
-
-
-class UsageError(Exception):
-    """A bad argument combination found after parsing: exit status 2."""
-
-
-# library errors that mean "wrong arguments or stage order": exit status 2
-USAGE_ERRORS = (UsageError, StageError)
-
+from pbc.defaults import (
+    DATASETS,
+    DEFAULT_ERROR_BUDGET,
+    EXPORT_FILES,
+    EXPORT_FORMATS,
+    GAMMA_OTHER,
+    GAMMA_ZERO,
+    LR_SCHEDULES,
+    MODELS,
+    PRIORS,
+    RATE_HELP,
+    RULES,
+    SWS_DEFAULT_TAU,
+    ZERO_RATE_HELP,
+)
+from pbc.io import describe_os_error
 
 # the largest count any flag accepts unless it says otherwise: far beyond any real run,
 # small enough that no size computed from it overflows
@@ -69,6 +59,14 @@ _positive_int = _int_at_least(1)
 _nonnegative_int = _int_at_least(0)
 _seed = _int_at_least(0, 2**32 - 1)
 _threads = _int_at_least(1, 1024)
+
+
+def _model(text: str) -> str:
+    """An argparse type: a named architecture or ``package.module:callable``."""
+    if text in MODELS or re.fullmatch(r"[\w.]+:[\w.]+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(MODELS)} or "
+                                     f"package.module:callable, got {text!r}")
 
 
 def _device(text: str) -> str:
@@ -123,17 +121,15 @@ _positive_float = _finite_float(lambda v: v > 0, "a positive number")
 _nonnegative_float = _finite_float(lambda v: v >= 0, "a number ≥ 0")
 
 
-def _layer_values(text: str) -> dict[str, float]:
-    try:
-        return parse_layer_values(text, "--dc-keep")
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
-    p.add_argument("--model", choices=sorted(ARCHITECTURES), default="lenet300")
+    p.add_argument("--model", type=_model, default="lenet300",
+                   help=f"{', '.join(MODELS)}, or your own network as package.module:callable "
+                        f"(a function returning an nn.Module; the working directory is "
+                        f"searched too) (default %(default)s)")
     if with_prior:
-        p.add_argument("--prior", choices=methods.names(), default="gnj",
+        # checked against the methods' registry when the command runs (a method registered
+        # in Python is a choice too; the registry needs torch, which --help does not load)
+        p.add_argument("--prior", default="gnj", metavar="{" + ",".join(PRIORS) + "}",
                        help="gnj, ghs: Bayesian compression; svd: Sparse VD; sws: soft "
                             "weight-sharing; dc: Deep Compression (sws and dc need "
                             "--init-from); none: a plain deterministic net")
@@ -143,7 +139,7 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--epochs", type=_int_at_least(1, 100_000), default=30)
     p.add_argument("--batch-size", type=_int_at_least(1, 1_000_000), default=100)
     p.add_argument("--lr", type=_positive_float, default=1e-3)
-    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
                    help="cosine: decay the learning rate to 0 over the run")
     p.add_argument("--scale-var-lr", type=_positive_float, default=10.0,
                    help="gnj, ghs: learning-rate multiplier for the log-variances of the group "
@@ -170,7 +166,7 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
                    help="sws: " + ZERO_RATE_HELP)
     p.add_argument("--sws-rate", type=_positive_float, default=GAMMA_OTHER[1],
                    help="sws: " + RATE_HELP)
-    p.add_argument("--dc-keep", type=_layer_values,
+    p.add_argument("--dc-keep", metavar="LAYER=F,...",
                    help="dc: per-layer keep fractions, e.g. fc1=0.12,fc2=0.1 "
                         "(default: Han et al.'s)")
     p.add_argument("--threads", type=_threads, help="torch CPU threads")
@@ -207,16 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--no-figures", action="store_true")
     co = _command(sub, "compress", help="prune, quantise and pack an analysed run")
     co.add_argument("run_dir")
-    ev = _command(sub, "evaluate", help="test error of a compressed network (.pbcz or .pt)")
-    ev.add_argument("model", help="model.pbcz, pruned.pt or quantised.pt")
-    ev.add_argument("--data", choices=DATASETS, default="fashion-mnist")
+    ev = _command(sub, "evaluate", help="test error of a compressed network or a run; "
+                  "with --samples, the posterior predictive and its calibration")
+    ev.add_argument("model", help="a run directory, or model.pbcz, pruned.pt or quantised.pt")
+    ev.add_argument("--data", choices=DATASETS, default="fashion-mnist",
+                    help="the data set of a file (a run uses its own)")
     ev.add_argument("--data-dir")
+    ev.add_argument("--samples", type=_positive_int,
+                    help="a run: Monte Carlo draws of the weights from the posterior for the "
+                         "predictive (error, NLL, calibration; writes RUN/predictive.json)")
+    ev.add_argument("--seed", type=_seed, default=0, help="seed of the draws")
+    ev.add_argument("--factory", type=_model,
+                    help="a file of your own network: the package.module:callable that "
+                         "builds it (a file never names code to import)")
     ex = _command(sub, "export", help="write a compressed run in a deployment format")
     ex.add_argument("run_dir")
     ex.add_argument("--format", choices=EXPORT_FORMATS, default="int8",
-                    help="int8: the layers whose weights fit in 8 bits on int8 kernels "
-                         "(RUN/model.int8.pt)")
-    ex.add_argument("--out", help="the file to write (default RUN/model.int8.pt)")
+                    help="int8: the layers whose weights fit in 8 bits on int8 kernels; "
+                         "torchscript: torch.jit.load runs it without pbc; onnx: for ONNX "
+                         "Runtime and other tools (the onnx extra); state-dict: torch.save of "
+                         "the state dict, its architecture in a .json beside it")
+    ex.add_argument("--out", help="the file to write (default RUN/ and, by format, "
+                                  + ", ".join(f"{k}: {v}" for k, v in EXPORT_FILES.items())
+                                  + ")")
     be = _command(sub, "bench", help="time dense vs compressed forward passes")
     be.add_argument("run_dir")
     be.add_argument("--batch", type=_int_at_least(1, 65_536), default=8192)
@@ -239,19 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pretrain-epochs", type=_int_at_least(1, 100_000), default=2)
     demo.add_argument("--threads", type=_threads)
     return parser
-
-
-def _train_config(args, prior: str):
-    return TrainConfig(
-        out=args.out, model=args.model, prior=prior, data=args.data, data_dir=args.data_dir,
-        download=args.download, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        lr_schedule=args.lr_schedule, scale_var_lr=args.scale_var_lr,
-        seed=args.seed, device=args.device, subset=args.subset, val=args.val,
-        init_from=args.init_from,
-        resume=args.resume, tau0=args.tau0, kl_warmup=args.kl_warmup, sws_tau=args.sws_tau,
-        sws_zero_rate=args.sws_zero_rate, sws_rate=args.sws_rate, dc_keep=args.dc_keep,
-        max_weight_var=args.max_weight_var, threads=args.threads,
-        progress=not args.no_progress)
 
 
 def _add_sweep_args(sw: argparse.ArgumentParser) -> None:
@@ -283,168 +279,23 @@ def _add_sweep_args(sw: argparse.ArgumentParser) -> None:
                     help="print the runs the spec expands to, and exit")
 
 
-def _key_value(text: str, flag: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise UsageError(f"{flag} expects KEY=VALUE, got {text!r}")
-    return key.strip(), value.strip()
-
-
-def _sweep(args) -> int:
-    try:
-        overrides = dict(_key_value(t, "--set") for t in args.set)
-        plan = load_spec(args.spec, {k: parse_value(v) for k, v in overrides.items()})
-        only = {}
-        for text in args.only:
-            key, values = _key_value(text, "--only")
-            only[key] = [parse_value(v) for v in values.split(",")]
-        if only:
-            plan = plan.only(only)
-    except SpecError as e:
-        raise UsageError(str(e)) from None
-    if args.list:
-        for r in plan.runs:
-            what = "plain net" if r.plain else \
-                f"{r.train['prior']}, from {r.pretrain or 'scratch'}"
-            print(f"{r.id}: {r.train['model']} {what}, {r.train['epochs']} epochs")
-        print(f"{len(plan.runs)} runs in {len(plan.configurations())} configurations")
-        return 0
-    result = run_sweep(plan, args.out, engine=args.engine, address=args.address,
-                       jobs=args.jobs, cpus_per_run=args.cpus_per_run,
-                       gpus_per_run=args.gpus_per_run, retries=args.retries,
-                       data_dir=args.data_dir, say=lambda line: print(line, flush=True))
-    if result.failed:
-        print(f"pbc: error: {len(result.failed)} runs failed: "
-              f"{', '.join(sorted(result.failed))}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def run(args) -> int:
-    if args.command in ("train", "pretrain"):
-        config = _train_config(args, "none" if args.command == "pretrain" else args.prior)
-        try:
-            check_config(config)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        result = train(config)
-        last = result.metrics[-1] if result.metrics else {}
-        print(f"{result.out}: {len(result.metrics)} epochs, "
-              f"test error {last.get('test_error', float('nan')):.4f}")
-        return 0
-    if args.command == "analyse":
-        if args.draws % 4:
-            raise UsageError(f"--draws must be a multiple of 4 (4 chains), got {args.draws}")
-        try:
-            result = analyse(args.run_dir, draws=args.draws,
-                             thresholds=parse_thresholds(args.thresholds),
-                             figures=not args.no_figures, rule=args.threshold_rule,
-                             error_budget=args.error_budget)
-        except ThresholdError as e:
-            raise UsageError(str(e)) from None
-        for r in result.values():
-            row = r.row
-            print(f"{row['layer']}: {row['groups_kept']}/{row['groups_total']} groups, "
-                  f"{row['weights_kept']}/{row['weights_total']} weights, "
-                  f"{row['bits']} bits (t={row['significand_bits']}, "
-                  f"e={row['exponent_bits']}), threshold {row['threshold']:.3g} "
-                  f"({row['threshold_method']})")
-        sel = RunDir(args.run_dir).analysis()["selection"]
-        if "val_error_unpruned" in sel:
-            print(f"validation error: unpruned {sel['val_error_unpruned']:.4f}, pruned and "
-                  f"quantised {sel['val_error_pruned_quantised']:.4f} (budget "
-                  f"{sel['error_budget_points']} points, {sel['evaluations']} evaluations)")
-        return 0
-    if args.command == "compress":
-        r = compress(args.run_dir)
-        e, rates = r["error"], r["rates"]
-        for row in r["layers"]:
-            print(f"{row['name']}: {row['in_kept']}→{row['out_kept']} units, "
-                  f"{row['weights_kept']}/{row['weights_total']} weights, {row['bits']} bits")
-        print(f"error: full {e['full']:.4f}, pruned {e['pruned']:.4f}, "
-              f"quantised {e['quantised']:.4f}, packed {e['packed']:.4f}")
-        print(f"rates: pruning {rates['pruning']:.1f}x, fast prediction "
-              f"{rates['fast_prediction']:.1f}x, max compression {rates['max_compression']:.1f}x;"
-              f" packed file {r['packed_bytes']} bytes")
-        return 0
-    if args.command == "evaluate":
-        if not Path(args.model).is_file():
-            raise UsageError(f"{args.model}: no such file")
-        verify_recorded(args.model)
-        try:
-            net = load_compressed(args.model)
-        except (RuntimeError, IndexError) as e:       # the header's state does not fit
-            raise ArtefactError(f"{args.model}: inconsistent network ({_first_line(e)})") \
-                from None
-        data = load_dataset(args.data, args.data_dir, train=False)
-        try:
-            error = classification_error(net, data.test_x, data.test_y)
-        except (RuntimeError, IndexError) as e:
-            raise ArtefactError(f"{args.model}: the network does not run on {data.name}'s "
-                                f"{tuple(data.test_x.shape[1:])} images ({_first_line(e)})") \
-                from None
-        print(f"{args.model}: test error {error:.4f} on {data.name} "
-              f"({data.test_x.shape[0]} images)")
-        return 0
-    if args.command == "export":
-        r = export(args.run_dir, args.format, args.out)
-        e = r["test_error"]
-        print(f"{r['path']}: {r['bytes']} bytes ({r['quantised_bytes']} float32); int8 layers "
-              f"{', '.join(r['int8_layers'])}; float32 {', '.join(r['float_layers']) or '-'}")
-        print(f"test error: quantised (float32) {e['quantised']:.4f}, int8 {e['int8']:.4f}")
-        return 0
-    if args.command == "bench":
-        if args.device.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise UsageError("device 'cuda' requested but CUDA is not available")
-        # before the first parallel operation: the intra-op threads inherit it when they start
-        torch.set_flush_denormal(True)
-        with RunDir(args.run_dir).writing("pbc bench"):
-            r = bench(args.run_dir, batch=args.batch, device=args.device,
-                      threads=args.threads, repeats=args.repeats, warmup=args.warmup)
-        print(f"{r['device_name']} ({r['device']}, {r['threads']} threads), batch {r['batch']}:")
-        for v in r["variants"]:
-            energy = f", {v['energy_j']:.3f} J" if v["energy_j"] is not None else ""
-            err = f", test error {v['test_error']:.4f}" if v.get("test_error") is not None else ""
-            print(f"  {v['name']:>12}: {v['median_s'] * 1e3:8.2f} ms  speed-up "
-                  f"{v['speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x){energy}{err}")
-        return 0
-    if args.command == "report":
-        if is_sweep_dir(args.run_dirs[0]):   # mean ± sd over seeds, then any single runs
-            r = build_report(args.run_dirs[1:], args.out, sweep=read_summary(args.run_dirs[0]))
-        else:
-            r = build_report(args.run_dirs, args.out)
-        print(f"{r.pdf}: {len(r.pages)} pages from {len(r.runs)} runs; tables "
-              f"{', '.join(str(p) for p in r.csv.values())}")
-        return 0
-    if args.command == "sweep":
-        return _sweep(args)
-    if args.command == "demo":
-        run_demo(args.out, data_dir=args.data_dir, epochs=args.epochs,
-                 pretrain_epochs=args.pretrain_epochs, threads=args.threads)
-        return 0
-    raise UsageError(f"unknown command {args.command!r}")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def main(argv=None) -> int:
+    """Parse ``argv`` and run the command (:mod:`pbc.commands`); the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the one deferred import: the stages, and torch with them, load once a command runs
+    from pbc import commands
 
     try:
-        return run(args)
-    except USAGE_ERRORS as e:
+        return commands.run(args)
+    except commands.USAGE_ERRORS as e:
         if args.debug:
             raise
         parser.exit(2, f"pbc: error: {e}\n")
-    except (DataError, ArtefactError, TrainingDiverged) as e:
+    except commands.FAILURES as e:
         if args.debug:
             raise
-        print(f"pbc: error: {_first_line(e)}", file=sys.stderr)
+        print(f"pbc: error: {commands.first_line(e)}", file=sys.stderr)
         return 1
     except OSError as e:          # a full or read-only disk, a path that cannot be made
         if args.debug:

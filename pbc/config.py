@@ -12,16 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-from pbc.bayes.mixture import GAMMA_OTHER, GAMMA_ZERO
-from pbc.nets import ARCHITECTURES
+from pbc.defaults import GAMMA_OTHER, GAMMA_ZERO, LR_SCHEDULES, SWS_DEFAULT_TAU
+from pbc.nets import ARCHITECTURES, is_factory_name
 
-LR_SCHEDULES = ("cosine", "constant")
 # what a setting was before it existed, where that differs from its default today: a run saved
 # before validation splits existed trained on the whole training set, and one saved before the
 # scales' learning rate was raised trained every parameter at one rate
 LEGACY_SETTINGS = {"val": 0, "scale_var_lr": 1.0}
-# soft weight-sharing's weight of the prior against the log-likelihood (Ullrich et al. 2017)
-SWS_DEFAULT_TAU = 0.005
 
 
 @dataclass
@@ -58,8 +55,9 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line reason for an impossible setting (the
         method checks its own settings: :meth:`pbc.methods.Method.validate`)."""
-        if self.model not in ARCHITECTURES:
-            raise ValueError(f"unknown model {self.model!r}; choose from {sorted(ARCHITECTURES)}")
+        if self.model not in ARCHITECTURES and not is_factory_name(self.model):
+            raise ValueError(f"unknown model {self.model!r}; choose from {sorted(ARCHITECTURES)} "
+                             f"or name your own as package.module:callable")
         for field in ("epochs", "batch_size"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")

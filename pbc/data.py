@@ -47,9 +47,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from pbc.defaults import DATASETS
 from pbc.io import atomic_write
 
-DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10")
 NUM_CLASSES = 10
 SYSTEM_DATA_DIR = pathlib.Path("/usr/share/datasets")
 IDX_FILES = (

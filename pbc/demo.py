@@ -5,6 +5,8 @@ pretrained means → analyse the posterior (ArviZ) → compress (prune, quantise
 time dense against compressed forward passes on the CPU → a report PDF (tables beside the
 paper's, figures, training curves).  Each stage writes its artefacts
 into the run directory, so any stage can be rerun alone with the matching ``pbc`` command.
+The run directories are named for what they hold: ``OUT/lenet300-plain`` (the pretrained
+plain network) and ``OUT/lenet300-gnj`` (the BC-GNJ run and its compressed network).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pbc.reporting.pdf import build_report
 from pbc.train import train
 
 STAGES = 6
+MODEL = "lenet300"
 
 
 def _stage(i: int, text: str) -> None:
@@ -29,13 +32,12 @@ def run_demo(out: str = "runs/demo", data_dir: str | None = None, epochs: int = 
              pretrain_epochs: int = 2, threads: int | None = None) -> dict:
     """Run the pipeline; print one line per stage; return the compression record."""
     out = Path(out)
-    common = {"model": "lenet300", "data": "fashion-mnist", "data_dir": data_dir,
+    common = {"model": MODEL, "data": "fashion-mnist", "data_dir": data_dir,
               "threads": threads}
-    _stage(1, f"pretrain lenet300 (plain, {pretrain_epochs} epochs) → {out / 'pretrain'}")
-    pre = train(TrainConfig(out=str(out / "pretrain"), prior="none", epochs=pretrain_epochs,
-                            **common))
-    run = out / "gnj"
-    _stage(2, f"train lenet300 under BC-GNJ ({epochs} epochs, from the pretrained means) "
+    plain, run = out / f"{MODEL}-plain", out / f"{MODEL}-gnj"
+    _stage(1, f"pretrain {MODEL} (plain, {pretrain_epochs} epochs) → {plain}")
+    pre = train(TrainConfig(out=str(plain), prior="none", epochs=pretrain_epochs, **common))
+    _stage(2, f"train {MODEL} under BC-GNJ ({epochs} epochs, from the pretrained means) "
               f"→ {run}")
     train(TrainConfig(out=str(run), prior="gnj", epochs=epochs, init_from=str(pre.out),
                       **common))

@@ -75,10 +75,42 @@ def test_demo_runs_every_stage_on_generated_data(idx_dir, tmp_path, capsys):
                  "--threads", "1", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "[6/6]" in out and "max compression" in out and "speed-up" in out
-    run = tmp_path / "demo" / "gnj"
+    run = tmp_path / "demo" / "lenet300-gnj"
     for name in ("metrics.jsonl", "posterior.nc", "layers.csv", "compression.json",
                  "model.pbcz", "bench.json"):
         assert (run / name).is_file()
     report = tmp_path / "demo" / "report.pdf"
     assert report.read_bytes().startswith(b"%PDF")
     assert (tmp_path / "demo" / "report.table2.csv").is_file()
+
+
+def test_help_imports_no_torch():
+    """``pbc --help`` and every ``pbc CMD --help`` answer without importing torch, Pyro,
+    ArviZ, pandas, matplotlib or Ray (a fresh interpreter, which has imported none of them)."""
+    code = """
+import contextlib, io, sys
+from pbc.cli import build_parser
+parser = build_parser()
+commands = parser._subparsers._group_actions[0].choices
+for argv in [["--help"], *([name, "--help"] for name in commands)]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        parser.parse_args(argv)
+    assert out.getvalue().startswith("usage: pbc"), argv
+heavy = ("torch", "pyro", "arviz", "pandas", "matplotlib", "ray")
+print(len(commands), [m for m in heavy if m in sys.modules])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "10 []"
+
+
+def test_parser_choices_are_the_libraries_names():
+    """The torch-free lists the parser offers name what the library registers."""
+    from pbc import export, methods
+    from pbc.defaults import EXPORT_FORMATS, MODELS, PRIORS
+    from pbc.nets import ARCHITECTURES
+
+    assert methods.names() == PRIORS
+    assert tuple(ARCHITECTURES) == MODELS
+    assert tuple(export.FORMATS) == EXPORT_FORMATS

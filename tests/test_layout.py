@@ -208,10 +208,15 @@ def test_no_import_cycle_between_pbc_modules():
     assert cycle is None, "import cycle: " + " → ".join(cycle)
 
 
+#: the one import made where it runs: `pbc --help` answers before torch is loaded
+DEFERRED = {("pbc.cli", "pbc.commands")}
+
+
 def test_pbc_modules_import_each_other_at_module_level_only():
     offenders = [imp.where() for imports in IMPORTS.values() for imp in imports
                  if imp.in_function and not imp.type_checking
-                 and _pbc_target(imp.target) is not None]
+                 and _pbc_target(imp.target) is not None
+                 and (imp.source, _pbc_target(imp.target)) not in DEFERRED]
     assert not offenders, ("pbc modules imported inside a function (a hidden dependency, "
                            "usually a cycle dodged):\n" + "\n".join(offenders))
 

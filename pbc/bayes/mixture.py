@@ -27,11 +27,11 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch import nn
 from torch.distributions import constraints
 
+from pbc.defaults import GAMMA_OTHER, GAMMA_ZERO
+
 N_COMPONENTS = 17
 PI_ZERO = 0.99
 INIT_MEAN_RANGE = 0.6          # until the means are spread over a pretrained net's weights
-GAMMA_ZERO = (5000.0, 2.0)    # (concentration, rate) on the zero component's precision
-GAMMA_OTHER = (250.0, 0.1)
 MIXTURE_CHUNK = 8192         # weights per block of _MixtureNLL (a (17, 8192) block fits in L2)
 
 

@@ -1,0 +1,46 @@
+"""Names, choices and defaults that the command line shows before any stage runs.
+
+This module imports nothing: ``pbc --help`` and ``pbc CMD --help`` build their parser from it
+without importing torch, Pyro, ArviZ, pandas, matplotlib or Ray.  Each constant lives here
+only; the modules that use it (:mod:`pbc.nets`, :mod:`pbc.methods`, :mod:`pbc.data`, …)
+import it from here.
+"""
+
+from __future__ import annotations
+
+#: the named architectures, in the order ``--model`` lists them (:data:`pbc.nets.ARCHITECTURES`)
+MODELS: tuple[str, ...] = ("lenet300", "lenet5", "vgg16", "vgg16-narrow")
+
+#: the built-in methods (``--prior``), in registration order (:data:`pbc.methods.METHODS`)
+PRIORS: tuple[str, ...] = ("none", "gnj", "ghs", "svd", "sws", "dc")
+
+#: the data sets :func:`pbc.data.load_dataset` reads
+DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10")
+
+#: learning-rate schedules of :class:`pbc.config.TrainConfig`
+LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+
+#: how :func:`pbc.analysis.stage.analyse` chooses the layers' pruning thresholds
+RULES: tuple[str, ...] = ("budget", "gap")
+DEFAULT_ERROR_BUDGET = 0.5   # points of validation error
+
+# soft weight-sharing (Ullrich et al. 2017): the weight of the prior against the
+# log-likelihood, and the (concentration, rate) of the Gamma hyperpriors on the mixture's
+# precisions (:mod:`pbc.bayes.mixture`)
+SWS_DEFAULT_TAU = 0.005
+GAMMA_ZERO = (5000.0, 2.0)    # the zero component's precision
+GAMMA_OTHER = (250.0, 0.1)    # every other component's precision
+ZERO_RATE_HELP = ("rate of the Gamma hyperprior on the zero component's precision (default 2, "
+                  "the authors' tutorial's); smaller lets the zero spike narrow further "
+                  "(see pbc.methods.sws)")
+RATE_HELP = ("rate of the Gamma hyperprior on the other components' precisions (default 0.1, "
+             "the tutorial's); smaller lets a component with few weights narrow")
+
+#: ``pbc export --format``: the file each format writes into the run directory by default
+EXPORT_FILES: dict[str, str] = {
+    "int8": "model.int8.pt",                # pbc's int8 network (torch.load, weights_only)
+    "torchscript": "model.torchscript.pt",  # torch.jit.load, no pbc needed
+    "onnx": "model.onnx",                   # ONNX Runtime and other ONNX tools
+    "state-dict": "model.state_dict.pt",    # torch.load; its architecture in a .json beside it
+}
+EXPORT_FORMATS: tuple[str, ...] = tuple(EXPORT_FILES)
