@@ -94,23 +94,30 @@ def to_csr(net: nn.Sequential) -> nn.Sequential:
 
 
 @torch.inference_mode()
-def flops(net: nn.Sequential, input_shape, batch: int = 1, device="cpu") -> int:
-    """FLOPs (2 × multiply-adds) of a forward pass of ``batch`` inputs (shapes found by
-    running one input through ``net``); a CSR layer counts its stored nonzeros, an int8
-    layer its multiply-adds like a float one."""
+def flops(net: nn.Module, input_shape, batch: int = 1, device="cpu") -> int:
+    """FLOPs (2 × multiply-adds) of the linear and convolutional layers in a forward pass of
+    ``batch`` inputs (output shapes found by running one input through ``net``, any graph);
+    a CSR layer counts its stored nonzeros, an int8 layer its multiply-adds like a float one."""
     total = 0
-    x = torch.zeros(1, *input_shape, device=device)
-    for m in net:
-        y = m(x)
+
+    def count(m, _inputs, y):
+        nonlocal total
         if isinstance(m, nn.Linear | lowbit.Int8Linear):
             total += 2 * m.in_features * m.out_features
         elif isinstance(m, SparseLinear):
             total += 2 * m.weight.values().numel()
-        elif isinstance(m, nn.Conv2d | lowbit.Int8Conv2d):
-            k = m.kernel ** 2 if isinstance(m, lowbit.Int8Conv2d) else \
-                m.kernel_size[0] * m.kernel_size[1]
-            total += 2 * m.in_channels * m.out_channels * k * y.shape[-1] * y.shape[-2]
-        x = y
+        elif isinstance(m, lowbit.Int8Conv2d):
+            total += 2 * m.in_channels * m.out_channels * m.kernel ** 2 * y.shape[-1] * y.shape[-2]
+        elif isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+            total += 2 * k * m.out_channels * y.shape[-1] * y.shape[-2]
+
+    hooks = [m.register_forward_hook(count) for m in net.modules()]
+    try:
+        net(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
     return total * batch
 
 
@@ -319,12 +326,17 @@ def pad_linear_widths(net: nn.Sequential, multiple: int = 16) -> nn.Sequential:
     return nn.Sequential(*out).eval()
 
 
-def variants(run: Path, dense: nn.Module, device: torch.device | str = "cpu"
+def variants(run: Path, dense: nn.Module, device: torch.device | str = "cpu", builder=None
              ) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """The timed networks (``dense`` is the posterior-mean net of the original shape) and,
-    for variants left out on this device, the reason."""
-    quantised = load_export(run / QUANTISED)
-    pruned = load_export(run / PRUNED)
+    for variants left out, the reason (``builder``: the factory of a network of the user's
+    code, which gets the dense, pruned and quantised variants)."""
+    quantised = load_export(run / QUANTISED, builder)
+    pruned = load_export(run / PRUNED, builder)
+    if not isinstance(dense, nn.Sequential):
+        return ({"dense": dense.eval(), "pruned": pruned, "quantised": quantised},
+                dict.fromkeys(("dense-pad16", "pruned-pad16", "fast", "csr"),
+                              "built for sequential networks only"))
     nets = {"dense": dense.eval(), "dense-pad16": pad_linear_widths(dense, 16),
             "pruned": pruned, "pruned-pad16": pad_linear_widths(pruned, 16),
             "quantised": quantised}
@@ -360,7 +372,7 @@ def _bench(run: Path, batch: int, dev: torch.device, threads: int, repeats: int,
     trained = load_trained(run)
     config, arch = trained.config, trained.arch
     dense = plain_network(arch, trained.method.plain_state(trained.net))
-    nets, skipped = variants(run, dense, dev)
+    nets, skipped = variants(run, dense, dev, arch.builder)
     subnormals = {k: count_subnormals(v) for k, v in nets.items()}
     channels_last = _uses_conv(dense)
     nets = {k: prepare(v, dev, channels_last) for k, v in nets.items()}

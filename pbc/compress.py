@@ -124,7 +124,7 @@ def _compress(trained, kmeans_bits: dict[str, int] | None) -> dict:
         save_export(staged[PRUNED], structured.arch, structured.state)
         save_export(staged[QUANTISED], structured.arch, quant_state)
         file_bytes = codec.write_pbcz(staged[PACKED], packed, meta)
-        decoded = load_packed(staged[PACKED])
+        decoded = load_packed(staged[PACKED], arch.builder)
         record = _record(run, config, data, layers, packed, meta, file_bytes,
                          {"full": full, "pruned": pruned_net, "quantised": quant_net,
                           "kmeans": kmeans_net, "packed": decoded}, quant_net)

@@ -7,15 +7,25 @@ imports torch only (never Pyro): exported, compressed networks are rebuilt from 
 Layer kinds: ``linear``, ``conv``, ``relu``, ``maxpool``, ``flatten``, ``batchnorm`` and
 ``select`` (keeps ``out_size`` of ``in_size`` input units, by an index buffer; compressed
 networks use it where structured pruning removes single inputs of a linear layer).
+
+A network of the user's own code is an :class:`Architecture` with a ``factory``
+(``"package.module:callable"``, called without arguments): its ``layers`` list the linear,
+conv and batch-norm modules by dotted name and size, and :func:`build_network` calls the
+factory and resizes those modules.  The callable itself travels beside the record
+(``builder``) and is never imported from a file: whoever rebuilds such a network passes it.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+
+from pbc.defaults import MODELS
+from pbc.graph.rebuild import import_factory, module_sizes, resize, swappable, with_biases
 
 WEIGHTED = ("linear", "conv")
 #: the most weights one layer of a network read back from a file may have (VGG-16's
@@ -37,21 +47,34 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class Architecture:
+    """A network as a record: sequential layer specs, or the sized modules of a network that
+    ``factory`` builds (see the module docstring)."""
+
     name: str
     input_shape: tuple[int, int, int]  # (C, H, W)
     layers: tuple[LayerSpec, ...]
+    factory: str | None = None
+    builder: Callable[[], nn.Module] | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "input_shape": list(self.input_shape),
-                "layers": [asdict(s) for s in self.layers]}
+        d = {"name": self.name, "input_shape": list(self.input_shape),
+             "layers": [asdict(s) for s in self.layers]}
+        if self.factory is not None:
+            d["factory"] = self.factory
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> Architecture:
+    def from_dict(cls, d: dict, builder: Callable[[], nn.Module] | None = None
+                  ) -> Architecture:
         """The record :meth:`to_dict` wrote; ``ValueError`` for sizes that are not whole
         numbers in range or a layer of more than :data:`MAX_LAYER_PARAMETERS` weights (an
-        artefact read back is checked before any network is built from it)."""
+        artefact read back is checked before any network is built from it).  ``builder`` is
+        the factory of a record that names one (the record's own name is not imported)."""
+        factory = d.get("factory")
+        if factory is not None and not isinstance(factory, str):
+            raise ValueError("architecture factory must be a 'package.module:callable' string")
         arch = cls(d["name"], tuple(d["input_shape"]),
-                   tuple(LayerSpec(**s) for s in d["layers"]))
+                   tuple(LayerSpec(**s) for s in d["layers"]), factory, builder)
         sizes = [*arch.input_shape, *(v for s in arch.layers
                                       for v in (s.in_size, s.out_size, s.kernel, s.padding))]
         if len(arch.input_shape) != 3 or not all(
@@ -134,8 +157,7 @@ def vgg16_narrow(input_shape=(3, 32, 32), num_classes=10) -> Architecture:
     return vgg16(input_shape, num_classes, width=8)
 
 
-ARCHITECTURES = {"lenet300": lenet300, "lenet5": lenet5, "vgg16": vgg16,
-                 "vgg16-narrow": vgg16_narrow}
+ARCHITECTURES = dict(zip(MODELS, (lenet300, lenet5, vgg16, vgg16_narrow), strict=True))
 
 
 def parse_layer_values(text: str | None, flag: str = "value") -> dict[str, float]:
@@ -154,10 +176,59 @@ def parse_layer_values(text: str | None, flag: str = "value") -> dict[str, float
     return out
 
 
-def make_architecture(name: str, input_shape, num_classes: int = 10) -> Architecture:
+def is_factory_name(name: str) -> bool:
+    """Whether a model name is ``"package.module:callable"`` (the user's own network)."""
+    return ":" in name
+
+
+def make_architecture(name: str, input_shape, num_classes: int = 10,
+                      builder: Callable[[], nn.Module] | None = None) -> Architecture:
+    """The named architecture, or for ``"package.module:callable"`` the network that callable
+    builds (``builder``: that callable, imported by name when not given)."""
+    if is_factory_name(name):
+        return factory_architecture(name, tuple(input_shape), num_classes, builder)
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; choose from {sorted(ARCHITECTURES)}")
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(ARCHITECTURES)} or "
+                         f"name your own as package.module:callable")
     return ARCHITECTURES[name](tuple(input_shape), num_classes)
+
+
+def factory_architecture(name: str, input_shape: tuple[int, int, int], num_classes: int,
+                         builder: Callable[[], nn.Module] | None = None) -> Architecture:
+    """The record of the network ``builder()`` returns (``builder``: the callable ``name``
+    names, imported when not given): its linear, conv and batch-norm modules by dotted name
+    with their sizes.  ``ValueError`` when it is not an ``nn.Module`` mapping
+    ``(1, *input_shape)`` to ``(1, num_classes)`` logits."""
+    builder = builder or import_factory(name)
+    net = builder()
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"{name} returned a {type(net).__name__}, not a torch nn.Module")
+    with torch.no_grad():
+        try:
+            out = net.eval()(torch.zeros(1, *input_shape))
+        except Exception as e:  # the user's code: any failure is a one-line refusal
+            raise ValueError(f"{name}: the network does not take inputs of shape "
+                             f"{(1, *input_shape)} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{name}: expected logits of shape (1, {num_classes}) for one input, "
+                         f"got {shape}")
+    return Architecture(name, tuple(input_shape), sized_modules(with_biases(net)), name, builder)
+
+
+def sized_modules(net: nn.Module) -> tuple[LayerSpec, ...]:
+    """The layer specs of a factory network's sized modules, by dotted name: ``linear`` and
+    ``conv`` for the layers that become Bayesian (:func:`pbc.graph.rebuild.swappable`),
+    ``batchnorm``, and ``fixed`` for any other linear or conv module (grouped, another
+    padding mode, a subclass), which keeps its weights."""
+    specs = []
+    for name, rec in module_sizes(net).items():
+        kind = rec["kind"]
+        if kind != "batchnorm" and not swappable(net.get_submodule(name)):
+            kind = "fixed"
+        specs.append(LayerSpec(kind, name, rec["in"], rec["out"]))
+    return tuple(specs)
 
 
 class SelectUnits(nn.Module):
@@ -190,9 +261,26 @@ def plain_layer(spec: LayerSpec) -> nn.Module:
     raise ValueError(f"unknown layer kind {spec.kind!r}")
 
 
-def build_network(arch: Architecture) -> nn.Sequential:
-    """The plain torch network of ``arch``; state-dict keys are ``<layer>.weight`` etc."""
-    return nn.Sequential(OrderedDict((s.name, plain_layer(s)) for s in arch.layers))
+def build_network(arch: Architecture) -> nn.Module:
+    """The plain torch network of ``arch``; state-dict keys are ``<layer>.weight`` etc.
+
+    A sequential record gives an ``nn.Sequential``; a factory's record the factory's network
+    with every linear and conv module given a bias (the Bayesian layers have one) and resized
+    to the record's sizes (dotted keys, ``layer1.0.conv1.weight``)."""
+    if arch.factory is None:
+        return nn.Sequential(OrderedDict((s.name, plain_layer(s)) for s in arch.layers))
+    if arch.builder is None:
+        raise ValueError(f"{arch.name} is built by the user's code ({arch.factory}): pass "
+                         f"that factory to rebuild it (pbc never imports code a file names)")
+    net = with_biases(arch.builder())
+    have = module_sizes(net)
+    sizes = {}
+    for s in arch.layers:
+        rec = {**have.get(s.name, {"kind": s.kind}), "in": s.in_size, "out": s.out_size}
+        if rec.get("groups", 1) != 1:
+            rec["groups"] = s.in_size          # a depthwise conv: one group per channel
+        sizes[s.name] = rec
+    return resize(net, sizes)
 
 
 def plain_network(arch: Architecture, state: dict[str, torch.Tensor]) -> nn.Sequential:

@@ -19,6 +19,7 @@ artefact                  stage       content
 ``model.pbcz``            compress    the packed quantised network
 ``compression.json``      compress    sizes, bits, errors, rates
 ``bench.json``            bench       timings (and GPU energy)
+``predictive.json``       predictive  calibration of the posterior predictive
 ``report.pdf``            report      the run's report
 ========================  ==========  ==================================================
 
@@ -39,6 +40,7 @@ import dataclasses
 import math
 import platform
 import subprocess
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +51,7 @@ import torch
 from pbc import __version__, methods
 from pbc.config import LEGACY_SETTINGS, TrainConfig
 from pbc.data import Splits, default_val_size, load_dataset, split
+from pbc.graph.rebuild import import_factory
 from pbc.io import (
     ArtefactError,
     StageError,
@@ -67,6 +70,7 @@ from pbc.lock import Locked, locked
 from pbc.methods import Method
 from pbc.nets import Architecture
 from pbc.schema import (
+    calibration_records,
     check_checkpoint,
     check_fields,
     check_png,
@@ -84,6 +88,7 @@ PRUNED, QUANTISED, PACKED, COMPRESSION = "pruned.pt", "quantised.pt", "model.pbc
     "compression.json"
 BENCH, BENCH_FIGURE, REPORT = "bench.json", "bench.png", "report.pdf"
 INT8 = "model.int8.pt"
+PREDICTIVE = "predictive.json"
 #: the artefacts a report reads
 SUMMARY_ARTEFACTS = (CONFIG, METRICS, LAYERS, ANALYSIS, COMPRESSION, BENCH)
 
@@ -206,6 +211,15 @@ class RunDir:
         self.verify_digests(record, COMPRESSION)
         return record
 
+    def predictive(self) -> dict:
+        """``predictive.json``, checked: an object with ``estimates`` mapping names to
+        calibration records (:func:`pbc.schema.calibration_record`)."""
+        path = self.require(PREDICTIVE, "evaluate --samples 30")
+        record = check_fields(read_json(path), path, _FIELDS[PREDICTIVE])
+        if "estimates" not in record:
+            raise ArtefactError(f"{path}: no 'estimates' object")
+        return record
+
     def verify_digests(self, record: dict, name: str, only: tuple[str, ...] | None = None
                        ) -> None:
         """Check the files that ``record`` (the artefact ``name``) lists under ``sha256``
@@ -255,6 +269,10 @@ _FIELDS = {
                "figures": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
                            "a list of file names")},
     BENCH: {"variants": (objects, "a list of objects")},
+    PREDICTIVE: {"predictive": (lambda v: isinstance(v, str), "a string"),
+                 "samples": (lambda v: v is None or (is_int(v) and v >= 1),
+                             "a whole number ≥ 1"),
+                 "estimates": (calibration_records, "an object of calibration records")},
     METRICS: {k: (lambda v: v is None or is_number(v), "a number")
               for k in ("train_error", "val_error", "test_error", "elbo", "kl",
                         "expected_loglik", "cross_entropy", "seconds")},
@@ -279,6 +297,20 @@ def _require_run_dir(run: Path) -> None:
         raise StageError(f"{run}: no such run directory")
 
 
+def run_builder(run: RunDir, saved: dict | None = None):
+    """The factory of a run of the user's own network (``None`` for a named architecture):
+    the callable its ``config.json`` names, imported — the run's own record of what its
+    owner trained, unlike a compressed file handed over on its own."""
+    factory = (saved or run.saved_config()).get("arch", {}).get("factory")
+    if factory is None:
+        return None
+    try:
+        return import_factory(factory)
+    except ValueError as e:
+        raise ArtefactError(f"{run}: {e} (the run's network is built by {factory}: run from "
+                            f"the directory that holds it, or install it)") from None
+
+
 def load_trained(path) -> TrainedRun:
     """Rebuild a trained run from ``config.json`` and ``checkpoint.pt``."""
     run = RunDir(path)
@@ -289,9 +321,10 @@ def load_trained(path) -> TrainedRun:
                          f"run `pbc train --out {run}` first")
     saved = run.saved_config()
     ckpt = run.checkpoint()
+    builder = run_builder(run, saved)
     try:
         config = TrainConfig(**{**LEGACY_SETTINGS, **saved["config"]})
-        arch = Architecture.from_dict(saved["arch"])
+        arch = Architecture.from_dict(saved["arch"], builder)
         method = methods.get(config.prior)
         net = method.build(config, arch)
         net.load_state_dict(ckpt["model"])
@@ -315,15 +348,46 @@ def run_splits(config: TrainConfig) -> tuple[TrainConfig, Splits]:
         raise StageError(str(e)) from None
 
 
-def load_point_estimate(path: str) -> dict[str, torch.Tensor]:
-    """The plain state dict of a ``prior="none"`` run (a run directory or its checkpoint)."""
+def load_point_estimate(path: str, arch: Architecture | None = None) -> dict[str, torch.Tensor]:
+    """The plain state dict that ``--init-from`` names: of a ``prior="none"`` run (a run
+    directory or its checkpoint), a ``state_dict`` saved with ``torch.save``, or a TorchScript
+    file.  With ``arch``, a linear or conv layer of ``arch`` that the file holds without a
+    bias gets a zero one (the networks pbc trains have a bias in every such layer)."""
     p = Path(path)
     file = p / CHECKPOINT if p.is_dir() else p
-    ckpt = check_checkpoint(load_torch(file), file)
-    if ckpt.get("prior") != "none":
-        raise ArtefactError(f"{path}: --init-from needs a deterministic run (prior 'none'), "
-                            f"this one has prior {ckpt.get('prior')!r}")
-    return ckpt["model"]
+    if _is_torchscript(file):
+        try:
+            state = dict(torch.jit.load(str(file), map_location="cpu").state_dict())
+        except (RuntimeError, ValueError) as e:
+            raise ArtefactError(f"{path}: unreadable TorchScript file ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    else:
+        obj = load_torch(file)
+        if isinstance(obj, dict) and "prior" in obj and "model" in obj:
+            ckpt = check_checkpoint(obj, file)
+            if ckpt.get("prior") != "none":
+                raise ArtefactError(f"{path}: --init-from needs a deterministic run (prior "
+                                    f"'none'), this one has prior {ckpt.get('prior')!r}")
+            state = ckpt["model"]
+        elif isinstance(obj, dict) and obj and all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            state = dict(obj)
+        else:
+            raise ArtefactError(f"{path}: --init-from takes a plain run, a state_dict file "
+                                f"(names → tensors) or a TorchScript file")
+    for s in arch.weighted_layers() if arch is not None else ():
+        if f"{s.name}.weight" in state and f"{s.name}.bias" not in state:
+            state[f"{s.name}.bias"] = torch.zeros(s.out_size)
+    return state
+
+
+def _is_torchscript(file: Path) -> bool:
+    """Whether ``file`` is a TorchScript archive (a zip holding compiled code)."""
+    try:
+        with zipfile.ZipFile(file) as z:
+            return any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def environment() -> dict:
@@ -357,6 +421,7 @@ class RunRecord:
     analysis: dict | None = None
     compression: dict | None = None
     bench: dict | None = None
+    predictive: dict | None = None
     figures: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
 
@@ -415,6 +480,8 @@ def read_run(path) -> RunRecord:
         r.compression = run.compression()
     if run.has(BENCH):
         r.bench = check_fields(read_json(run / BENCH), run / BENCH, _FIELDS[BENCH])
+    if run.has(PREDICTIVE):
+        r.predictive = run.predictive()
     if run.has(LAYERS):
         try:
             r.layers = pd.read_csv(run / LAYERS)

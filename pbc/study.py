@@ -33,7 +33,7 @@ from pbc.rundir import ANALYSIS, BENCH, CHECKPOINT, COMPRESSION, REPORT, RunDir
 from pbc.train import train
 
 # the smoke run of a study checks the pipeline: a network of the same structure, smaller
-SMOKE_MODELS = {"vgg16": "vgg16-narrow"}
+SMOKE_MODELS = {"vgg16": "vgg16-narrow", "pbc.zoo:resnet8": "pbc.zoo:resnet8_narrow"}
 
 
 @dataclass(frozen=True)

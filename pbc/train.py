@@ -158,7 +158,7 @@ def _train(config: TrainConfig, method: Method, run: RunDir) -> TrainResult:
 
     net = method.build(config, arch)
     if config.init_from and not config.resume:
-        state = load_point_estimate(config.init_from)
+        state = load_point_estimate(config.init_from, arch)
         try:
             method.load_point_estimate(net, state)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:

@@ -28,7 +28,8 @@ def test_there_is_a_study_per_method_and_model():
     names = {p.stem for p in STUDIES}
     for model in ("lenet300", "lenet5"):
         assert {f"{model}_gnj", f"{model}_ghs"} <= names
-    assert {"lenet5_svd", "lenet5_sws", "lenet5_dc", "vgg16_gnj", "vgg16_ghs"} <= names
+    assert {"lenet5_svd", "lenet5_sws", "lenet5_dc", "vgg16_gnj", "vgg16_ghs", "resnet8_gnj",
+            "resnet8_ghs"} <= names
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,7 @@ from pbc.bayes.elbo import LN2, MeanFieldELBO
 from pbc.bayes.summaries import LayerPosterior, layer_moments
 from pbc.compression.masks import kept_weight_mask, structured_masks, weight_masks
 from pbc.compression.quantise import bit_precision
+from pbc.defaults import DEFAULT_ERROR_BUDGET, RULES
 from pbc.io import Commit, StageError, atomic_write, check_free_space, sha256_file, write_json
 from pbc.nets import parse_layer_values
 from pbc.reporting import figures
@@ -80,10 +81,6 @@ def parse_thresholds(text: str | None) -> dict[str, float]:
         return parse_layer_values(text, "--thresholds")
     except ValueError as e:
         raise ThresholdError(str(e)) from None
-
-
-RULES = ("budget", "gap")
-DEFAULT_ERROR_BUDGET = 0.5   # points of validation error
 
 
 def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None = None,
@@ -212,7 +209,7 @@ def layer_kl_bits(net, arch) -> dict[str, float]:
     by_site = MeanFieldELBO().kl_by_site(net.model, net.guide, x)
     out = {}
     for site, nats in by_site.items():
-        layer = site.split(".", 1)[0]
+        layer = site.rsplit(".", 1)[0]      # sites are <layer path>.<variable>
         out[layer] = out.get(layer, 0.0) + nats / LN2
     return out
 

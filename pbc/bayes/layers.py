@@ -61,7 +61,7 @@ class BayesLayer(nn.Module):
     name : str
         Site prefix, e.g. ``"fc1"`` gives sites ``fc1.z``, ``fc1.w``, ``fc1.b``.
     weight_shape : tuple of int
-        ``(out, in)`` or ``(out, in, k, k)``.
+        ``(out, in)`` or ``(out, in, kH, kW)``.
     prior : GroupPrior
         The family of the group scales; its ``guide(G)`` supplies ``q(z)``.
     """
@@ -202,26 +202,47 @@ class BayesLinear(BayesLayer):
     def functional(self, x, weight, bias):
         return F.linear(x, weight, bias)
 
+    def extra_repr(self):
+        return f"{self.site!r}, in_features={self.in_features}, out_features={self.out_features}"
+
     def group_view(self, z):
         return z.unsqueeze(-2)  # (..., 1, in)
 
 
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
 class BayesConv2d(BayesLayer):
-    """Bayesian ``nn.Conv2d``; groups are output channels.  ``x: (N, C, H, W) → (N, F, H', W')``."""
+    """Bayesian ``nn.Conv2d`` (``groups = 1``); groups are output channels.
+
+    ``x: (N, C, H, W) → (N, F, H', W')`` with ``F.conv2d``'s ``stride``, ``padding`` (an int,
+    a pair, ``"same"`` or ``"valid"``) and ``dilation``; the weight is
+    ``(F, C, kH, kW)`` for ``kernel_size = (kH, kW)`` (or ``k`` for ``(k, k)``).  The attributes
+    hold the arguments as given.
+    """
 
     groups_on_input = False
 
     def __init__(
-        self, name: str, in_channels: int, out_channels: int, kernel_size: int,
-        prior: GroupPrior, padding: int = 0, pretrained: bool = False,
+        self, name: str, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+        prior: GroupPrior, padding: int | tuple[int, int] | str = 0, pretrained: bool = False,
+        stride: int | tuple[int, int] = 1, dilation: int | tuple[int, int] = 1,
     ):
-        super().__init__(name, (out_channels, in_channels, kernel_size, kernel_size), prior,
+        super().__init__(name, (out_channels, in_channels, *_pair(kernel_size)), prior,
                          pretrained)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.padding = kernel_size, padding
+        self.stride, self.dilation = stride, dilation
 
     def functional(self, x, weight, bias):
-        return F.conv2d(x, weight, bias, padding=self.padding)
+        return F.conv2d(x, weight, bias, stride=self.stride, padding=self.padding,
+                        dilation=self.dilation)
+
+    def extra_repr(self):
+        return (f"{self.site!r}, {self.in_channels}, {self.out_channels}, "
+                f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding!r}, dilation={self.dilation}")
 
     def group_view(self, z):
         return z[..., None, None, None]  # (..., F, 1, 1, 1)

@@ -13,11 +13,14 @@ Three on-disk forms:
   its metadata holds the architecture and the small non-weight state (``select`` indices,
   batch norm).
 
-All load into ``build_network(arch)`` of :mod:`pbc.nets` (int8 layers swapped in).
+All load into ``build_network(arch)`` of :mod:`pbc.nets` (int8 layers swapped in).  A network
+of the user's own code records the factory that builds it; its loaders take that callable as
+``builder`` (a file's record is never imported).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,20 +52,23 @@ def save_export(path, arch: Architecture, state: dict[str, torch.Tensor]) -> Non
     save_torch(path, {"format": FORMAT, "arch": arch.to_dict(), "state_dict": state})
 
 
-def load_export(path) -> nn.Module:
+Builder = Callable[[], nn.Module] | None
+
+
+def load_export(path, builder: Builder = None) -> nn.Module:
     """Rebuild a ``.pt`` export (``weights_only=True``) as a plain ``nn.Sequential``; an int8
     export (:func:`save_int8`) with its int8 layers."""
-    return read_export(path)[1]
+    return read_export(path, builder)[1]
 
 
-def read_export(path) -> tuple[Architecture, nn.Module]:
+def read_export(path, builder: Builder = None) -> tuple[Architecture, nn.Module]:
     """:func:`load_export`, with the architecture the file records."""
     obj = load_torch(path)
     fmt = obj.get("format") if isinstance(obj, dict) else None
     if fmt not in (FORMAT, INT8_FORMAT):
         raise ArtefactError(f"{path}: not a pbc compressed network")
     int8_layers = obj.get("int8_layers", []) if fmt == INT8_FORMAT else []
-    return _build(path, obj["arch"], obj["state_dict"], int8_layers)
+    return _build(path, obj["arch"], obj["state_dict"], int8_layers, builder)
 
 
 def save_int8(path, arch: Architecture, net: nn.Sequential) -> list[str]:
@@ -75,9 +81,15 @@ def save_int8(path, arch: Architecture, net: nn.Sequential) -> list[str]:
     return names
 
 
-def _build(path, arch_dict, state, int8_layers=()) -> tuple[Architecture, nn.Module]:
+def _build(path, arch_dict, state, int8_layers=(), builder: Builder = None
+           ) -> tuple[Architecture, nn.Module]:
+    factory = arch_dict.get("factory") if isinstance(arch_dict, dict) else None
+    if factory is not None and builder is None:
+        raise ArtefactError(f"{path}: the network is built by the user's code ({factory}); "
+                            f"pass that factory to load it (pbc never imports code a file "
+                            f"names)")
     try:
-        arch = Architecture.from_dict(arch_dict)
+        arch = Architecture.from_dict(arch_dict, builder)
         net = build_network(arch)
         for name in int8_layers:
             setattr(net, name, lowbit.empty_int8_like(getattr(net, name)))
@@ -108,7 +120,7 @@ def state_from_packed(meta: dict, layers: list[codec.PackedLayer]) -> dict[str, 
     return state
 
 
-def load_packed(path) -> nn.Module:
+def load_packed(path, builder: Builder = None) -> nn.Module:
     """Decode a ``.pbcz`` file into a plain ``nn.Sequential`` (torch and numpy only)."""
     try:
         meta, layers = codec.read_pbcz(path)
@@ -120,10 +132,10 @@ def load_packed(path) -> nn.Module:
         state = state_from_packed(meta, layers)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ArtefactError(f"{path}: bad extra state in the header ({e})") from None
-    return _build(path, meta["arch"], state)[1]
+    return _build(path, meta["arch"], state, builder=builder)[1]
 
 
-def load_compressed(path) -> nn.Module:
+def load_compressed(path, builder: Builder = None) -> nn.Module:
     """Load a ``.pbcz`` or ``.pt`` compressed network by its suffix."""
     p = Path(path)
-    return load_packed(p) if p.suffix == ".pbcz" else load_export(p)
+    return load_packed(p, builder) if p.suffix == ".pbcz" else load_export(p, builder)

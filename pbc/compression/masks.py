@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pbc.nets import Architecture
+from pbc.graph import ChannelGraph, graph_masks, trace
+from pbc.nets import Architecture, build_network
 
 if TYPE_CHECKING:  # the compressed networks' runtime needs no Pyro
     from pbc.bayes.summaries import LayerPosterior
@@ -29,7 +31,12 @@ def propagate_masks(arch: Architecture, group_masks: dict[str, np.ndarray]
     goes from a layer's outputs when the next layer no longer reads it, and from a layer's
     inputs when the previous layer no longer produces it; a flatten maps channel ``c`` to the
     ``c·P … c·P + P − 1`` inputs of the next linear layer (``P`` spatial positions).
+
+    A network of the user's code (``arch.factory``) follows its traced dependency graph
+    (:func:`graph_unit_masks`): the masks are then of the weights that stay non-zero.
     """
+    if arch.factory is not None:
+        return graph_unit_masks(arch, group_masks)[0]
     specs = arch.weighted_layers()
     ins = [np.ones(s.in_size, bool) for s in specs]
     outs = [np.ones(s.out_size, bool) for s in specs]
@@ -46,6 +53,29 @@ def propagate_masks(arch: Architecture, group_masks: dict[str, np.ndarray]
             per = specs[i].in_size // specs[i - 1].out_size
             outs[i - 1] &= ins[i].reshape(specs[i - 1].out_size, per).any(axis=1)
     return {s.name: (ins[i], outs[i]) for i, s in enumerate(specs)}
+
+
+@functools.lru_cache(maxsize=8)
+def traced(arch: Architecture) -> ChannelGraph:
+    """The channel dependency graph of ``build_network(arch)`` (traced once per record)."""
+    return trace(build_network(arch), arch.input_shape)
+
+
+def graph_unit_masks(arch: Architecture, group_masks: dict[str, np.ndarray]):
+    """``(effective, physical, zeroed)`` unit masks of a factory network's weighted layers.
+
+    ``physical[name] = (in_mask, out_mask)`` are the units its pruned copy holds; of those,
+    ``zeroed`` are units a layer pruned that stay because other layers tied to them through
+    an addition or concatenation keep them (their weights are set to 0); ``effective`` =
+    physical and not zeroed, the contract of :func:`propagate_masks`.  Batch norms and other
+    per-channel modules follow in ``physical`` (:func:`pbc.graph.graph_masks`)."""
+    physical, zeroed = graph_masks(traced(arch), group_masks)
+    effective = {}
+    for s in arch.weighted_layers():
+        (p_in, p_out), (z_in, z_out) = physical[s.name], zeroed.get(
+            s.name, (np.zeros(s.in_size, bool), np.zeros(s.out_size, bool)))
+        effective[s.name] = (p_in & ~z_in, p_out & ~z_out)
+    return effective, physical, zeroed
 
 
 def groups_of_weights(kind: str, weight_kept: np.ndarray, bias: np.ndarray) -> np.ndarray:

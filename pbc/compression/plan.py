@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pbc.compression.masks import groups_of_weights, propagate_masks
+from pbc.compression.masks import graph_unit_masks, groups_of_weights, propagate_masks, traced
 from pbc.compression.quantise import Quantised
-from pbc.nets import Architecture, LayerSpec
+from pbc.graph import prune
+from pbc.nets import Architecture, LayerSpec, build_network, sized_modules
 
 INDEX_BITS = {"linear": 5, "conv": 8}     # relative-index bits of the CSR streams
 KMEANS_BITS = {"linear": 5, "conv": 8}    # Deep Compression's codebook sizes (2^bits)
@@ -54,7 +55,11 @@ def structured_export(arch: Architecture, state: dict[str, torch.Tensor],
     """Remove pruned units/channels from ``state`` (a ``build_network(arch)`` state dict).
 
     ``masks[name] = (in_mask, out_mask)`` as from :func:`pbc.compression.masks.propagate_masks`.
+    A network of the user's code is pruned along its dependency graph
+    (:func:`graph_structured_export`).
     """
+    if arch.factory is not None:
+        return graph_structured_export(arch, state, masks)
     specs, out, weighted = [], {}, []
     alive = None                      # mask of the units the previous layers still produce
     prev_out = None                   # out-size of the previous weighted layer
@@ -90,6 +95,23 @@ def structured_export(arch: Architecture, state: dict[str, torch.Tensor],
             specs.append(s)
     return Structured(Architecture(arch.name + "-pruned", arch.input_shape, tuple(specs)),
                       out, weighted)
+
+
+def graph_structured_export(arch: Architecture, state: dict[str, torch.Tensor],
+                            masks: dict[str, tuple[np.ndarray, np.ndarray]]) -> Structured:
+    """:func:`structured_export` of a factory network (``arch.factory``): the units that
+    ``masks`` keep, plus those tied to kept units through additions or concatenations, which
+    stay with zero weights (:func:`pbc.compression.masks.graph_unit_masks`); batch norms and
+    other per-channel modules lose the channels their inputs lose."""
+    groups = {s.name: (masks[s.name][0] if s.kind == "linear" else masks[s.name][1])
+              for s in arch.weighted_layers()}
+    _, physical, zeroed = graph_unit_masks(arch, groups)
+    pruned, sizes = prune(build_network(arch), traced(arch), physical, zeroed,
+                          {k: v.detach().cpu() for k, v in state.items()})
+    pruned_arch = Architecture(arch.name + "-pruned", arch.input_shape, sized_modules(pruned),
+                               arch.factory, arch.builder)
+    return Structured(pruned_arch, {k: v.contiguous() for k, v in pruned.state_dict().items()},
+                      [s.name for s in pruned_arch.weighted_layers()])
 
 
 def unstructured_plan(arch: Architecture, state: dict[str, torch.Tensor],

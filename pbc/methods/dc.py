@@ -74,6 +74,12 @@ def magnitude_mask(weight: torch.Tensor, mask: torch.Tensor, keep: float) -> tor
     return new.view_as(weight)
 
 
+def _mask_key(layer: str) -> str:
+    """The mask buffer's name of ``layer``: ``mask_<layer>``, a dotted path's dots as ``__``
+    (a buffer's name holds no dot)."""
+    return "mask_" + layer.replace(".", "__")
+
+
 class MaskedNetwork(nn.Module):
     """A plain network of ``arch`` with a 0/1 mask buffer ``mask_<layer>`` per weighted layer.
 
@@ -88,20 +94,20 @@ class MaskedNetwork(nn.Module):
         self.body = build_network(arch)
         self.targets = keep_fractions(arch, keep)
         for name in self.targets:
-            weight = getattr(self.body, name).weight
-            self.register_buffer(f"mask_{name}", torch.ones_like(weight))
+            weight = self.body.get_submodule(name).weight
+            self.register_buffer(_mask_key(name), torch.ones_like(weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
     def mask(self, name: str) -> torch.Tensor:
-        return self._buffers[f"mask_{name}"]
+        return self._buffers[_mask_key(name)]
 
     @torch.no_grad()
     def before_epoch(self, epoch: int, epochs: int) -> None:
         """Prune to this epoch's keep fractions (:func:`scheduled_keep`)."""
         for name, target in self.targets.items():
-            weight = getattr(self.body, name).weight
+            weight = self.body.get_submodule(name).weight
             keep = scheduled_keep(target, epoch, epochs)
             self.mask(name).copy_(magnitude_mask(weight, self.mask(name), keep))
         self.after_step()
@@ -116,7 +122,7 @@ class MaskedNetwork(nn.Module):
     def after_step(self) -> None:
         """Re-zero the masked weights (an optimiser step may have moved them)."""
         for name in self.targets:
-            getattr(self.body, name).weight.mul_(self.mask(name))
+            self.body.get_submodule(name).weight.mul_(self.mask(name))
 
     @torch.no_grad()
     def posterior_mean_state_dict(self) -> dict[str, torch.Tensor]:

@@ -21,8 +21,10 @@ class GHS(PosteriorMethod):
     name = "ghs"
     score_label = "log α = log(e^Var[log z] − 1)"
 
-    def prior(self, config):
-        return GroupHorseshoe(config.tau0)
+    prior_family = GroupHorseshoe
+
+    def prior_options(self, config):
+        return {"tau0": config.tau0}
 
     def max_weight_var(self, config):
         if config.max_weight_var is not None:

@@ -16,8 +16,7 @@ class GNJ(PosteriorMethod):
     name = "gnj"
     score_label = "log α"
 
-    def prior(self, config):
-        return GroupNormalJeffreys()
+    prior_family = GroupNormalJeffreys
 
     def max_weight_var(self, config):
         return CLIP_VAR if config.max_weight_var is None else config.max_weight_var

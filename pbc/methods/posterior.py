@@ -25,13 +25,25 @@ CLIP_VAR = 0.04
 
 
 class PosteriorMethod(ELBOMethod):
-    """A :class:`~pbc.bayes.net.BayesNet` under :meth:`prior`; see the module docstring."""
+    """A :class:`~pbc.bayes.net.BayesNet` under :meth:`prior`; see the module docstring.
+
+    Subclasses set :attr:`prior_family`, whose keyword arguments :meth:`prior_options` reads
+    from the config; :func:`pbc.bayes.bayesianize.bayesianize` builds the same prior from
+    keyword arguments given directly.
+    """
 
     has_posterior = True
     score_name = "log_alpha"
+    #: the prior family (a :class:`~pbc.bayes.priors.GroupPrior` class)
+    prior_family: type[GroupPrior] = GroupPrior
+
+    def prior_options(self, config) -> dict:
+        """The keyword arguments of :attr:`prior_family` that ``config`` sets."""
+        return {}
 
     def prior(self, config) -> GroupPrior:
-        raise NotImplementedError
+        """The prior that this method trains under: ``prior_family(**prior_options(config))``."""
+        return self.prior_family(**self.prior_options(config))
 
     def max_weight_var(self, config) -> float | None:
         """The bound on ``Var[w̃]`` in force: ``config.max_weight_var`` or the method's."""

@@ -17,8 +17,7 @@ class SVD(PosteriorMethod):
     score_name = "log_alpha (per weight)"
     score_label = "log α per weight"
 
-    def prior(self, config):
-        return SparseVD()
+    prior_family = SparseVD
 
     def fixed_threshold(self):
         return SVD_LOG_ALPHA_THRESHOLD, "sparse-vd"

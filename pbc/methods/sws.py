@@ -61,11 +61,6 @@ from pbc.compression.quantise import Quantised
 from pbc.methods.base import ELBOMethod
 from pbc.nets import Architecture, build_network
 
-ZERO_RATE_HELP = ("rate of the Gamma hyperprior on the zero component's precision (default 2, "
-                  "the authors' tutorial's); smaller lets the zero spike narrow further "
-                  "(see pbc.methods.sws)")
-RATE_HELP = ("rate of the Gamma hyperprior on the other components' precisions (default 0.1, "
-             "the tutorial's); smaller lets a component with few weights narrow")
 MERGE_KL = 0.1
 LR_SCALES = {"means": 0.2, "log_precision": 6.0, "mix_logits": 6.0}
 
@@ -99,7 +94,7 @@ class SoftSharingNet(nn.Module):
         lam = pyro.sample("sws.precision", self.prior.hyperprior())
         weights = {}
         for name in self.weighted:
-            shape = getattr(self.body, name).weight.shape
+            shape = self.body.get_submodule(name).weight.shape
             weights[f"{name}.weight"] = pyro.sample(
                 f"{name}.w", self.prior.distribution(shape, lam))
         logits = functional_call(self.body, weights, (x,), strict=False)
@@ -112,7 +107,7 @@ class SoftSharingNet(nn.Module):
     def guide(self, x=None, y=None, subsample=None, size=None):
         pyro.sample("sws.precision", dist.Delta(self.prior.precision()).to_event(1))
         for name in self.weighted:
-            w = getattr(self.body, name).weight
+            w = self.body.get_submodule(name).weight
             pyro.sample(f"{name}.w", dist.Delta(w, event_dim=w.dim()))
 
     @torch.no_grad()
