@@ -43,6 +43,29 @@ def object_of_objects(v) -> bool:
     return isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())
 
 
+def calibration_record(v) -> bool:
+    """A calibration record (``predictive.json``): numbers ``error``, ``nll``, ``ece`` and
+    ``bins`` with ``M ≥ 1`` whole-number counts, ``M + 1`` numeric edges and ``M``
+    confidences and accuracies (numbers, or ``None`` for an empty bin)."""
+    if not isinstance(v, dict) or not all(is_number(v.get(k)) for k in ("error", "nll", "ece")):
+        return False
+    b = v.get("bins")
+    if not isinstance(b, dict):
+        return False
+    edges, count, conf, acc = (b.get(k) for k in ("edges", "count", "confidence", "accuracy"))
+    if not all(isinstance(a, list) for a in (edges, count, conf, acc)):
+        return False
+    m = len(count)
+    return (m >= 1 and len(edges) == m + 1 and len(conf) == len(acc) == m
+            and all(is_number(e) for e in edges) and all(is_int(c) and c >= 0 for c in count)
+            and all(a is None or is_number(a) for a in conf + acc))
+
+
+def calibration_records(v) -> bool:
+    """A non-empty object whose values are :func:`calibration_record` s."""
+    return isinstance(v, dict) and bool(v) and all(calibration_record(x) for x in v.values())
+
+
 def check_fields(record, path, fields: dict) -> dict:
     """``record`` if it is a JSON object whose fields have the types the readers rely on
     (``fields``: name → ``(check, what it must be)``; an absent field is not checked, older

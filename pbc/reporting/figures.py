@@ -1,4 +1,5 @@
-"""The analyse and bench stages' figures, from saved numbers.
+"""The analyse and bench stages' figures and the report's reliability diagrams, from saved
+numbers.
 
 Functions here draw what they are given; they never train, sample or compute statistics.
 They build :class:`matplotlib.figure.Figure` objects directly, not through pyplot, so no
@@ -141,3 +142,35 @@ def bench_chart(record: dict, path: Path):
         ax2.tick_params(labelsize=7)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def reliability_diagram(ax, curves: list[tuple[str, dict]], colours: list[str]) -> list:
+    """Accuracy against confidence, per confidence bin, on ``ax``.
+
+    ``curves``: ``(label, record)`` with ``record`` a calibration record of
+    ``predictive.json`` (its ``bins``: ``edges`` ``(M + 1,)``, ``accuracy`` and
+    ``confidence`` ``(M,)``, ``None`` for an empty bin).  The first curve is drawn as bars,
+    the others as steps; a dot marks each bin's mean confidence and accuracy; the dashed
+    diagonal is perfect calibration.  Returns the legend's handles, the curves' in order.
+    """
+    handles = ax.plot([0, 1], [0, 1], ls="--", lw=1, color="#888888", label="calibrated")
+    for i, (label, record) in enumerate(curves):
+        bins, colour = record["bins"], colours[i % len(colours)]
+        edges = np.asarray(bins["edges"], float)
+        acc = np.array([math.nan if a is None else a for a in bins["accuracy"]], float)
+        conf = np.array([math.nan if c is None else c for c in bins["confidence"]], float)
+        if i == 0:
+            handles.append(ax.bar(edges[:-1], np.nan_to_num(acc), width=np.diff(edges),
+                                  align="edge", color=colour, alpha=0.35, edgecolor=colour,
+                                  lw=0.6, label=label))
+        else:
+            handles.append(ax.stairs(acc, edges, color=colour, lw=1.6, label=label))
+        ax.plot(conf, acc, "o", ms=3, color=colour)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("confidence (max. class probability)", fontsize=8)
+    ax.set_ylabel("accuracy", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    return handles

@@ -9,7 +9,8 @@ from the tables of :mod:`pbc.reporting.tables`:
 4. Figure 1: forward-pass time per variant (bench.json), energy where measured;
 5. the analyse stage's figures (ArviZ forest plots, score histograms, …), per run;
 6. training curves from metrics.jsonl (errors, ELBO terms);
-7. MDL: the KL term in bits beside the packed size in bits.
+7. calibration: a reliability diagram per run that has a predictive.json (none without);
+8. MDL: the KL term in bits beside the packed size in bits.
 
 For a sweep's directory (``pbc report SWEEP_DIR``) each row is a configuration: Tables 1–2
 and Figure 1 show the mean ± sd over its seeds that the sweep's summary files hold, and the
@@ -35,7 +36,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from pbc.io import atomic_path
-from pbc.reporting import paper, spread, tables
+from pbc.reporting import figures, paper, spread, tables
 from pbc.rundir import RunRecord, read_runs
 
 PAGE = (11.69, 8.27)          # A4 landscape, inches
@@ -217,6 +218,7 @@ def _pages(runs, t1, t2, mdl, sweep=None):
     yield _bench_page(runs) if sweep is None else _sweep_bench_page(sweep, runs)
     yield from _diagnostic_pages(runs)
     yield _curves_page(runs)
+    yield from _calibration_pages(runs)
     yield from _mdl_pages(mdl)
 
 
@@ -552,6 +554,52 @@ def _curves_page(runs):
                  if no_elbo else "",
                  f"no metrics.jsonl records: {', '.join(no_metrics)}" if no_metrics else ""])
     return ("curves", fig)
+
+
+ESTIMATE_NAMES = {"monte_carlo": "MC predictive", "posterior_mean": "posterior mean",
+                  "point_estimate": "point estimate"}
+
+
+def _estimate_label(name: str, record: dict, predictive: dict) -> str:
+    label = ESTIMATE_NAMES.get(name, name)
+    if name == "monte_carlo" and predictive.get("samples"):
+        label += f" ({predictive['samples']} draws)"
+    return (f"{label}\nerror {_pct(record['error'])}%, NLL {record['nll']:.3f}, "
+            f"ECE {_pct(record['ece'])}%")
+
+
+def _calibration_pages(runs, per_page: int = 3):
+    """Reliability diagrams from predictive.json, ``per_page`` runs a page; no page when no
+    run has one."""
+    chunks = _paginate([r for r in runs if r.predictive is not None], per_page)
+    if not chunks[0]:
+        return
+    for k, chunk in enumerate(chunks):
+        suffix = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+        fig = _page(f"Calibration — reliability diagrams (predictive.json){suffix}",
+                    "Accuracy against confidence in equal-width confidence bins; the dashed "
+                    "diagonal is perfect calibration.")
+        gs = fig.add_gridspec(1, per_page, left=0.06, right=0.97, top=0.8, bottom=0.3,
+                              wspace=0.3)
+        for i, run in enumerate(chunk):
+            p = run.predictive
+            ax = fig.add_subplot(gs[0, i])
+            curves = [(_estimate_label(n, e, p), e) for n, e in p["estimates"].items()]
+            colour = COLOURS[runs.index(run) % len(COLOURS)]   # the run's colour on every page
+            handles = figures.reliability_diagram(ax, curves, [colour, "#222222"])
+            ax.legend(handles=handles, fontsize=7.5, loc="upper center", frameon=False,
+                      bbox_to_anchor=(0.5, -0.16))
+            ax.set_title(f"{_run_desc(run)}\n{p.get('split', '?')} split, "
+                         f"{p.get('examples', '?')} examples, epoch {p.get('epoch', '?')}",
+                         fontsize=8.5)
+        _notes(fig, ["Bars: the predictive, the Monte Carlo average of the class "
+                     "probabilities of networks drawn from the posterior (a method without a "
+                     "posterior: its point estimate); line: the posterior-mean network; dots: "
+                     "each bin's mean confidence and accuracy.",
+                     "NLL: mean −log p(y|x) in nats; ECE: Σ_m |B_m|/N · |accuracy_m − "
+                     "confidence_m| over the bins (Guo et al. 2017), in %. Errors in % of the "
+                     "split."])
+        yield (f"calibration{suffix}", fig)
 
 
 def _mdl_pages(mdl: pd.DataFrame):
