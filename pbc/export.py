@@ -43,7 +43,16 @@ from torch import nn
 from pbc.compression import lowbit
 from pbc.compression.export import load_export, read_export, save_int8
 from pbc.defaults import EXPORT_FILES
-from pbc.io import ArtefactError, Commit, StageError, atomic_path, load_torch, read_json
+from pbc.io import (
+    ArtefactError,
+    Commit,
+    StageError,
+    atomic_path,
+    load_torch,
+    read_json,
+    save_torch,
+    write_json,
+)
 from pbc.nets import Architecture, build_network, classification_error
 from pbc.rundir import QUANTISED, RunDir, load_trained, run_splits
 
@@ -196,10 +205,9 @@ def save_state_dict(path, arch: Architecture, net: nn.Module) -> dict:
                          f".json (its architecture goes to a .json beside it)")
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     with Commit(path.parent) as c:
-        torch.save(state, c.path(path.name))
-        c.path(meta.name).write_text(json.dumps(
-            {"format": STATE_DICT_FORMAT, "arch": arch.to_dict(), "state_dict": path.name},
-            indent=2) + "\n")
+        save_torch(c.path(path.name), state)
+        write_json(c.path(meta.name), {"format": STATE_DICT_FORMAT, "arch": arch.to_dict(),
+                                       "state_dict": path.name})
     return {"arch_path": str(meta)}
 
 

@@ -58,14 +58,16 @@ def test_study_smoke(path, tmp_path, capsys, pretrained):
     config = json.loads((run / "config.json").read_text())["config"]
     smoke_model = SMOKE_MODELS.get(study.model, study.model)   # same structure, smaller
     assert (config["prior"], config["model"]) == (study.prior, smoke_model)
-    if study.model not in pretrained:          # this study pretrained its own plain run
+    if study.model in pretrained:              # started from another study's plain run
+        assert config["init_from"] == str(pretrained[study.model])
+        assert not (out / "pretrain").exists()
+    elif study.pretrain_epochs:                # this study pretrained its own plain run
         pre = json.loads((out / "pretrain" / "config.json").read_text())["config"]
         assert (pre["prior"], pre["model"]) == ("none", smoke_model)
         assert config["init_from"] == str(out / "pretrain")
         pretrained[study.model] = out / "pretrain"
-    else:
-        assert config["init_from"] == str(pretrained[study.model])
-        assert not (out / "pretrain").exists()
+    else:                                      # from scratch, as the study says
+        assert config["init_from"] is None and not (out / "pretrain").exists()
     rec = json.loads((run / "compression.json").read_text())
     assert f"error full {rec['error']['full']:.4f}" in capsys.readouterr().out
     # a second call finds everything done and retrains nothing

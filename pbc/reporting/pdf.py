@@ -28,21 +28,26 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
-from matplotlib.figure import Figure
 
 from pbc.io import atomic_path
-from pbc.reporting import figures, paper, spread, tables
+from pbc.reporting import figures, layout, paper, spread, tables
+from pbc.reporting.layout import (
+    COLOURS,
+    DASH,
+    PAGE,
+    TABLE_RECT,
+    as_printed,
+    missing,
+    num,
+    pct,
+    sd,
+    whole,
+)
 from pbc.rundir import RunRecord, read_runs
-
-PAGE = (11.69, 8.27)          # A4 landscape, inches
-DASH = "—"
-FONT = 8.5                    # table font size (pt)
-COLOURS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
 @dataclass
@@ -84,122 +89,6 @@ def build_report(run_dirs, out, sweep=None) -> Report:
     return result
 
 
-# ---------------------------------------------------------------- formatting and page helpers
-
-def _missing(v) -> bool:
-    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
-
-
-def _num(v) -> str:
-    """A rate for display: 2 decimals below 10, 1 below 100, whole numbers above."""
-    if _missing(v):
-        return DASH
-    v = float(v)
-    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
-
-
-def _as_printed(v) -> str:
-    """A paper value as the paper prints it (``108``, ``0.7``)."""
-    return DASH if _missing(v) else f"{float(v):g}"
-
-
-def _pct(fraction) -> str:
-    return DASH if _missing(fraction) else f"{100 * float(fraction):.2f}"
-
-
-def _sd(row, key: str, fmt) -> str:
-    """``fmt`` of ``row[key]``, followed by ``± fmt(sd)`` where the row (a sweep's) has a
-    standard deviation over seeds in ``<key>_sd``."""
-    text = fmt(row[key])
-    sd = row.get(f"{key}_sd")
-    return text if text == DASH or _missing(sd) else f"{text} ± {fmt(sd)}"
-
-
-def _page(title: str, subtitle: str | None = None):
-    fig = Figure(figsize=PAGE)
-    fig.text(0.04, 0.955, title, fontsize=15, weight="bold", va="top")
-    if subtitle:
-        fig.text(0.04, 0.91, textwrap.fill(subtitle, 175), fontsize=9.5, va="top",
-                 color="#333333")
-    return fig
-
-
-def _notes(fig, lines: list[str], y: float = 0.035, width: int = 190) -> None:
-    """Wrapped footnotes at the bottom of the page, growing upwards from ``y``."""
-    text = "\n".join(textwrap.fill(s, width) for s in lines if s)
-    if text:
-        fig.text(0.04, y, text, fontsize=7.5, va="bottom", color="#333333", linespacing=1.35)
-
-
-TABLE_RECT = (0.04, 0.17, 0.92, 0.71)   # left, bottom, width, height (figure fraction)
-CHAR_EM = 0.55                          # mean glyph width (em) used to wrap cell text
-
-
-def _row_inches(lines: int, font: float = FONT) -> float:
-    return font * (1.3 * lines + 0.9) / 72
-
-
-def _wrap_table(header: list[str], rows: list[list[str]], widths: list[float],
-                width_in: float, font: float = FONT):
-    """Wrap each cell to its column's width; return (header, rows, row heights in inches)."""
-    total = sum(widths)
-    chars = [max(4, int((w / total * width_in - 0.08) / (font * CHAR_EM / 72))) for w in widths]
-
-    def wrap(row):
-        return [textwrap.fill(str(c), n, break_on_hyphens=False) if len(str(c)) > n else str(c)
-                for c, n in zip(row, chars, strict=True)]
-
-    head = wrap(header)
-    body = [wrap(r) for r in rows]
-    heights = [_row_inches(max(c.count("\n") + 1 for c in r), font) for r in [head, *body]]
-    return head, body, heights
-
-
-def _split_pages(heights: list[float], room_in: float) -> list[tuple[int, int]]:
-    """Row ranges [i, j) that fit ``room_in`` inches below the header (``heights[0]``)."""
-    spans, i, n = [], 0, len(heights) - 1
-    while i < n or not spans:
-        used, j = heights[0], i
-        while j < n and (j == i or used + heights[j + 1] <= room_in):
-            used += heights[j + 1]
-            j += 1
-        spans.append((i, j))
-        i = j
-        if n == 0:
-            break
-    return spans
-
-
-def _table(fig, rect, header: list[str], rows: list[list[str]], heights: list[float],
-           widths: list[float], font: float = FONT, shade: list[bool] | None = None) -> None:
-    """A table in ``rect`` (figure fraction), top-aligned; ``heights`` in inches, header
-    first (cells already wrapped by :func:`_wrap_table`)."""
-    ax = fig.add_axes(rect)
-    ax.axis("off")
-    room = rect[3] * PAGE[1]
-    height = min(1.0, sum(heights) / room)
-    total = sum(widths)
-    tab = ax.table(cellText=rows or [[""] * len(header)], colLabels=header,
-                   colWidths=[w / total for w in widths], cellLoc="left",
-                   bbox=[0, 1 - height, 1, height])
-    tab.auto_set_font_size(False)
-    tab.set_fontsize(font)
-    for (r, _c), cell in tab.get_celld().items():
-        cell.set_height(heights[r] / room if r < len(heights) else heights[-1] / room)
-        cell.set_edgecolor("#bbbbbb")
-        cell.set_linewidth(0.5)
-        cell.PAD = 0.03
-        if r == 0:
-            cell.set_facecolor("#e4e9f2")
-            cell.set_text_props(weight="bold")
-        elif shade and shade[r - 1]:
-            cell.set_facecolor("#f4f4f4")
-
-
-def _paginate(rows: list, per_page: int) -> list[list]:
-    return [rows[i:i + per_page] for i in range(0, len(rows), per_page)] or [[]]
-
-
 def _paper_source(model: str) -> str:
     return "paper (CIFAR-10)" if model == "vgg16" else "paper (MNIST)"
 
@@ -234,7 +123,7 @@ def _title_page(runs, sweep=None):
     built = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     count = f"{len(runs)} runs" if sweep is None else \
         f"sweep {sweep.root}: {len(runs)} configurations"
-    fig = _page("pbc comparison report",
+    fig = layout.page("pbc comparison report",
                 f"Data set: {', '.join(datasets)}    ·    {count}    ·    built {built}")
     fig.text(0.04, 0.86, textwrap.fill(
         "Bayesian Compression for Deep Learning (Louizos, Ullrich & Welling 2017), reproduced "
@@ -257,11 +146,11 @@ def _title_page(runs, sweep=None):
                      ", ".join(r.missing) or "none"])
     widths = [2, 25, 7, 10, 9, 7, 9, 22]
     rect = (0.04, 0.2, 0.92, 0.6)
-    head, body, heights = _wrap_table(header, rows, widths, rect[2] * PAGE[0])
-    for k, (i, j) in enumerate(_split_pages(heights, rect[3] * PAGE[1])):
-        f = fig if k == 0 else _page("pbc comparison report (runs, continued)")
-        _table(f, rect, head, body[i:j], [heights[0], *heights[i + 1:j + 1]], widths)
-        _notes(f, ["'—' marks a value that no artefact records (or that the paper does not "
+    head, body, heights = layout.wrap_table(header, rows, widths, rect[2] * PAGE[0])
+    for k, (i, j) in enumerate(layout.split_pages(heights, rect[3] * PAGE[1])):
+        f = fig if k == 0 else layout.page("pbc comparison report (runs, continued)")
+        layout.table(f, rect, head, body[i:j], [heights[0], *heights[i + 1:j + 1]], widths)
+        layout.notes(f, ["'—' marks a value that no artefact records (or that the paper does not "
                    "print; see pbc/reporting/paper.py). Tables 1, 2 and MDL are also written as "
                    "CSV next to this PDF, unrounded.",
                    "Paper values: " + "; ".join(f"[{key}] {text}" for key, text in
@@ -281,12 +170,12 @@ def _joined(values, sds=None) -> str:
     """Per-layer values joined by '-'; a sweep's means rounded, each with '±sd', joined
     by ' / '."""
     vals = list(values)
-    if all(_missing(v) for v in vals):
+    if all(missing(v) for v in vals):
         return DASH
     sds = [None] * len(vals) if sds is None else list(sds)
-    spread = any(not _missing(s) for s in sds)
+    spread = any(not missing(s) for s in sds)
     return (" / " if spread else "-").join(
-        "?" if _missing(v) else f"{float(v):.0f}" if _missing(s) else
+        "?" if missing(v) else f"{float(v):.0f}" if missing(s) else
         f"{float(v):.0f}±{float(s):.0f}" for v, s in zip(vals, sds, strict=True))
 
 
@@ -321,14 +210,14 @@ def _table1_pages(t1: pd.DataFrame, runs):
 
 def _table_pages(title, header, rows, shade, widths, notes, key, subtitle=None):
     """One table over as many pages as it needs, the header repeated on each."""
-    head, body, heights = _wrap_table(header, rows, widths, TABLE_RECT[2] * PAGE[0])
-    spans = _split_pages(heights, TABLE_RECT[3] * PAGE[1])
+    head, body, heights = layout.wrap_table(header, rows, widths, TABLE_RECT[2] * PAGE[0])
+    spans = layout.split_pages(heights, TABLE_RECT[3] * PAGE[1])
     for k, (i, j) in enumerate(spans):
         suffix = f" ({k + 1}/{len(spans)})" if len(spans) > 1 else ""
-        fig = _page(title + suffix, subtitle)
-        _table(fig, TABLE_RECT, head, body[i:j], [heights[0], *heights[i + 1:j + 1]], widths,
+        fig = layout.page(title + suffix, subtitle)
+        layout.table(fig, TABLE_RECT, head, body[i:j], [heights[0], *heights[i + 1:j + 1]], widths,
                shade=shade[i:j])
-        _notes(fig, notes)
+        layout.notes(fig, notes)
         yield (f"{key}{suffix}", fig)
 
 
@@ -341,18 +230,18 @@ def _table2_pages(t2: pd.DataFrame):
         note = r["note"] if isinstance(r["note"], str) else ""
         if is_paper:
             full = DASH
-            compressed = DASH if _missing(r["paper_error_pct"]) else f"{r['paper_error_pct']:.1f}"
+            compressed = DASH if missing(r["paper_error_pct"]) else f"{r['paper_error_pct']:.1f}"
             src = _paper_source(r["model"])
         else:
-            src = r["run"] if _missing(r.get("n_seeds")) else f"{r['run']} ({r['n_seeds']} seeds)"
+            src = r["run"] if missing(r.get("n_seeds")) else f"{r['run']} ({r['n_seeds']} seeds)"
             note = "; ".join(filter(None, [r["protocol"], note]))
-            full, compressed = _sd(r, "error_full", _pct), _sd(r, "error_packed", _pct)
-            if _missing(r["error_full"]) and not _missing(r["test_error_last_epoch"]):
-                full = _sd(r, "test_error_last_epoch", _pct)
+            full, compressed = sd(r, "error_full", pct), sd(r, "error_packed", pct)
+            if missing(r["error_full"]) and not missing(r["test_error_last_epoch"]):
+                full = sd(r, "test_error_last_epoch", pct)
                 note = "; ".join(filter(None, [note, "error: last epoch of metrics.jsonl"]))
-        fmt = _as_printed if is_paper else _num
+        fmt = as_printed if is_paper else num
         rows.append([paper.model_name(r["model"]), r["method"], src, full, compressed,
-                     *(fmt(r[k]) if is_paper else _sd(r, k, _num) for k in
+                     *(fmt(r[k]) if is_paper else sd(r, k, num) for k in
                        ("nonzero_pct", "pruning", "fast_prediction", "max_compression")),
                      note])
         shade.append(is_paper)
@@ -371,7 +260,7 @@ def _table2_pages(t2: pd.DataFrame):
 
 def _bench_page(runs):
     benched = [r for r in runs if r.bench is not None]
-    fig = _page("Figure 1 — forward-pass time per variant (bench.json)",
+    fig = layout.page("Figure 1 — forward-pass time per variant (bench.json)",
                 "Median over the timed repeats; whiskers: inter-quartile range; above each "
                 "bar: measured speed-up over 'dense' (in brackets: ideal = FLOP ratio).")
     notes = [f"no bench.json: {', '.join(r.label for r in runs if r.bench is None)}"
@@ -379,7 +268,7 @@ def _bench_page(runs):
     if not benched:
         fig.text(0.5, 0.5, "No run has a bench.json (run `pbc bench RUN`).", ha="center",
                  fontsize=12)
-        _notes(fig, notes)
+        layout.notes(fig, notes)
         return ("figure1", fig)
     cols = min(len(benched), 3)
     nrows = math.ceil(len(benched) / cols)
@@ -437,7 +326,7 @@ def _bench_page(runs):
                      f"variants timed one after another): {', '.join(older)}")
     if unmeasured:
         notes.append(f"Energy not measured: {'; '.join(sorted(unmeasured))}.")
-    _notes(fig, notes + ["Times are for one batch through the network held by each variant: "
+    layout.notes(fig, notes + ["Times are for one batch through the network held by each variant: "
                          "dense (posterior means, nothing removed), pruned (structured export), "
                          "quantised (fixed-point values, float32 arithmetic), fast (the layers "
                          "whose weights fit in 8 bits on int8 kernels, CPU), csr (linear "
@@ -450,7 +339,7 @@ def _bench_page(runs):
 
 
 def _sweep_bench_page(sweep, runs):
-    fig = _page("Figure 1 — forward-pass time per variant, mean ± sd over seeds",
+    fig = layout.page("Figure 1 — forward-pass time per variant, mean ± sd over seeds",
                 "Bars: the mean over seeds of each run's median time (summary_bench.csv); "
                 "whiskers: ± the seeds' sample standard deviation; above each bar: the measured "
                 "speed-up over 'dense', mean ± sd (in brackets: ideal = FLOP ratio).")
@@ -462,7 +351,7 @@ def _sweep_bench_page(sweep, runs):
     spread.draw_bench_spread(fig, sweep.bench, order,
                              {r.label: COLOURS[i % len(COLOURS)] for i, r in enumerate(runs)},
                              {r.label: _run_desc(r) for r in runs})
-    _notes(fig, ["Runs benched on different machines are not comparable in absolute time; "
+    layout.notes(fig, ["Runs benched on different machines are not comparable in absolute time; "
                  "each run's own medians and quartiles are in its bench.json."])
     return ("figure1", fig)
 
@@ -480,11 +369,11 @@ def _diagnostic_pages(runs):
         imgs = [(p, mpimg.imread(p)) for p in run.figures]
         wide = [x for x in imgs if _is_wide(x[1])]
         tall = [x for x in imgs if not _is_wide(x[1])]
-        groups = [(c, len(c), 1) for c in _paginate(wide, 3) if c] + \
-                 [(c, 2, 2) for c in _paginate(tall, 4) if c]
+        groups = [(c, len(c), 1) for c in layout.paginate(wide, 3) if c] + \
+                 [(c, 2, 2) for c in layout.paginate(tall, 4) if c]
         for k, (chunk, nr, nc) in enumerate(groups):
             suffix = f" ({k + 1}/{len(groups)})" if len(groups) > 1 else ""
-            fig = _page(f"Posterior diagnostics — {_run_desc(run)}{suffix}",
+            fig = layout.page(f"Posterior diagnostics — {_run_desc(run)}{suffix}",
                         "The analyse stage's figures (ArviZ forest plots of log|z|, prune-score "
                         "histograms with thresholds, weight mean vs variance), as saved in "
                         f"{run.path}/figures/.")
@@ -496,18 +385,18 @@ def _diagnostic_pages(runs):
                 ax.set_axis_off()
                 ax.set_title(path.name, fontsize=8, color="#555555", loc="left")
             if without and not drawn:
-                _notes(fig, [f"no analyse-stage figures: {', '.join(without)}"], y=0.012)
+                layout.notes(fig, [f"no analyse-stage figures: {', '.join(without)}"], y=0.012)
             drawn += 1
             yield (f"diagnostics {run.label}{suffix}", fig)
     if not drawn:
-        fig = _page("Posterior diagnostics")
+        fig = layout.page("Posterior diagnostics")
         fig.text(0.5, 0.5, "No run has analyse-stage figures (figures/*.png); run "
                  "`pbc analyse RUN`.", ha="center", fontsize=12)
         yield ("diagnostics", fig)
 
 
 def _curves_page(runs):
-    fig = _page("Training curves (metrics.jsonl)",
+    fig = layout.page("Training curves (metrics.jsonl)",
                 "Left: test (solid) and train (dashed) error per epoch. Middle and right: the "
                 "ELBO's terms, −E[log p(y|x,w)] and KL(q‖p), in nats (log scale).")
     gs = fig.add_gridspec(1, 3, left=0.06, right=0.98, top=0.84, bottom=0.3, wspace=0.28)
@@ -550,7 +439,7 @@ def _curves_page(runs):
         fig.legend([h for h, _ in handles], [t for _, t in handles], loc="lower center",
                    ncol=min(3, len(handles)), fontsize=8.5, frameon=False,
                    bbox_to_anchor=(0.5, 0.13))
-    _notes(fig, [f"no ELBO terms (prior 'none': cross-entropy only): {', '.join(no_elbo)}"
+    layout.notes(fig, [f"no ELBO terms (prior 'none': cross-entropy only): {', '.join(no_elbo)}"
                  if no_elbo else "",
                  f"no metrics.jsonl records: {', '.join(no_metrics)}" if no_metrics else ""])
     return ("curves", fig)
@@ -564,19 +453,19 @@ def _estimate_label(name: str, record: dict, predictive: dict) -> str:
     label = ESTIMATE_NAMES.get(name, name)
     if name == "monte_carlo" and predictive.get("samples"):
         label += f" ({predictive['samples']} draws)"
-    return (f"{label}\nerror {_pct(record['error'])}%, NLL {record['nll']:.3f}, "
-            f"ECE {_pct(record['ece'])}%")
+    return (f"{label}\nerror {pct(record['error'])}%, NLL {record['nll']:.3f}, "
+            f"ECE {pct(record['ece'])}%")
 
 
 def _calibration_pages(runs, per_page: int = 3):
     """Reliability diagrams from predictive.json, ``per_page`` runs a page; no page when no
     run has one."""
-    chunks = _paginate([r for r in runs if r.predictive is not None], per_page)
+    chunks = layout.paginate([r for r in runs if r.predictive is not None], per_page)
     if not chunks[0]:
         return
     for k, chunk in enumerate(chunks):
         suffix = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""
-        fig = _page(f"Calibration — reliability diagrams (predictive.json){suffix}",
+        fig = layout.page(f"Calibration — reliability diagrams (predictive.json){suffix}",
                     "Accuracy against confidence in equal-width confidence bins; the dashed "
                     "diagonal is perfect calibration.")
         gs = fig.add_gridspec(1, per_page, left=0.06, right=0.97, top=0.8, bottom=0.3,
@@ -592,7 +481,7 @@ def _calibration_pages(runs, per_page: int = 3):
             ax.set_title(f"{_run_desc(run)}\n{p.get('split', '?')} split, "
                          f"{p.get('examples', '?')} examples, epoch {p.get('epoch', '?')}",
                          fontsize=8.5)
-        _notes(fig, ["Bars: the predictive, the Monte Carlo average of the class "
+        layout.notes(fig, ["Bars: the predictive, the Monte Carlo average of the class "
                      "probabilities of networks drawn from the posterior (a method without a "
                      "posterior: its point estimate); line: the posterior-mean network; dots: "
                      "each bin's mean confidence and accuracy.",
@@ -606,15 +495,15 @@ def _mdl_pages(mdl: pd.DataFrame):
     header = ["Run", "Method", "Layer", "KL (bits)", "Packed (bits)", "KL / packed", "Note"]
     rows, shade = [], []
     for _, r in mdl.iterrows():
-        ratio = (DASH if _missing(r["kl_bits"]) or _missing(r["packed_bits"])
+        ratio = (DASH if missing(r["kl_bits"]) or missing(r["packed_bits"])
                  else f"{float(r['kl_bits']) / float(r['packed_bits']):.2f}")
         is_run = r["layer"] == tables.RUN_LAYER
         note = r["note"] if isinstance(r["note"], str) else ""
         note = note.replace(tables.KL_NOT_RECORDED, "").strip("; ")  # said in the notes
-        if is_run and not _missing(r["kl_bits"]):
+        if is_run and not missing(r["kl_bits"]):
             note = "; ".join(filter(None, [f"KL: {r['kl_source']}; packed: whole file", note]))
         rows.append([r["run"], r["method"], "whole run" if is_run else r["layer"],
-                     _int(r["kl_bits"]), _int(r["packed_bits"]), ratio, note])
+                     whole(r["kl_bits"]), whole(r["packed_bits"]), ratio, note])
         shade.append(is_run)
     per_layer = mdl[mdl.layer != tables.RUN_LAYER]
     kl_recorded = per_layer["kl_bits"].notna().any()
@@ -629,7 +518,3 @@ def _mdl_pages(mdl: pd.DataFrame):
                      "total packed bits.")
     return _table_pages("MDL — KL term (bits) beside packed size (bits)", header, rows, shade,
                         [16, 7, 8, 10, 10, 7, 36], notes, "mdl")
-
-
-def _int(v) -> str:
-    return DASH if _missing(v) else f"{float(v):,.0f}"
