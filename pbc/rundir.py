@@ -19,7 +19,8 @@ artefact                  stage       content
 ``model.pbcz``            compress    the packed quantised network
 ``compression.json``      compress    sizes, bits, errors, rates
 ``bench.json``            bench       timings (and GPU energy)
-``predictive.json``       predictive  calibration of the posterior predictive
+``predictive.json``       evaluate    calibration of the posterior predictive (``--samples``)
+``model.int8.pt`` …       export      for other tools (:data:`pbc.defaults.EXPORT_FILES`)
 ``report.pdf``            report      the run's report
 ========================  ==========  ==================================================
 
@@ -87,7 +88,6 @@ FIGURES = "figures"
 PRUNED, QUANTISED, PACKED, COMPRESSION = "pruned.pt", "quantised.pt", "model.pbcz", \
     "compression.json"
 BENCH, BENCH_FIGURE, REPORT = "bench.json", "bench.png", "report.pdf"
-INT8 = "model.int8.pt"
 PREDICTIVE = "predictive.json"
 #: the artefacts a report reads
 SUMMARY_ARTEFACTS = (CONFIG, METRICS, LAYERS, ANALYSIS, COMPRESSION, BENCH)
