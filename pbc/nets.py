@@ -276,8 +276,9 @@ def build_network(arch: Architecture) -> nn.Module:
     have = module_sizes(net)
     sizes = {}
     for s in arch.layers:
-        rec = {**have.get(s.name, {"kind": s.kind}), "in": s.in_size, "out": s.out_size}
-        if rec.get("groups", 1) != 1:
+        old = have.get(s.name, {"kind": s.kind})
+        rec = {**old, "in": s.in_size, "out": s.out_size}
+        if old.get("groups", 1) != 1 and old["groups"] == old["in"] == old["out"]:
             rec["groups"] = s.in_size          # a depthwise conv: one group per channel
         sizes[s.name] = rec
     return resize(net, sizes)

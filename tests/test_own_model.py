@@ -199,3 +199,26 @@ def test_the_readme_example_model_goes_through_the_graph(tmp_path, monkeypatch):
     assert masks["block"][1].sum() == 0 and masks["stem"][1].sum() == 6
     structured = structured_export(arch, build_network(arch).state_dict(), masks)
     assert structured.state["block.weight"].shape == (6, 6, 3, 3)
+
+
+class _Grouped(torch.nn.Module):
+    """A grouped (not depthwise) conv between two Bayesian ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 8, 3)
+        self.g = torch.nn.Conv2d(8, 8, 3, groups=2)
+        self.dw = torch.nn.Conv2d(8, 8, 3, groups=8)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.dw(torch.relu(self.g(torch.relu(self.a(x)))))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_grouped_convolutions_keep_their_groups_through_the_record():
+    arch = make_architecture("x:grouped", (1, 28, 28), 10, builder=_Grouped)
+    assert {s.name: s.kind for s in arch.layers} == {"a": "conv", "g": "fixed", "dw": "fixed",
+                                                     "fc": "linear"}
+    net = build_network(arch)
+    assert net.g.groups == 2 and net.dw.groups == 8
