@@ -53,12 +53,13 @@ def _json(path: Path):
 def test_pdf_builds_with_expected_pages(runs, tmp_path):
     r = build_report(runs, tmp_path / "out" / "cmp.pdf")
     # title, Table 1, Table 2, Figure 1, diagnostics (gnj: 2 wide + 3 forest plots → 2 pages;
-    # ghs: 3 wide + 4 forest plots → 2; none: 0), curves, MDL
+    # ghs: 3 wide + 4 forest plots → 2; none: 0), curves, calibration (lenet5-ghs alone has a
+    # predictive.json), MDL
     assert r.pages == ["title", "table1", "table2", "figure1",
                        "diagnostics lenet300-gnj-200 (1/2)", "diagnostics lenet300-gnj-200 (2/2)",
                        "diagnostics lenet5-ghs (1/2)", "diagnostics lenet5-ghs (2/2)",
-                       "curves", "mdl"]
-    assert _pdf_pages(r.pdf) == len(r.pages) == 10
+                       "curves", "calibration", "mdl"]
+    assert _pdf_pages(r.pdf) == len(r.pages) == 11
     assert sorted(p.name for p in r.csv.values()) == ["cmp.mdl.csv", "cmp.table1.csv",
                                                       "cmp.table2.csv"]
 
@@ -145,7 +146,7 @@ def test_per_layer_kl_bits_used_when_layers_csv_has_them(runs, tmp_path):
 def test_cli_report_returns_0(runs, tmp_path, capsys):
     out = tmp_path / "r" / "cmp.pdf"
     assert main(["report", *map(str, runs), "--out", str(out)]) == 0
-    assert "10 pages from 3 runs" in capsys.readouterr().out
+    assert "11 pages from 3 runs" in capsys.readouterr().out
     assert out.is_file() and out.with_name("cmp.table2.csv").is_file()
 
 
