@@ -21,7 +21,7 @@ from pbc.reporting import paper
 from pbc.reporting.pdf import build_report
 
 REAL = Path(__file__).resolve().parents[1] / "reports" / "fashion-mnist"
-RUNS = ("lenet300-gnj-200", "lenet5-ghs", "lenet300-none")
+RUNS = ("lenet300-gnj-200", "lenet5-ghs", "lenet5-none")
 
 pytestmark = pytest.mark.skipif(not all((REAL / r / "config.json").is_file() for r in RUNS),
                                 reason="reports/fashion-mnist run artefacts not present")
@@ -124,9 +124,9 @@ def test_missing_artefacts_leave_empty_cells(runs, tmp_path):
     h = t1[t1.run == "lenet5-ghs"]
     assert h["units_kept"].isna().all() and h["bits"].isna().all()
     assert h["note"].str.contains("no compression.json or layers.csv").all()
-    d = t2[t2.run == "lenet300-none"].iloc[0]
-    assert pd.isna(d["error_full"]) and d["test_error_last_epoch"] == 0.0985
-    assert mdl[mdl.run == "lenet300-none"]["packed_bytes"].isna().all()
+    d = t2[t2.run == "lenet5-none"].iloc[0]
+    assert pd.isna(d["error_full"]) and d["test_error_last_epoch"] == 0.0819
+    assert mdl[mdl.run == "lenet5-none"]["packed_bytes"].isna().all()
 
 
 def test_per_layer_kl_bits_used_when_layers_csv_has_them(runs, tmp_path):
@@ -199,3 +199,11 @@ def test_protocol_states_epochs_start_and_threshold_rule():
     legacy = RunRecord(Path("r"), "r", {"config": {"epochs": 20, "init_from": "plain",
                                                    "prior": "svd"}}, analysis={})
     assert protocol(legacy) == "20 ep. from a plain net, no validation split, sparse-vd rule"
+
+
+def test_a_sweep_row_prints_its_spread():
+    from pbc.reporting.layout import DASH, num, pct, sd
+
+    assert sd({"error": 0.1234, "error_sd": 0.0021}, "error", pct) == "12.34 ± 0.21"
+    assert sd({"pruning": 35.5, "pruning_sd": None}, "pruning", num) == "35.5"
+    assert sd({"pruning": None, "pruning_sd": 1.0}, "pruning", num) == DASH

@@ -40,9 +40,9 @@ def pct(fraction) -> str:
 
 def sd(row, key: str, fmt) -> str:
     """``fmt`` of ``row[key]``, followed by ``± fmt(sd)`` where the row (a sweep's) has a
-    standard deviation over seeds in ``<key>sd``."""
+    standard deviation over seeds in ``<key>_sd``."""
     text = fmt(row[key])
-    sd = row.get(f"{key}sd")
+    sd = row.get(f"{key}_sd")
     return text if text == DASH or missing(sd) else f"{text} ± {fmt(sd)}"
 
 
