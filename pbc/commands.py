@@ -23,7 +23,7 @@ from pbc.data import DataError, load_dataset
 from pbc.demo import run_demo
 from pbc.export import export
 from pbc.graph.rebuild import import_factory
-from pbc.io import ArtefactError, StageError
+from pbc.io import ArtefactError, StageError, first_line
 from pbc.nets import classification_error, parse_layer_values
 from pbc.reporting.pdf import build_report
 from pbc.rundir import PACKED, PREDICTIVE, RunDir, load_trained, run_splits, verify_recorded
@@ -39,12 +39,6 @@ class UsageError(Exception):
 USAGE_ERRORS = (UsageError, StageError)
 #: errors that mean a data or artefact problem or a diverged run: exit status 1, one line
 FAILURES = (DataError, ArtefactError, TrainingDiverged)
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an error's message (its type's name when it has none)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _layer_values(text: str | None, flag: str) -> dict[str, float] | None:

@@ -48,6 +48,7 @@ from pbc.io import (
     Commit,
     StageError,
     atomic_path,
+    first_line,
     load_torch,
     read_json,
     save_torch,
@@ -116,7 +117,7 @@ def save_torchscript(path, arch: Architecture, net: nn.Module) -> dict:
         scripted = torch.jit.script(copy.deepcopy(net).eval())
     except Exception as e:  # TorchScript's frontend raises many kinds; all mean "cannot"
         raise StageError(f"the network cannot be compiled to TorchScript "
-                         f"({type(e).__name__}: {_first_line(e)}); try --format onnx or "
+                         f"({type(e).__name__}: {first_line(e)}); try --format onnx or "
                          f"state-dict") from None
     with atomic_path(path) as tmp:
         torch.jit.save(scripted, str(tmp), _extra_files={ARCH_FILE: json.dumps(arch.to_dict())})
@@ -223,7 +224,7 @@ def load_state_dict_export(path, builder=None) -> nn.Module:
         net.load_state_dict(load_torch(path), strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ArtefactError(f"{path}: architecture and weights do not match "
-                            f"({type(e).__name__}: {_first_line(e)})") from None
+                            f"({type(e).__name__}: {first_line(e)})") from None
     return net.eval()
 
 
@@ -240,8 +241,3 @@ FORMATS: dict[str, Format] = {
     "onnx": Format(save_onnx, lambda path, builder=None: OnnxNetwork(path)),
     "state-dict": Format(save_state_dict, load_state_dict_export),
 }
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -50,6 +50,12 @@ class StageError(ArtefactError):
     """A stage run out of order or on the wrong kind of run (the CLI exits with 2)."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def describe_os_error(e: OSError) -> str:
     """One line for an operating-system error: the file, then what went wrong
     (``runs/x/posterior.nc: No space left on device``)."""
