@@ -154,10 +154,11 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--init-from", help="start the means from a deterministic run (dir or .pt)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--tau0", type=_positive_float, default=1e-5, help="horseshoe global scale")
-    p.add_argument("--max-weight-var", type=_positive_float,
+    p.add_argument("--max-weight-var", metavar="V|LAYER=V,...",
                    help="upper bound on the posterior variance of w̃ (Louizos et al.'s "
-                        "clip_var); default 0.04 for gnj and for ghs from scratch, none for "
-                        "ghs with --init-from")
+                        "clip_var) in every layer, or in the named layers only "
+                        "(fc1=0.04: the others unbounded); default 0.04 for gnj and for ghs "
+                        "from scratch, none for ghs with --init-from")
     p.add_argument("--kl-warmup", type=_int_at_least(0, 100_000), default=0,
                    help="epochs of linear KL annealing (0: none)")
     p.add_argument("--sws-tau", type=_positive_float, default=SWS_DEFAULT_TAU,

@@ -51,9 +51,20 @@ def _layer_values(text: str | None, flag: str) -> dict[str, float] | None:
         raise UsageError(str(e)) from None
 
 
+def _weight_var_bound(text: str | None) -> float | dict[str, float] | None:
+    """``--max-weight-var 0.04`` (every layer) or ``fc1=0.04,…`` (those layers only)."""
+    if text is None or "=" in text:
+        return _layer_values(text, "--max-weight-var")
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"bad --max-weight-var {text!r}; expected a number or "
+                         f"LAYER=NUMBER,...") from None
+
+
 def train_config(args, prior: str) -> TrainConfig:
     """The :class:`TrainConfig` that ``pbc train`` (or ``pretrain``: ``prior="none"``) flags
-    describe; UsageError for a ``--dc-keep`` that does not parse."""
+    describe; UsageError for a ``--dc-keep`` or ``--max-weight-var`` that does not parse."""
     return TrainConfig(
         out=args.out, model=args.model, prior=prior, data=args.data, data_dir=args.data_dir,
         download=args.download, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -63,7 +74,7 @@ def train_config(args, prior: str) -> TrainConfig:
         resume=args.resume, tau0=args.tau0, kl_warmup=args.kl_warmup, sws_tau=args.sws_tau,
         sws_zero_rate=args.sws_zero_rate, sws_rate=args.sws_rate,
         dc_keep=_layer_values(args.dc_keep, "--dc-keep"),
-        max_weight_var=args.max_weight_var, threads=args.threads,
+        max_weight_var=_weight_var_bound(args.max_weight_var), threads=args.threads,
         progress=not args.no_progress)
 
 

@@ -43,7 +43,9 @@ class TrainConfig:
     init_from: str | None = None
     resume: bool = False
     tau0: float = 1e-5
-    max_weight_var: float | None = None   # None: the method's default bound
+    # bound on Var[w̃]: one for every layer, or {layer: bound} for those layers only;
+    # None: the method's default bound
+    max_weight_var: float | dict[str, float] | None = None
     kl_warmup: int = 0
     sws_tau: float = SWS_DEFAULT_TAU
     sws_zero_rate: float = GAMMA_ZERO[1]   # rates of the mixture's precision hyperpriors
@@ -81,7 +83,9 @@ class TrainConfig:
         for field in ("sws_zero_rate", "sws_rate"):
             if not getattr(self, field) > 0:
                 raise ValueError(f"{field} must be positive, got {getattr(self, field)}")
-        if self.max_weight_var is not None and not self.max_weight_var > 0:
+        bounds = (self.max_weight_var.values() if isinstance(self.max_weight_var, dict)
+                  else [] if self.max_weight_var is None else [self.max_weight_var])
+        if not all(b > 0 for b in bounds):
             raise ValueError(f"max_weight_var must be positive, got {self.max_weight_var}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")

@@ -295,6 +295,33 @@ def test_default_variance_bound_and_scale_start_follow_the_starting_point():
     assert fc1[1].q_scale.mean().mean().item() == pytest.approx(784 ** -0.5, rel=0.05)
 
 
+def test_a_per_layer_variance_bound_clips_only_the_layers_it_names():
+    """``--max-weight-var fc1=0.04``: fc1's σ² is projected onto (0, 0.04], fc2 and fc3 are
+    left alone; a layer the network does not have is refused."""
+    from pbc import methods
+    from pbc.cli import build_parser
+    from pbc.commands import train_config
+    from pbc.nets import make_architecture
+
+    args = build_parser().parse_args(["train", "--out", "x", "--max-weight-var", "fc1=0.04"])
+    config = train_config(args, "gnj")
+    assert config.max_weight_var == {"fc1": 0.04}
+    args = build_parser().parse_args(["train", "--out", "x", "--max-weight-var", "0.5"])
+    assert train_config(args, "gnj").max_weight_var == 0.5
+    arch = make_architecture("lenet300", (1, 28, 28), 10)
+    method = methods.get("gnj")
+    net = method.build(config, arch)
+    for layer in net.bayes_layers():
+        layer.w_logvar.data.fill_(0.0)
+    method.after_step(net, config)
+    assert [layer.w_logvar.max().exp().item() for layer in net.bayes_layers()] == \
+        pytest.approx([0.04, 1.0, 1.0])
+    with pytest.raises(ValueError, match="unknown layers \\['fc9'\\]"):
+        method.build(TrainConfig(out="x", max_weight_var={"fc9": 0.04}), arch)
+    with pytest.raises(ValueError, match="positive"):
+        TrainConfig(out="x", max_weight_var={"fc1": -1.0}).validate()
+
+
 @pytest.mark.parametrize("prior, per_layer", [("gnj", 1), ("ghs", 4), ("svd", 0)])
 def test_group_scale_log_variances_learn_at_their_own_rate(prior, per_layer):
     """Adam's groups: the log-variances of every group scale's q(z) — and nothing else — take

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import pyro
 import pyro.distributions as dist
@@ -173,15 +174,19 @@ class BayesNet(nn.Module):
         for layer in self._bayes:
             layer.guide()
 
-    def clip_variances(self, max_var: float | None) -> None:
-        """Bound every layer's weight variance ``σ²`` by ``max_var`` (no-op for ``None``).
+    def clip_variances(self, max_var: float | Mapping[str, float] | None) -> None:
+        """Bound each layer's weight variance ``σ²``: by ``max_var`` in every layer, or by
+        ``max_var[site]`` in the layers it names (no-op for ``None``).
 
         Group priors only: Sparse VD bounds ``log α`` inside its KL instead, and its pruned
         weights need ``σ² ≫ θ²``.
         """
-        if max_var is not None and self.prior.groups:
-            for layer in self._bayes:
-                layer.clip_variances(max_var)
+        if max_var is None or not self.prior.groups:
+            return
+        for layer in self._bayes:
+            bound = max_var.get(layer.site) if isinstance(max_var, Mapping) else max_var
+            if bound is not None:
+                layer.clip_variances(bound)
 
     def _places(self):
         """``(path, module)`` at every place in the body, a module registered twice at each."""

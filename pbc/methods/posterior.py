@@ -45,12 +45,21 @@ class PosteriorMethod(ELBOMethod):
         """The prior that this method trains under: ``prior_family(**prior_options(config))``."""
         return self.prior_family(**self.prior_options(config))
 
-    def max_weight_var(self, config) -> float | None:
-        """The bound on ``Var[w̃]`` in force: ``config.max_weight_var`` or the method's."""
+    def max_weight_var(self, config) -> float | dict[str, float] | None:
+        """The bound on ``Var[w̃]`` in force (one for all layers, or per named layer):
+        ``config.max_weight_var`` or the method's."""
         return config.max_weight_var
 
     def build(self, config, arch):
-        return BayesNet(arch, self.prior(config), pretrained=bool(config.init_from))
+        net = BayesNet(arch, self.prior(config), pretrained=bool(config.init_from))
+        bound = self.max_weight_var(config)
+        if isinstance(bound, dict):
+            sites = [layer.site for layer in net.bayes_layers()]
+            unknown = set(bound) - set(sites)
+            if unknown:
+                raise ValueError(f"--max-weight-var names unknown layers {sorted(unknown)}; "
+                                 f"layers are {sites}")
+        return net
 
     def load_point_estimate(self, net, state):
         net.load_point_estimate(state)
