@@ -25,6 +25,7 @@ from pbc.defaults import (
     GAMMA_ZERO,
     LR_SCHEDULES,
     MODELS,
+    PRECISIONS,
     PRIORS,
     RATE_HELP,
     RULES,
@@ -201,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--error-budget", type=_nonnegative_float, default=DEFAULT_ERROR_BUDGET,
                     help="points of validation error the pruned and quantised net may lose "
                          "(default %(default)s)")
+    an.add_argument("--precision", choices=PRECISIONS, default="budget",
+                    help="bits per layer: budget: the fewest significand bits within the same "
+                         "--error-budget (under the budget rule); posterior: unit round-off "
+                         "below the mean posterior variance (the paper's rule)")
     an.add_argument("--no-figures", action="store_true")
     co = _command(sub, "compress", help="prune, quantise and pack an analysed run")
     co.add_argument("run_dir")

@@ -98,7 +98,7 @@ def _analyse(args) -> int:
         result = analyse(args.run_dir, draws=args.draws,
                          thresholds=parse_thresholds(args.thresholds),
                          figures=not args.no_figures, rule=args.threshold_rule,
-                         error_budget=args.error_budget)
+                         error_budget=args.error_budget, precision=args.precision)
     except ThresholdError as e:
         raise UsageError(str(e)) from None
     for r in result.values():

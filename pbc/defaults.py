@@ -22,6 +22,7 @@ LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 
 #: how :func:`pbc.analysis.stage.analyse` chooses the layers' pruning thresholds
 RULES: tuple[str, ...] = ("budget", "gap")
+PRECISIONS: tuple[str, ...] = ("budget", "posterior")   # how analyse chooses bits per layer
 DEFAULT_ERROR_BUDGET = 0.5   # points of validation error
 
 # soft weight-sharing (Ullrich et al. 2017): the weight of the prior against the

@@ -203,6 +203,11 @@ class RunDir:
                                 f"rerun `pbc analyse {self}`")
         return {n: float(thresholds[n]) for n in layers}
 
+    def significand_bits(self) -> dict[str, int]:
+        """``analysis.json``'s significand bits per layer (empty for an analysis written
+        before they were recorded: the compress stage then uses the posterior's)."""
+        return {n: int(t) for n, t in self.analysis().get("significand_bits", {}).items()}
+
     def compression(self) -> dict:
         """``compression.json``, checked: an object whose recorded SHA-256 digests match the
         files beside it."""

@@ -146,12 +146,34 @@ def test_budget_evaluator_is_the_compressed_network(idx_dir, tmp_path):
     rec = compress(run)
     assert rec["val_error"]["quantised"] == pytest.approx(sel["val_error_pruned_quantised"])
     trained = load_trained(run)
-    thresholds = json.loads((run / "analysis.json").read_text())["thresholds"]
+    record = json.loads((run / "analysis.json").read_text())
     posts = {layer.site: layer_moments(layer) for layer in trained.net.bayes_layers()}
     ours = build_network(trained.arch).eval()
     ours.load_state_dict(pruned_quantised_state(
-        trained.arch, trained.method.plain_state(trained.net), posts, thresholds))
+        trained.arch, trained.method.plain_state(trained.net), posts, record["thresholds"],
+        record["significand_bits"]))
     x = load_dataset("fashion-mnist", idx_dir).test_x
     with torch.no_grad():
         torch.testing.assert_close(ours(x), load_export(run / "quantised.pt")(x),
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_budget_precision_is_the_fewest_bits_that_keep_every_prediction():
+    """With fc1's needed weights ±1 and ±0.75 (exact at a step of 2^−2, not 2^−1) and fc2's
+    ±1 (exact at any step), a zero budget coarsens the posterior's 20 significand bits (its
+    variance is 1e-6) to 2 and 1; ``precision="posterior"`` keeps 20."""
+    arch, state, posts, x, y = _toy()
+    for row, sign in ((0, 1.0), (1, -1.0)):
+        state["fc1.weight"][row, 3] = -0.75 * sign
+    posts["fc1"].w_mean[:] = state["fc1.weight"].double().numpy()
+    y = (x[:, 0, 0, 0] + x[:, 0, 0, 1] - x[:, 0, 0, 2] - 0.75 * x[:, 0, 0, 3] > 0).long()
+    found = budget_thresholds(arch, state, posts, x, y, budget=0.0)
+    assert found.error == 0.0 and _kept(posts, found.thresholds) == {"fc1": 4, "fc2": 2}
+    assert found.significand_bits == {"fc1": 2, "fc2": 1}
+    net = build_network(arch).eval()
+    net.load_state_dict(pruned_quantised_state(arch, state, posts, found.thresholds,
+                                               {"fc1": 1, "fc2": 1}))
+    assert (net(x).argmax(-1) != y).any()          # one bit fewer in fc1 changes predictions
+    paper = budget_thresholds(arch, state, posts, x, y, budget=0.0, precision="posterior")
+    assert paper.significand_bits == {"fc1": 20, "fc2": 20}
+    assert paper.thresholds == found.thresholds

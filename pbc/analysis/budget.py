@@ -1,5 +1,5 @@
-"""The error-budget threshold rule: the most compression whose pruned and quantised network
-stays within a budget of validation error.
+"""The error-budget rule: the most compression whose pruned and quantised network stays
+within a budget of validation error — thresholds on the prune scores, then bit precisions.
 
 Groups are pruned in the order of their prune score (highest ``log α`` first), so a layer's
 choice is a number ``k`` of groups pruned, and its threshold lies between the ``k``-th and
@@ -21,6 +21,13 @@ LeNet-5 ``conv2`` channel carries its filter and sixteen ``fc1`` columns).  Each
 evaluates the network that the compress stage would write (masks propagated, kept weights
 rounded to the layer's posterior bit precision) on the validation split: a few dozen
 forward passes.
+
+Then the bit precisions, at the chosen thresholds and within ``e₀ + P``: the posterior's
+significand bits ``t₀`` (unit round-off below the mean posterior variance) are an upper
+bound on the precision a layer needs, not the least it tolerates.  For each layer in the
+order of its kept weights, a bisection on ``t ∈ [1, t₀]`` finds the fewest significand bits
+(the coarsest step ``2^−t``) that keep the network within the limit, the other layers held.
+With ``precision="posterior"`` every layer keeps ``t₀`` (the paper's rule).
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ import torch
 
 from pbc.bayes.summaries import LayerPosterior
 from pbc.compression.masks import structured_masks, surviving_weights, weight_masks
-from pbc.compression.quantise import posterior_fixed_point
+from pbc.compression.quantise import posterior_fixed_point, significand_bits
+from pbc.defaults import PRECISIONS
 from pbc.nets import Architecture, build_network
 
 PASSES = (0.5, 1.0)   # the share of the budget each pass may use
@@ -45,6 +53,7 @@ class BudgetResult:
     """The chosen thresholds and what the search saw (errors as fractions)."""
 
     thresholds: dict[str, float]
+    significand_bits: dict[str, int]   # per layer: the precision the compress stage rounds to
     unpruned_error: float       # e₀: unpruned posterior-mean network, unquantised
     error: float                # pruned and quantised at the chosen thresholds
     changed: int                # validation examples whose predicted class pruning changed
@@ -52,12 +61,14 @@ class BudgetResult:
 
 
 def pruned_quantised_state(arch: Architecture, state: dict[str, torch.Tensor],
-                           posts: dict[str, LayerPosterior],
-                           thresholds: dict[str, float]) -> dict[str, torch.Tensor]:
+                           posts: dict[str, LayerPosterior], thresholds: dict[str, float],
+                           significand: dict[str, int] | None = None
+                           ) -> dict[str, torch.Tensor]:
     """``state`` (posterior means) with the weights the thresholds prune set to 0 and the
-    kept ones rounded to fixed point at their layer's bit precision — the function of the
-    compress stage's quantised network, in the original shapes."""
-    return _quantised_state(state, posts, _survivors(arch, posts, thresholds))
+    kept ones rounded to fixed point at their layer's bit precision (the posterior's, or
+    ``significand[layer]`` bits) — the function of the compress stage's quantised network,
+    in the original shapes."""
+    return _quantised_state(state, posts, _survivors(arch, posts, thresholds), significand)
 
 
 def _survivors(arch, posts, thresholds) -> dict[str, np.ndarray]:
@@ -65,12 +76,14 @@ def _survivors(arch, posts, thresholds) -> dict[str, np.ndarray]:
     return surviving_weights(posts, masks, weight_masks(posts, thresholds))
 
 
-def _quantised_state(state, posts, keeps) -> dict[str, torch.Tensor]:
+def _quantised_state(state, posts, keeps, significand=None) -> dict[str, torch.Tensor]:
+    significand = significand or {}
     out = dict(state)
     for name, post in posts.items():
         keep = keeps[name]
         w = state[f"{name}.weight"].detach().cpu().numpy() * keep
-        q = posterior_fixed_point(w, post.w_mean[keep], post.w_var[keep])
+        q = posterior_fixed_point(w, post.w_mean[keep], post.w_var[keep],
+                                  significand.get(name))
         out[f"{name}.weight"] = torch.from_numpy(q.codebook[q.codes])
     return out
 
@@ -96,13 +109,18 @@ def _thresholds_for(scores: np.ndarray) -> Callable[[int], float]:
 
 def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
                       posts: dict[str, LayerPosterior], x: torch.Tensor, y: torch.Tensor,
-                      budget: float, fixed: dict[str, float] | None = None) -> BudgetResult:
-    """Per-layer thresholds by the error-budget rule (see the module docstring).
+                      budget: float, fixed: dict[str, float] | None = None,
+                      precision: str = "budget") -> BudgetResult:
+    """Per-layer thresholds and significand bits by the error-budget rule (see the module
+    docstring).
 
     ``state``: the plain network's state dict holding posterior means; ``x: (N, ...)``,
     ``y: (N,)``: the validation split; ``budget``: the error allowed above ``e₀``, a fraction
-    (0.005 is half a point); ``fixed``: layers whose thresholds are given, left as they are.
+    (0.005 is half a point); ``fixed``: layers whose thresholds are given, left as they are;
+    ``precision``: ``"budget"`` (the fewest bits within the budget) or ``"posterior"``.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision rule {precision!r}; choose from {PRECISIONS}")
     if x.shape[0] == 0:
         raise ValueError("the error-budget rule needs a validation split (train with --val N)")
     fixed = dict(fixed or {})
@@ -113,20 +131,23 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
         with torch.no_grad():
             return torch.cat([net(x[i:i + 5000]).argmax(-1) for i in range(0, len(x), 5000)])
 
-    def trial(thresholds: dict[str, float]) -> tuple[float, int]:
-        """``(error, examples changed)`` of the network the thresholds give."""
+    def trial(thresholds: dict[str, float],
+              significand: dict[str, int] | None = None) -> tuple[float, int]:
+        """``(error, examples changed)`` of the network the thresholds (and the layers'
+        significand bits, the posterior's where not given) give."""
         nonlocal count
         count += 1
         masks = structured_masks(arch, posts, thresholds)
         if any(not m.any() for pair in masks.values() for m in pair):
             return math.inf, n_val           # a layer left without units: a constant network
         keeps = surviving_weights(posts, masks, weight_masks(posts, thresholds))
-        net.load_state_dict(_quantised_state(state, posts, keeps))
+        net.load_state_dict(_quantised_state(state, posts, keeps, significand))
         pred = predict()
         return (pred != y).sum().item() / n_val, int((pred != pred0).sum())
 
-    def within(thresholds: dict[str, float], limit: float) -> bool:
-        err, changed = trial(thresholds)
+    def within(thresholds: dict[str, float], limit: float,
+               significand: dict[str, int] | None = None) -> bool:
+        err, changed = trial(thresholds, significand)
         return err + math.sqrt(changed) / n_val <= limit
 
     n_val = x.shape[0]
@@ -153,5 +174,24 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
                     hi = mid - 1
             pruned[name] = lo
             current[name] = rules[name](lo)
-    err, changed = trial(current)
-    return BudgetResult(current, e0, err, changed, count)
+    bits = _posterior_bits(arch, posts, current)
+    if precision == "budget" and within(current, e0 + budget, bits):
+        keeps = _survivors(arch, posts, current)
+        for name in sorted(bits, key=lambda n: int(keeps[n].sum()), reverse=True):
+            lo, hi = 1, bits[name]                       # hi: within the limit
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if within(current, e0 + budget, {**bits, name: mid}):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            bits[name] = hi
+    err, changed = trial(current, bits)
+    return BudgetResult(current, bits, e0, err, changed, count)
+
+
+def _posterior_bits(arch, posts, thresholds) -> dict[str, int]:
+    """Each layer's posterior significand bits ``t₀`` over the weights the thresholds keep."""
+    keeps = _survivors(arch, posts, thresholds)
+    return {n: significand_bits(float(np.mean(p.w_var[keeps[n]])) if keeps[n].any()
+                                else math.nan) for n, p in posts.items()}

@@ -44,7 +44,7 @@ from pbc.bayes.elbo import LN2, MeanFieldELBO
 from pbc.bayes.summaries import LayerPosterior, layer_moments
 from pbc.compression.masks import kept_weight_mask, structured_masks, weight_masks
 from pbc.compression.quantise import bit_precision
-from pbc.defaults import DEFAULT_ERROR_BUDGET, RULES
+from pbc.defaults import DEFAULT_ERROR_BUDGET, PRECISIONS, RULES
 from pbc.io import Commit, StageError, atomic_write, check_free_space, sha256_file, write_json
 from pbc.nets import parse_layer_values
 from pbc.reporting import figures
@@ -85,7 +85,8 @@ def parse_thresholds(text: str | None) -> dict[str, float]:
 
 def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None = None,
             figures: bool = True, seed: int = 0, rule: str = "budget",
-            error_budget: float = DEFAULT_ERROR_BUDGET) -> dict[str, LayerAnalysis]:
+            error_budget: float = DEFAULT_ERROR_BUDGET,
+            precision: str = "budget") -> dict[str, LayerAnalysis]:
     """Run the analyse stage on a trained run directory; returns per-layer results.
 
     Thresholds: ``thresholds`` (layer → value) where given; else the method's own rule where
@@ -94,7 +95,15 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
     unpruned posterior-mean net's validation error (:mod:`pbc.analysis.budget`) — or
     ``"gap"`` — each layer split at the gap between the modes of its scores
     (:func:`pbc.analysis.thresholds.find_threshold`).
+
+    Bit precision: under the ``"budget"`` rule with a validation split and
+    ``precision="budget"``, the fewest significand bits per layer that stay within the same
+    budget; else (``"posterior"``) the paper's rule, unit round-off below the mean posterior
+    variance.  ``analysis.json`` records each layer's ``significand_bits``.
     """
+    if precision not in PRECISIONS:
+        raise ThresholdError(f"unknown precision rule {precision!r}; choose from "
+                             f"{list(PRECISIONS)}")
     if rule not in RULES:
         raise ThresholdError(f"unknown threshold rule {rule!r}; choose from {list(RULES)}")
     if not (error_budget >= 0 and math.isfinite(error_budget)):
@@ -104,10 +113,11 @@ def analyse(run_dir, draws: int = 1000, chains: int = 4, thresholds: dict | None
         raise ThresholdError(f"--thresholds must be finite numbers, got {', '.join(bad)}")
     with RunDir(run_dir).writing("pbc analyse"):
         return _analyse(load_trained(run_dir), draws, chains, thresholds, figures, seed, rule,
-                        error_budget)
+                        error_budget, precision)
 
 
-def _analyse(trained, draws, chains, thresholds, figures, seed, rule, error_budget):
+def _analyse(trained, draws, chains, thresholds, figures, seed, rule, error_budget,
+             precision):
     run, config, arch, net, method = (trained.dir.path, trained.config, trained.arch,
                                       trained.net, trained.method)
     if not method.has_posterior:
@@ -128,27 +138,35 @@ def _analyse(trained, draws, chains, thresholds, figures, seed, rule, error_budg
             chosen[name] = Threshold(*fixed, math.nan)
         elif rule == "gap":
             chosen[name] = find_threshold(post.score)
-    selection = {"rule": rule if fixed is None else fixed[1], "given": sorted(thresholds)}
-    if len(chosen) < len(posts):   # the error-budget rule chooses the rest
+    selection = {"rule": rule if fixed is None else fixed[1], "given": sorted(thresholds),
+                 "precision": "posterior"}
+    significand = {}
+    search = len(chosen) < len(posts)   # the error-budget rule chooses the rest
+    if rule == "budget" and (search or precision == "budget"):
         config, splits = run_splits(config)
-        if not config.val:
+        if search and not config.val:
             raise StageError(f"{run}: the error-budget rule needs a validation split, and this "
                              f"run was trained without one; retrain with --val N, or pass "
                              f"--threshold-rule gap or --thresholds")
-        found = budget_thresholds(arch, method.plain_state(net), posts, splits.val_x,
-                                  splits.val_y, error_budget / 100,
-                                  fixed={n: t.value for n, t in chosen.items()})
-        for name, value in found.thresholds.items():
-            chosen.setdefault(name, Threshold(value, "error-budget", math.nan))
-        selection.update(error_budget_points=error_budget, val_examples=int(splits.val_y.numel()),
-                         val_error_unpruned=found.unpruned_error,
-                         val_error_pruned_quantised=found.error,
-                         val_changed_by_pruning=found.changed, evaluations=found.evaluations)
+        if config.val:   # without one, given thresholds keep the posterior's precision
+            found = budget_thresholds(arch, method.plain_state(net), posts, splits.val_x,
+                                      splits.val_y, error_budget / 100,
+                                      fixed={n: t.value for n, t in chosen.items()},
+                                      precision=precision)
+            for name, value in found.thresholds.items():
+                chosen.setdefault(name, Threshold(value, "error-budget", math.nan))
+            significand = found.significand_bits
+            selection.update(precision=precision, error_budget_points=error_budget,
+                             val_examples=int(splits.val_y.numel()),
+                             val_error_unpruned=found.unpruned_error,
+                             val_error_pruned_quantised=found.error,
+                             val_changed_by_pruning=found.changed,
+                             evaluations=found.evaluations)
     values = {n: t.value for n, t in chosen.items()}
     masks = structured_masks(arch, posts, values)
     w_masks = weight_masks(posts, values)
     result = {name: _layer_result(posts[name], chosen[name], *masks[name], method.score_name,
-                                  w_masks.get(name)) for name in posts}
+                                  w_masks.get(name), significand.get(name)) for name in posts}
 
     torch.manual_seed(seed)
     posterior, moments, dims = {}, {}, {}
@@ -188,6 +206,7 @@ def _analyse(trained, draws, chains, thresholds, figures, seed, rule, error_budg
         write_json(commit.path(ANALYSIS), {
             "draws": draws, "chains": chains, "prior": config.prior, "selection": selection,
             "thresholds": {n: r.row["threshold"] for n, r in result.items()},
+            "significand_bits": {n: r.row["significand_bits"] for n, r in result.items()},
             "histograms": {n: _histogram(r.post.score) for n, r in result.items()},
             "figures": [f"{FIGURES}/{name}" for name in drawn],
             "sha256": {name: sha256_file(p) for name, p in staged.items()}})
@@ -215,12 +234,12 @@ def layer_kl_bits(net, arch) -> dict[str, float]:
 
 
 def _layer_result(post, threshold, in_mask, out_mask, score_name,
-                  w_mask=None) -> LayerAnalysis:
+                  w_mask=None, significand=None) -> LayerAnalysis:
     keep_w = kept_weight_mask(post.kind, post.w_mean.shape, in_mask, out_mask)
     if w_mask is not None:
         keep_w = keep_w & w_mask
     groups_mask = in_mask if post.kind == "linear" else out_mask
-    bits = bit_precision(post.w_mean[keep_w], post.w_var[keep_w])
+    bits = bit_precision(post.w_mean[keep_w], post.w_var[keep_w], significand)
     row = {"layer": post.name, "kind": post.kind, "groups_total": int(groups_mask.size),
            "groups_kept": int(groups_mask.sum()), "in_kept": int(in_mask.sum()),
            "out_kept": int(out_mask.sum()), "weights_total": int(post.w_mean.size),

@@ -2,7 +2,8 @@
 codes, and k-means weight sharing.
 
 * :func:`bit_precision` — significand bits ``t``: the fewest whose unit round-off ``2^−t``
-  lies below the layer's mean posterior variance of the kept weights (the paper's rule);
+  lies below the layer's mean posterior variance of the kept weights (the paper's rule), or
+  fewer where the error-budget rule chose a coarser step;
   bits per weight of the narrower dense format at that precision (a float with exponent bits
   for the kept weights' range and one sign bit, or a fixed-point integer of step ``2^−t``);
 * :func:`fixed_point_codes` — round to multiples of ``2^−t`` and index a codebook;
@@ -63,24 +64,30 @@ def fixed_point_bits(weights: np.ndarray, t: int) -> int:
     return 1 + max(1, math.ceil(math.log2(m + 1)))
 
 
-def bit_precision(w_mean_kept: np.ndarray, w_var_kept: np.ndarray) -> dict:
-    """Significand bits ``t`` from the layer's mean posterior variance (the paper's rule) and
-    the bits per weight of the dense format that holds the weights at that precision: the
-    narrower of a float (one sign bit, exponent bits for the range of binary exponents, ``t``
-    significand bits) and a fixed-point integer of step ``2^−t`` (:func:`fixed_point_bits`)."""
+def bit_precision(w_mean_kept: np.ndarray, w_var_kept: np.ndarray,
+                  significand: int | None = None) -> dict:
+    """Significand bits ``t`` from the layer's mean posterior variance (the paper's rule;
+    ``posterior_significand_bits``), or ``significand`` where a coarser precision was chosen
+    (:mod:`pbc.analysis.budget`), and the bits per weight of the dense format that holds the
+    weights at that precision: the narrower of a float (one sign bit, exponent bits for the
+    range of binary exponents, ``t`` significand bits) and a fixed-point integer of step
+    ``2^−t`` (:func:`fixed_point_bits`)."""
     mean_var = float(np.mean(w_var_kept)) if w_var_kept.size else math.nan
-    t = significand_bits(mean_var)
+    t_posterior = significand_bits(mean_var)
+    t = t_posterior if significand is None else int(significand)
     e = exponent_bits(w_mean_kept, t)
     fixed = fixed_point_bits(w_mean_kept, t)
-    return {"mean_var_kept": mean_var, "significand_bits": t, "exponent_bits": e,
-            "fixed_point_bits": fixed, "bits": min(1 + e + t, fixed)}
+    return {"mean_var_kept": mean_var, "posterior_significand_bits": t_posterior,
+            "significand_bits": t, "exponent_bits": e, "fixed_point_bits": fixed,
+            "bits": min(1 + e + t, fixed)}
 
 
-def posterior_fixed_point(w: np.ndarray, w_mean_kept: np.ndarray,
-                          w_var_kept: np.ndarray) -> Quantised:
+def posterior_fixed_point(w: np.ndarray, w_mean_kept: np.ndarray, w_var_kept: np.ndarray,
+                          significand: int | None = None) -> Quantised:
     """``w`` rounded to fixed point at the bit precision of the kept weights' posterior
-    (:func:`bit_precision` of their means and variances; :func:`fixed_point_codes`)."""
-    bits = bit_precision(w_mean_kept, w_var_kept)
+    (:func:`bit_precision` of their means and variances, or ``significand`` bits where
+    given; :func:`fixed_point_codes`)."""
+    bits = bit_precision(w_mean_kept, w_var_kept, significand)
     codes, codebook, t_used = fixed_point_codes(w, bits["significand_bits"])
     return Quantised(codes, codebook, {**bits, "codebook_significand_bits": t_used})
 

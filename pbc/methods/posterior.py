@@ -82,9 +82,10 @@ class PosteriorMethod(ELBOMethod):
 
     def compression_plan(self, run, config, arch, net) -> CompressionPlan:
         """The analyse stage's thresholds prune groups (or single weights); each layer is
-        rounded to fixed point at its posterior bit precision."""
+        rounded to fixed point at the significand bits the analyse stage chose."""
         posts = {layer.site: layer_moments(layer) for layer in net.bayes_layers()}
         thresholds = run.thresholds(list(posts))
+        significand = run.significand_bits()
         masks = structured_masks(arch, posts, thresholds)
         w_keep = weight_masks(posts, thresholds)
         keeps = surviving_weights(posts, masks, w_keep)
@@ -92,6 +93,7 @@ class PosteriorMethod(ELBOMethod):
 
         def quantise(name: str, w: np.ndarray) -> Quantised:
             post, keep = posts[name], keeps[name]
-            return posterior_fixed_point(w, post.w_mean[keep], post.w_var[keep])
+            return posterior_fixed_point(w, post.w_mean[keep], post.w_var[keep],
+                                         significand.get(name))
 
         return CompressionPlan(full.state_dict(), masks, quantise, w_keep, dict(thresholds))

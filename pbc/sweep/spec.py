@@ -25,7 +25,7 @@ e.g. ``dc_keep = {fc1 = 0.15}``).  ``seed`` is an axis like any other::
 Keys (:data:`KEYS`): the :class:`~pbc.config.TrainConfig` fields that describe the
 experiment; ``pretrain_epochs`` (a plain net trained first and used as ``init_from``;
 0: from scratch) and ``pretrain_lr``; the analyse stage's ``draws``, ``threshold_rule``,
-``error_budget``, ``thresholds``, ``figures``; the bench stage's ``bench_batch``,
+``error_budget``, ``precision``, ``thresholds``, ``figures``; the bench stage's ``bench_batch``,
 ``bench_repeats``, ``bench_warmup``; ``label`` (a name for the block's configurations).
 Where the run happens (``data_dir``, ``device``, ``threads``) is not part of a spec: the
 command line gives it.
@@ -70,16 +70,18 @@ TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not
 #: the settings a plain net shares with the runs that start from it
 PLAIN_KEYS = ("model", "data", "subset", "val", "seed", "batch_size", "lr_schedule")
 ANALYSE_KEYS = {"draws": "draws", "threshold_rule": "rule", "error_budget": "error_budget",
-                "thresholds": "thresholds", "figures": "figures"}
+                "precision": "precision", "thresholds": "thresholds", "figures": "figures"}
 BENCH_KEYS = {"bench_batch": "batch", "bench_repeats": "repeats", "bench_warmup": "warmup"}
 STAGE_DEFAULTS = {"pretrain_epochs": 0, "pretrain_lr": 1e-3, "draws": 1000,
-                  "threshold_rule": "budget", "error_budget": 0.5, "thresholds": {},
+                  "threshold_rule": "budget", "error_budget": 0.5, "precision": "budget",
+                  "thresholds": {},
                   "figures": True, "bench_batch": 8192, "bench_repeats": 20, "bench_warmup": 3}
 KEYS = (*TRAIN_KEYS, *STAGE_DEFAULTS, "label")
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
           "dict": (dict,)}
 _STAGE_TYPES = {"pretrain_epochs": "int", "pretrain_lr": "float", "draws": "int",
-                "threshold_rule": "str", "error_budget": "float", "thresholds": "dict",
+                "threshold_rule": "str", "error_budget": "float", "precision": "str",
+                "thresholds": "dict",
                 "figures": "bool", "bench_batch": "int", "bench_repeats": "int",
                 "bench_warmup": "int", "label": "str"}
 
