@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -147,6 +148,10 @@ def test_budget_evaluator_is_the_compressed_network(idx_dir, tmp_path):
     assert rec["val_error"]["quantised"] == pytest.approx(sel["val_error_pruned_quantised"])
     trained = load_trained(run)
     record = json.loads((run / "analysis.json").read_text())
+    assert record["selection"]["precision"] == "budget"
+    layers = pd.read_csv(run / "layers.csv").set_index("layer")
+    assert (layers["significand_bits"] <= layers["posterior_significand_bits"]).all()
+    assert layers["significand_bits"].to_dict() == record["significand_bits"]
     posts = {layer.site: layer_moments(layer) for layer in trained.net.bayes_layers()}
     ours = build_network(trained.arch).eval()
     ours.load_state_dict(pruned_quantised_state(
