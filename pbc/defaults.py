@@ -9,7 +9,7 @@ import it from here.
 from __future__ import annotations
 
 #: the named architectures, in the order ``--model`` lists them (:data:`pbc.nets.ARCHITECTURES`)
-MODELS: tuple[str, ...] = ("lenet300", "lenet5", "vgg16", "vgg16-narrow")
+MODELS: tuple[str, ...] = ("lenet300", "lenet5", "lenet5-relu", "vgg16", "vgg16-narrow")
 
 #: the built-in methods (``--prior``), in registration order (:data:`pbc.methods.METHODS`)
 PRIORS: tuple[str, ...] = ("none", "gnj", "ghs", "svd", "sws", "dc")

@@ -110,17 +110,29 @@ def lenet300(input_shape=(1, 28, 28), num_classes=10) -> Architecture:
     ))
 
 
-def lenet5(input_shape=(1, 28, 28), num_classes=10) -> Architecture:
-    """LeNet-5-Caffe: conv 20@5×5 → max-pool → conv 50@5×5 → max-pool → fc 500 → ReLU → fc."""
+def lenet5(input_shape=(1, 28, 28), num_classes=10, conv_relu: bool = False) -> Architecture:
+    """LeNet-5-Caffe: conv 20@5×5 → max-pool → conv 50@5×5 → max-pool → fc 500 → ReLU → fc.
+
+    ``conv_relu``: a ReLU after each convolution as well (``lenet5-relu``), the LeNet-5 that
+    Louizos et al.'s own code trains; Caffe's has none there."""
     c, h, _ = input_shape
     side = ((h - 4) // 2 - 4) // 2
-    return Architecture("lenet5", tuple(input_shape), (
-        _conv("conv1", c, 20, 5), LayerSpec("maxpool", "pool1", kernel=2),
-        _conv("conv2", 20, 50, 5), LayerSpec("maxpool", "pool2", kernel=2),
+
+    def after_conv(i: int) -> tuple[LayerSpec, ...]:
+        return (LayerSpec("relu", f"relu_c{i}"),) if conv_relu else ()
+
+    return Architecture("lenet5-relu" if conv_relu else "lenet5", tuple(input_shape), (
+        _conv("conv1", c, 20, 5), *after_conv(1), LayerSpec("maxpool", "pool1", kernel=2),
+        _conv("conv2", 20, 50, 5), *after_conv(2), LayerSpec("maxpool", "pool2", kernel=2),
         LayerSpec("flatten", "flatten"),
         _fc("fc1", 50 * side * side, 500), LayerSpec("relu", "relu1"),
         _fc("fc2", 500, num_classes),
     ))
+
+
+def lenet5_relu(input_shape=(1, 28, 28), num_classes=10) -> Architecture:
+    """LeNet-5-Caffe with a ReLU after each convolution (:func:`lenet5`)."""
+    return lenet5(input_shape, num_classes, conv_relu=True)
 
 
 VGG16_CHANNELS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -157,7 +169,8 @@ def vgg16_narrow(input_shape=(3, 32, 32), num_classes=10) -> Architecture:
     return vgg16(input_shape, num_classes, width=8)
 
 
-ARCHITECTURES = dict(zip(MODELS, (lenet300, lenet5, vgg16, vgg16_narrow), strict=True))
+ARCHITECTURES = dict(zip(MODELS, (lenet300, lenet5, lenet5_relu, vgg16, vgg16_narrow),
+                         strict=True))
 
 
 def parse_layer_values(text: str | None, flag: str = "value") -> dict[str, float]:

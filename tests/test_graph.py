@@ -22,7 +22,7 @@ from pbc.graph import (
     weight_counts,
     with_biases,
 )
-from pbc.nets import build_network, lenet5, lenet300
+from pbc.nets import build_network, lenet5, lenet5_relu, lenet300
 
 pytestmark = pytest.mark.usefixtures("cpu_threads")   # tiny tensors: one thread is faster
 
@@ -181,7 +181,7 @@ def test_tied_channels_go_only_when_every_producer_drops_them():
     torch.testing.assert_close(pruned(x), _reference(net, masks, zeroed)(x))
 
 
-@pytest.mark.parametrize("make", [lenet300, lenet5])
+@pytest.mark.parametrize("make", [lenet300, lenet5, lenet5_relu])
 def test_sequential_lenets_agree_with_propagate_masks(make):
     arch = make()
     net = build_network(arch)

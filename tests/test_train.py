@@ -295,6 +295,17 @@ def test_default_variance_bound_and_scale_start_follow_the_starting_point():
     assert fc1[1].q_scale.mean().mean().item() == pytest.approx(784 ** -0.5, rel=0.05)
 
 
+def test_lenet5_relu_is_lenet5_with_a_relu_after_each_convolution():
+    from pbc.nets import make_architecture
+
+    plain, relu = (make_architecture(m, (1, 28, 28), 10) for m in ("lenet5", "lenet5-relu"))
+    assert relu.name == "lenet5-relu" and relu.weighted_layers() == plain.weighted_layers()
+    kinds = [s.kind for s in relu.layers]
+    assert kinds[:6] == ["conv", "relu", "maxpool", "conv", "relu", "maxpool"]
+    assert [s for s in relu.layers if s.name not in ("relu_c1", "relu_c2")] == \
+        list(plain.layers)
+
+
 def test_a_per_layer_variance_bound_clips_only_the_layers_it_names():
     """``--max-weight-var fc1=0.04``: fc1's σ² is projected onto (0, 0.04], fc2 and fc3 are
     left alone; a layer the network does not have is refused."""

@@ -35,6 +35,7 @@ KEEP = {
     "lenet300": {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26},
     "lenet5": {"conv1": 0.66, "conv2": 0.12, "fc1": 0.08, "fc2": 0.19},
 }
+KEEP["lenet5-relu"] = KEEP["lenet5"]
 DEFAULT_KEEP = 0.1
 
 

@@ -45,7 +45,8 @@ import re
 from dataclasses import dataclass, replace
 from importlib import resources
 
-MODEL_NAMES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5-Caffe", "vgg16": "VGG",
+MODEL_NAMES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5-Caffe",
+               "lenet5-relu": "LeNet-5-Caffe, ReLU after convs", "vgg16": "VGG",
                "pbc.zoo:resnet8": "ResNet-8"}
 METHOD_NAMES = {"gnj": "BC-GNJ", "ghs": "BC-GHS", "svd": "Sparse VD", "sws": "SWS",
                 "dc": "DC", "none": "dense"}
