@@ -142,8 +142,10 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
     run = out / "run"
     step(f"train {model} under {study.prior} ({args.epochs} epochs, from "
          f"{pre or 'scratch'}) → {run}")
+    # the smoke run's subset and batch size win over the study's own settings
     train_or_resume(TrainConfig(out=str(run), prior=study.prior, epochs=args.epochs,
-                                init_from=str(pre) if pre else None, **common, **study.train))
+                                init_from=str(pre) if pre else None,
+                                **{**study.train, **common}))
 
     later_stages(run, study.prior, redo=args.redo, step=step, say=_say,
                  analyse_kw={"draws": 40 if args.smoke else 1000, "figures": not args.smoke},
