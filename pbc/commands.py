@@ -18,7 +18,7 @@ from pbc.analysis.predictive import evaluate_predictive
 from pbc.bench import bench
 from pbc.compress import compress
 from pbc.compression.export import load_compressed
-from pbc.config import TrainConfig
+from pbc.config import SettingError, TrainConfig
 from pbc.data import DataError, load_dataset
 from pbc.demo import run_demo
 from pbc.export import export
@@ -84,7 +84,10 @@ def _train(args) -> int:
         check_config(config)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    result = train(config)
+    try:
+        result = train(config)
+    except SettingError as e:           # a layer name the network does not have
+        raise UsageError(str(e)) from None
     last = result.metrics[-1] if result.metrics else {}
     print(f"{result.out}: {len(result.metrics)} epochs, "
           f"test error {last.get('test_error', float('nan')):.4f}")

@@ -21,6 +21,11 @@ from pbc.nets import ARCHITECTURES, is_factory_name
 LEGACY_SETTINGS = {"val": 0, "scale_var_lr": 1.0}
 
 
+class SettingError(ValueError):
+    """A setting that does not fit the network it is applied to (a layer it lacks), found
+    when the network is built."""
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run (``pbc train`` flags map one-to-one onto these)."""

@@ -48,6 +48,7 @@ def test_pretrain_then_init_from(idx_dir, tmp_path):
 @pytest.mark.parametrize("bad", [
     ["--model", "resnet"], ["--prior", "laplace"], ["--data", "svhn"], ["--epochs", "-1"],
     ["--epochs", "zero"], ["--lr", "0"], ["--batch-size", "0"], ["--kl-warmup", "-2"],
+    ["--max-weight-var", "-1"], ["--max-weight-var", "fc1=x"], ["--max-weight-var", "fc9=0.04"],
 ])
 def test_bad_arguments_exit_2(idx_dir, tmp_path, capsys, bad):
     with pytest.raises(SystemExit) as e:

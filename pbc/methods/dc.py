@@ -28,6 +28,7 @@ from torch import nn
 
 from pbc.compression.plan import KMEANS_BITS, unstructured_plan
 from pbc.compression.quantise import Quantised, kmeans_codes
+from pbc.config import SettingError
 from pbc.methods.base import Method
 from pbc.nets import Architecture, build_network
 
@@ -47,7 +48,8 @@ def keep_fractions(arch: Architecture, overrides: dict[str, float] | None = None
     names = [s.name for s in arch.weighted_layers()]
     unknown = set(overrides or {}) - set(names)
     if unknown:
-        raise ValueError(f"--dc-keep names unknown layers {sorted(unknown)}; layers are {names}")
+        raise SettingError(f"--dc-keep names unknown layers {sorted(unknown)}; "
+                           f"layers are {names}")
     for name, frac in table.items():
         if not 0 < frac <= 1:
             raise ValueError(f"keep fraction of {name} must be in (0, 1], got {frac}")

@@ -16,6 +16,7 @@ from pbc.bayes.summaries import layer_moments
 from pbc.compression.masks import structured_masks, surviving_weights, weight_masks
 from pbc.compression.plan import CompressionPlan
 from pbc.compression.quantise import Quantised, posterior_fixed_point
+from pbc.config import SettingError
 from pbc.methods.base import ELBOMethod
 from pbc.nets import plain_network
 
@@ -57,7 +58,7 @@ class PosteriorMethod(ELBOMethod):
             sites = [layer.site for layer in net.bayes_layers()]
             unknown = set(bound) - set(sites)
             if unknown:
-                raise ValueError(f"--max-weight-var names unknown layers {sorted(unknown)}; "
+                raise SettingError(f"--max-weight-var names unknown layers {sorted(unknown)}; "
                                  f"layers are {sites}")
         return net
 
