@@ -351,3 +351,20 @@ def test_a_second_sweep_on_the_same_directory_is_refused(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_run_recorded_before_budgeted_bits_reads_back_with_the_posteriors_bits():
+    """``sweep.json`` written before the analyse stage had ``precision``: its runs were
+    analysed with the posterior's bits, so that is what they read back with, and a rerun at
+    today's default would change them (refused, naming the setting)."""
+    from pbc.sweep.spec import PlannedRun
+
+    run = expand({"data": "fashion-mnist", "grid": [
+        {"model": "lenet300", "prior": "gnj", "epochs": 1}]}).by_id()["lenet300-gnj/seed0"]
+    assert run.analyse["precision"] == "budget"
+    old = json.loads(json.dumps(run.to_dict()))          # as sweep.json holds it
+    del old["analyse"]["precision"]
+    back = PlannedRun.from_dict(old)
+    assert back.analyse["precision"] == "posterior"
+    assert back.analyse != run.analyse
+    assert PlannedRun.from_dict(run.to_dict()).analyse == run.analyse

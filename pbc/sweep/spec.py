@@ -72,6 +72,8 @@ PLAIN_KEYS = ("model", "data", "subset", "val", "seed", "batch_size", "lr_schedu
 ANALYSE_KEYS = {"draws": "draws", "threshold_rule": "rule", "error_budget": "error_budget",
                 "precision": "precision", "thresholds": "thresholds", "figures": "figures"}
 BENCH_KEYS = {"bench_batch": "batch", "bench_repeats": "repeats", "bench_warmup": "warmup"}
+#: what an analyse setting was before it existed: bits came from the posterior alone
+LEGACY_ANALYSE = {"precision": "posterior"}
 STAGE_DEFAULTS = {"pretrain_epochs": 0, "pretrain_lr": 1e-3, "draws": 1000,
                   "threshold_rule": "budget", "error_budget": 0.5, "precision": "budget",
                   "thresholds": {},
@@ -130,13 +132,14 @@ class PlannedRun:
 
     @classmethod
     def from_dict(cls, d: dict) -> PlannedRun:
-        """The inverse of :meth:`to_dict`; a training setting added to pbc after the run was
-        recorded takes the value it had before it existed (:data:`LEGACY_SETTINGS`, else its
-        default)."""
+        """The inverse of :meth:`to_dict`; a training or analyse setting added to pbc after
+        the run was recorded takes the value it had before it existed
+        (:data:`LEGACY_SETTINGS`, :data:`LEGACY_ANALYSE`, else its default)."""
         before = {f.name: LEGACY_SETTINGS.get(f.name, f.default)
                   for f in dataclasses.fields(TrainConfig) if f.name in TRAIN_KEYS}
         train = {**before, **d["train"]} if d["train"] else {}
-        return cls(d["configuration"], d["seed"], train, d.get("analyse", {}),
+        analyse = {**LEGACY_ANALYSE, **d["analyse"]} if d.get("analyse") else {}
+        return cls(d["configuration"], d["seed"], train, analyse,
                    d.get("bench", {}), d.get("pretrain"), d.get("block"))
 
     def train_config(self, out: str, *, init_from: str | None = None, data_dir=None,
