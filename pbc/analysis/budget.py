@@ -41,7 +41,7 @@ import torch
 
 from pbc.bayes.summaries import LayerPosterior
 from pbc.compression.masks import structured_masks, surviving_weights, weight_masks
-from pbc.compression.quantise import posterior_fixed_point, significand_bits
+from pbc.compression.quantise import bit_precision, posterior_fixed_point
 from pbc.defaults import PRECISIONS
 from pbc.nets import Architecture, build_network
 
@@ -193,5 +193,5 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
 def _posterior_bits(arch, posts, thresholds) -> dict[str, int]:
     """Each layer's posterior significand bits ``t₀`` over the weights the thresholds keep."""
     keeps = _survivors(arch, posts, thresholds)
-    return {n: significand_bits(float(np.mean(p.w_var[keeps[n]])) if keeps[n].any()
-                                else math.nan) for n, p in posts.items()}
+    return {n: bit_precision(p.w_mean[keeps[n]], p.w_var[keeps[n]])["significand_bits"]
+            for n, p in posts.items()}
