@@ -59,7 +59,7 @@ class PosteriorMethod(ELBOMethod):
             unknown = set(bound) - set(sites)
             if unknown:
                 raise SettingError(f"--max-weight-var names unknown layers {sorted(unknown)}; "
-                                 f"layers are {sites}")
+                                   f"layers are {sites}")
         return net
 
     def load_point_estimate(self, net, state):
