@@ -174,9 +174,10 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
                     hi = mid - 1
             pruned[name] = lo
             current[name] = rules[name](lo)
-    bits = _posterior_bits(arch, posts, current)
+    keeps = _survivors(arch, posts, current)
+    bits = {n: bit_precision(p.w_mean[keeps[n]], p.w_var[keeps[n]])["significand_bits"]
+            for n, p in posts.items()}                   # t₀, the posterior's
     if precision == "budget" and within(current, e0 + budget, bits):
-        keeps = _survivors(arch, posts, current)
         for name in sorted(bits, key=lambda n: int(keeps[n].sum()), reverse=True):
             lo, hi = 1, bits[name]                       # hi: within the limit
             while lo < hi:
@@ -188,10 +189,3 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
             bits[name] = hi
     err, changed = trial(current, bits)
     return BudgetResult(current, bits, e0, err, changed, count)
-
-
-def _posterior_bits(arch, posts, thresholds) -> dict[str, int]:
-    """Each layer's posterior significand bits ``t₀`` over the weights the thresholds keep."""
-    keeps = _survivors(arch, posts, thresholds)
-    return {n: bit_precision(p.w_mean[keeps[n]], p.w_var[keeps[n]])["significand_bits"]
-            for n, p in posts.items()}
