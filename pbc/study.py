@@ -36,6 +36,12 @@ from pbc.train import train
 SMOKE_MODELS = {"vgg16": "vgg16-narrow", "pbc.zoo:resnet8": "pbc.zoo:resnet8_narrow"}
 
 
+# the training settings of Louizos et al.'s reference code: constant learning rate 10⁻³,
+# batch 128, one learning rate for every parameter, the weight-variance bound on fc1 only
+AUTHORS_SETTINGS = {"lr_schedule": "constant", "batch_size": 128, "scale_var_lr": 1.0,
+                    "max_weight_var": {"fc1": 0.04}}
+
+
 @dataclass(frozen=True)
 class Study:
     """What a study runs.  ``train`` holds extra :class:`pbc.config.TrainConfig` settings."""

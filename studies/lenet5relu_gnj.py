@@ -21,12 +21,10 @@ pruned to 8-13-88-13 (original 20-50-800-500) with bit precisions 18-10-7-9; err
 
 import sys
 
-from pbc.study import Study, main
+from pbc.study import AUTHORS_SETTINGS, Study, main
 
 STUDY = Study(name="lenet5relu-gnj", model="lenet5-relu", prior="gnj", data="fashion-mnist",
-              epochs=30, pretrain_epochs=0, device="cpu",
-              train={"lr_schedule": "constant", "batch_size": 128, "scale_var_lr": 1.0,
-                     "max_weight_var": {"fc1": 0.04}})
+              epochs=30, pretrain_epochs=0, device="cpu", train=AUTHORS_SETTINGS)
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))
