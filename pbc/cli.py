@@ -17,18 +17,21 @@ import sys
 from pathlib import Path
 
 from pbc.defaults import (
+    BATCH_SIZE,
     DATASETS,
     DEFAULT_ERROR_BUDGET,
     EXPORT_FILES,
     EXPORT_FORMATS,
     GAMMA_OTHER,
     GAMMA_ZERO,
+    LR_SCHEDULE,
     LR_SCHEDULES,
     MODELS,
     PRECISIONS,
     PRIORS,
     RATE_HELP,
     RULES,
+    SCALE_VAR_LR,
     SWS_DEFAULT_TAU,
     ZERO_RATE_HELP,
 )
@@ -138,11 +141,12 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--data-dir", help="directory holding the dataset files")
     p.add_argument("--download", action="store_true", help="download missing data (online)")
     p.add_argument("--epochs", type=_int_at_least(1, 100_000), default=30)
-    p.add_argument("--batch-size", type=_int_at_least(1, 1_000_000), default=100)
+    p.add_argument("--batch-size", type=_int_at_least(1, 1_000_000), default=BATCH_SIZE)
     p.add_argument("--lr", type=_positive_float, default=1e-3)
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
-                   help="cosine: decay the learning rate to 0 over the run")
-    p.add_argument("--scale-var-lr", type=_positive_float, default=10.0,
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=LR_SCHEDULE,
+                   help="constant (as Louizos et al.'s code), or cosine: decay the learning "
+                        "rate to 0 over the run")
+    p.add_argument("--scale-var-lr", type=_positive_float, default=SCALE_VAR_LR,
                    help="gnj, ghs: learning-rate multiplier for the log-variances of the group "
                         "scales, which set the dropout rates log α")
     p.add_argument("--seed", type=_seed, default=0)
@@ -155,11 +159,12 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--init-from", help="start the means from a deterministic run (dir or .pt)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--tau0", type=_positive_float, default=1e-5, help="horseshoe global scale")
-    p.add_argument("--max-weight-var", metavar="V|LAYER=V,...",
+    p.add_argument("--max-weight-var", metavar="V|LAYER=V,...|none",
                    help="upper bound on the posterior variance of w̃ (Louizos et al.'s "
                         "clip_var) in every layer, or in the named layers only "
-                        "(fc1=0.04: the others unbounded); default 0.04 for gnj and for ghs "
-                        "from scratch, none for ghs with --init-from")
+                        "(fc1=0.04: the others unbounded); default for gnj and for ghs from "
+                        "scratch: 0.04 on the layer with the most weights (as the authors' "
+                        "code bounds LeNet-300-100's fc1); none for ghs with --init-from")
     p.add_argument("--kl-warmup", type=_int_at_least(0, 100_000), default=0,
                    help="epochs of linear KL annealing (0: none)")
     p.add_argument("--sws-tau", type=_positive_float, default=SWS_DEFAULT_TAU,

@@ -52,14 +52,17 @@ def _layer_values(text: str | None, flag: str) -> dict[str, float] | None:
 
 
 def _weight_var_bound(text: str | None) -> float | dict[str, float] | None:
-    """``--max-weight-var 0.04`` (every layer) or ``fc1=0.04,…`` (those layers only)."""
+    """``--max-weight-var 0.04`` (every layer), ``fc1=0.04,…`` (those layers only) or ``none``
+    (no layer: ``{}``); absent: ``None``, the method's default."""
+    if text is not None and text.strip().lower() == "none":
+        return {}
     if text is None or "=" in text:
         return _layer_values(text, "--max-weight-var")
     try:
         return float(text)
     except ValueError:
-        raise UsageError(f"bad --max-weight-var {text!r}; expected a number or "
-                         f"LAYER=NUMBER,...") from None
+        raise UsageError(f"bad --max-weight-var {text!r}; expected a number, "
+                         f"LAYER=NUMBER,... or none") from None
 
 
 def train_config(args, prior: str) -> TrainConfig:

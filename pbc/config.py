@@ -12,13 +12,23 @@ from dataclasses import dataclass
 
 import torch
 
-from pbc.defaults import GAMMA_OTHER, GAMMA_ZERO, LR_SCHEDULES, SWS_DEFAULT_TAU
+from pbc.defaults import (
+    BATCH_SIZE,
+    GAMMA_OTHER,
+    GAMMA_ZERO,
+    LR_SCHEDULE,
+    LR_SCHEDULES,
+    SCALE_VAR_LR,
+    SWS_DEFAULT_TAU,
+)
 from pbc.nets import ARCHITECTURES, is_factory_name
 
-# what a setting was before it existed, where that differs from its default today: a run saved
-# before validation splits existed trained on the whole training set, and one saved before the
-# scales' learning rate was raised trained every parameter at one rate
+# what a setting was before it existed: a run saved before validation splits existed trained
+# on the whole training set, and one saved before the scales had their own learning rate
+# trained every parameter at one rate
 LEGACY_SETTINGS = {"val": 0, "scale_var_lr": 1.0}
+#: the settings a plain net shares with the runs that start from it (studies, sweeps)
+PLAIN_KEYS = ("model", "data", "subset", "val", "seed", "batch_size", "lr_schedule")
 
 
 class SettingError(ValueError):
@@ -37,10 +47,10 @@ class TrainConfig:
     data_dir: str | None = None
     download: bool = False
     epochs: int = 30
-    batch_size: int = 100
+    batch_size: int = BATCH_SIZE
     lr: float = 1e-3
-    lr_schedule: str = "cosine"
-    scale_var_lr: float = 10.0   # learning-rate multiplier for the group scales' log-variances
+    lr_schedule: str = LR_SCHEDULE
+    scale_var_lr: float = SCALE_VAR_LR   # multiplier of lr for the group scales' log-variances
     seed: int = 0
     device: str = "cpu"
     subset: int | None = None
@@ -48,8 +58,8 @@ class TrainConfig:
     init_from: str | None = None
     resume: bool = False
     tau0: float = 1e-5
-    # bound on Var[w̃]: one for every layer, or {layer: bound} for those layers only;
-    # None: the method's default bound
+    # bound on Var[w̃]: one for every layer, or {layer: bound} for those layers only ({}: none);
+    # None: the method's default, which training writes into config.json in its place
     max_weight_var: float | dict[str, float] | None = None
     kl_warmup: int = 0
     sws_tau: float = SWS_DEFAULT_TAU
@@ -94,3 +104,12 @@ class TrainConfig:
             raise ValueError(f"max_weight_var must be positive, got {self.max_weight_var}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
+
+
+def saved_setting(saved: dict, key: str, earlier: dict | None = None):
+    """Setting ``key`` of a saved config (``config.json``'s ``"config"``): where the key is
+    missing, the value it had before it existed (:data:`LEGACY_SETTINGS`, else its default);
+    where it is ``None``, ``earlier[key]`` if given (what ``None`` meant before pbc recorded
+    the method's choice: :meth:`pbc.methods.Method.earlier_settings`)."""
+    value = saved.get(key, LEGACY_SETTINGS.get(key, TrainConfig.__dataclass_fields__[key].default))
+    return (earlier or {}).get(key) if value is None else value

@@ -19,6 +19,11 @@ DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10")
 
 #: learning-rate schedules of :class:`pbc.config.TrainConfig`
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+# training defaults: those of Louizos et al.'s reference code (Adam at a constant 10⁻³,
+# minibatches of 128, one learning rate for every parameter)
+BATCH_SIZE = 128
+LR_SCHEDULE = "constant"
+SCALE_VAR_LR = 1.0   # learning-rate multiplier for the group scales' log-variances
 
 #: how :func:`pbc.analysis.stage.analyse` chooses the layers' pruning thresholds
 RULES: tuple[str, ...] = ("budget", "gap")

@@ -26,7 +26,7 @@ from pbc import methods
 from pbc.analysis import analyse
 from pbc.bench import bench
 from pbc.compress import compress
-from pbc.config import TrainConfig
+from pbc.config import PLAIN_KEYS, TrainConfig
 from pbc.data import write_synthetic_dataset
 from pbc.reporting.pdf import build_report
 from pbc.rundir import ANALYSIS, BENCH, CHECKPOINT, COMPRESSION, REPORT, RunDir
@@ -36,10 +36,12 @@ from pbc.train import train
 SMOKE_MODELS = {"vgg16": "vgg16-narrow", "pbc.zoo:resnet8": "pbc.zoo:resnet8_narrow"}
 
 
-# the training settings of Louizos et al.'s reference code: constant learning rate 10⁻³,
-# batch 128, one learning rate for every parameter, the weight-variance bound on fc1 only
-AUTHORS_SETTINGS = {"lr_schedule": "constant", "batch_size": 128, "scale_var_lr": 1.0,
-                    "max_weight_var": {"fc1": 0.04}}
+# pbc's training defaults before they became those of Louizos et al.'s code (cosine schedule,
+# batch 100, the scales' log-variances at 10× the learning rate); the committed runs of the
+# studies that name them were trained with these, with the bound of BC-GNJ (and of BC-GHS
+# from scratch) on every layer (EARLIER_BC)
+EARLIER_DEFAULTS = {"lr_schedule": "cosine", "batch_size": 100, "scale_var_lr": 10.0}
+EARLIER_BC = {**EARLIER_DEFAULTS, "max_weight_var": 0.04}
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,9 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
     elif args.pretrain_epochs:
         step(f"pretrain {model} (plain, {args.pretrain_epochs} epochs) → {pre}")
         lr = {"lr": 1e-2} if args.smoke else {}  # tiny data: weights must move in one epoch
+        shared = {k: v for k, v in study.train.items() if k in PLAIN_KEYS}
         train_or_resume(TrainConfig(out=str(pre), prior="none", epochs=args.pretrain_epochs,
-                                    **common, **lr))
+                                    **{**shared, **common}, **lr))
     else:
         step("no pretraining: the method trains from scratch")
         pre = None

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from pbc import methods
 from pbc.bayes.elbo import MeanFieldELBO
-from pbc.config import LEGACY_SETTINGS, TrainConfig
+from pbc.config import TrainConfig, saved_setting
 from pbc.io import ArtefactError
 from pbc.methods import Method
 from pbc.nets import Architecture, classification_error, make_architecture
@@ -83,17 +83,17 @@ def learning_rate(config: TrainConfig, epoch: int, step: int, steps: int) -> flo
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _start(config: TrainConfig, run: RunDir, net, optim) -> tuple[int, list[dict]]:
-    """Restore a checkpoint when resuming; return (completed epochs, metrics so far)."""
+def _start(config: TrainConfig, run: RunDir, saved: dict | None, earlier: dict, net,
+           optim) -> tuple[int, list[dict]]:
+    """Restore a checkpoint when resuming (``saved``: the run's saved config; ``earlier``:
+    what a ``None`` there meant); return (completed epochs, metrics so far)."""
     if not config.resume:
         return 0, []
     ckpt = run.checkpoint(resume=True)
-    saved = run.saved_config()["config"]
     for key in RESUME_KEYS:
-        # a setting added after the run was made has its legacy value there
-        before = LEGACY_SETTINGS.get(key, TrainConfig.__dataclass_fields__[key].default)
-        if saved.get(key, before) != getattr(config, key):
-            raise ArtefactError(f"{run}: cannot resume: {key} was {saved.get(key, before)!r}, "
+        was = saved_setting(saved, key, earlier)
+        if was != getattr(config, key):
+            raise ArtefactError(f"{run}: cannot resume: {key} was {was!r}, "
                                 f"now {getattr(config, key)!r}")
     if bool(saved.get("init_from")) != bool(config.init_from):
         raise ArtefactError(f"{run}: cannot resume: the run started from "
@@ -165,9 +165,11 @@ def _train(config: TrainConfig, method: Method, run: RunDir) -> TrainResult:
             raise ArtefactError(f"{config.init_from}: --init-from does not fit a {config.model} "
                                 f"on {config.data} ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0]})") from None
+    saved = run.saved_config()["config"] if config.resume else None
+    config = method.settle(config, net, saved)
     net.to(device)
     optim = torch.optim.Adam(method.param_groups(net, config), lr=config.lr)
-    start, metrics = _start(config, run, net, optim)
+    start, metrics = _start(config, run, saved, method.earlier_settings(config), net, optim)
     run.write_config(config, arch, {"name": data.name, "source": data.source,
                                     "train": int(train_x.shape[0]),
                                     "val": int(data.val_x.shape[0]),

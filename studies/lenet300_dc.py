@@ -17,11 +17,11 @@ error 1.6% (uncompressed 1.6%), |w≠0|/|w| 8.0%, pruning 6x, maximum compressio
 
 import sys
 
-from pbc.study import Study, main
+from pbc.study import EARLIER_DEFAULTS, Study, main
 
 STUDY = Study(name="lenet300-dc", model="lenet300", prior="dc", data="fashion-mnist",
               epochs=60, pretrain_epochs=30, device="cpu",
-              train={"dc_keep": {"fc1": 0.15, "fc2": 0.15}})
+              train={**EARLIER_DEFAULTS, "dc_keep": {"fc1": 0.15, "fc2": 0.15}})
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

@@ -19,10 +19,10 @@ pruning, 1.9% at fast prediction, 2.0% at maximum compression (uncompressed 1.6%
 
 import sys
 
-from pbc.study import Study, main
+from pbc.study import EARLIER_DEFAULTS, Study, main
 
 STUDY = Study(name="lenet300-ghs", model="lenet300", prior="ghs", data="fashion-mnist",
-              epochs=30, pretrain_epochs=30, device="cpu", train={})
+              epochs=30, pretrain_epochs=30, device="cpu", train=EARLIER_DEFAULTS)
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

@@ -18,10 +18,10 @@ pruned to 278-98-13 (original 784-300-100) with bit precisions 8-9-14; error 1.8
 
 import sys
 
-from pbc.study import Study, main
+from pbc.study import EARLIER_BC, Study, main
 
 STUDY = Study(name="lenet300-gnj", model="lenet300", prior="gnj", data="fashion-mnist",
-              epochs=30, pretrain_epochs=30, device="cpu", train={})
+              epochs=30, pretrain_epochs=30, device="cpu", train=EARLIER_BC)
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

@@ -19,10 +19,10 @@ pruned to 512-114-72 (original 784-300-100) with bit precisions 8-11-14; error 1
 
 import sys
 
-from pbc.study import Study, main
+from pbc.study import EARLIER_DEFAULTS, Study, main
 
 STUDY = Study(name="lenet300-svd", model="lenet300", prior="svd", data="fashion-mnist",
-              epochs=30, pretrain_epochs=30, device="cpu", train={})
+              epochs=30, pretrain_epochs=30, device="cpu", train=EARLIER_DEFAULTS)
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

@@ -17,10 +17,10 @@ marks this row with its asterisk (best case guesses).
 
 import sys
 
-from pbc.study import Study, main
+from pbc.study import EARLIER_DEFAULTS, Study, main
 
 STUDY = Study(name="lenet5-dc", model="lenet5", prior="dc", data="fashion-mnist",
-              epochs=20, pretrain_epochs=30, device="cpu", train={})
+              epochs=20, pretrain_epochs=30, device="cpu", train=EARLIER_DEFAULTS)
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

@@ -19,10 +19,10 @@ pruned to 5-10-76-16 (original 20-50-800-500) with bit precisions 10-10-14-13; e
 
 import sys
 
-from pbc.study import Study, main
+from pbc.study import EARLIER_BC, Study, main
 
 STUDY = Study(name="lenet5-ghs", model="lenet5", prior="ghs", data="fashion-mnist",
-              epochs=30, pretrain_epochs=0, device="cpu", train={})
+              epochs=30, pretrain_epochs=0, device="cpu", train=EARLIER_BC)
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

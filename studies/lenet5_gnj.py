@@ -19,10 +19,10 @@ pruned to 8-13-88-13 (original 20-50-800-500) with bit precisions 18-10-7-9; err
 
 import sys
 
-from pbc.study import Study, main
+from pbc.study import EARLIER_BC, Study, main
 
 STUDY = Study(name="lenet5-gnj", model="lenet5", prior="gnj", data="fashion-mnist",
-              epochs=30, pretrain_epochs=0, device="cpu", train={})
+              epochs=30, pretrain_epochs=0, device="cpu", train=EARLIER_BC)
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

@@ -19,10 +19,10 @@ pruned to 14-19-242-131 (original 20-50-800-500) with bit precisions 13-10-8-12;
 
 import sys
 
-from pbc.study import Study, main
+from pbc.study import EARLIER_DEFAULTS, Study, main
 
 STUDY = Study(name="lenet5-svd", model="lenet5", prior="svd", data="fashion-mnist",
-              epochs=15, pretrain_epochs=30, device="cpu", train={})
+              epochs=15, pretrain_epochs=30, device="cpu", train=EARLIER_DEFAULTS)
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

@@ -21,11 +21,12 @@ paper marks this row with its asterisk (best case guesses).
 
 import sys
 
-from pbc.study import Study, main
+from pbc.study import EARLIER_DEFAULTS, Study, main
 
 STUDY = Study(name="lenet5-sws", model="lenet5", prior="sws", data="fashion-mnist",
               epochs=12, pretrain_epochs=30, device="cpu",
-              train={"lr": 0.0005, "sws_tau": 0.2, "sws_zero_rate": 0.01, "sws_rate": 0.001})
+              train={**EARLIER_DEFAULTS, "lr": 0.0005,
+                     "sws_tau": 0.2, "sws_zero_rate": 0.01, "sws_rate": 0.001})
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

@@ -18,10 +18,10 @@ for a residual network in Louizos, Ullrich & Welling (2017).
 
 import sys
 
-from pbc.study import Study, main
+from pbc.study import EARLIER_BC, Study, main
 
 STUDY = Study(name="resnet8-ghs", model="pbc.zoo:resnet8", prior="ghs", data="fashion-mnist",
-              epochs=10, pretrain_epochs=0, device="cpu", train={})
+              epochs=10, pretrain_epochs=0, device="cpu", train=EARLIER_BC)
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

@@ -176,8 +176,9 @@ def test_paper_rows_name_their_sources():
     assert gnj.architecture == (8, 13, 88, 13) and gnj.max_compression == 573
 
 
-def test_protocol_states_epochs_start_and_threshold_rule():
-    """Each run row of Table 2 says how the run was made: epochs, start, threshold rule."""
+def test_protocol_states_epochs_start_threshold_rule_and_bits():
+    """Each run row of Table 2 says how the run was made: epochs, start, threshold rule, bits
+    chosen by the budget."""
     from pbc.reporting.tables import protocol
     from pbc.rundir import RunRecord
 
@@ -199,6 +200,9 @@ def test_protocol_states_epochs_start_and_threshold_rule():
     legacy = RunRecord(Path("r"), "r", {"config": {"epochs": 20, "init_from": "plain",
                                                    "prior": "svd"}}, analysis={})
     assert protocol(legacy) == "20 ep. from a plain net, no validation split, sparse-vd rule"
+    bits = record(analysis={"selection": {**bounded["selection"], "precision": "budget"}})
+    assert protocol(bits) == "30 ep. from scratch, error budget 0.5 pts (val., upper bound), " \
+        "bits by budget"
 
 
 def test_a_sweep_row_prints_its_spread():

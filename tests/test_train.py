@@ -208,9 +208,9 @@ def test_resume_extends_a_constant_schedule_but_not_a_cosine_one(trained_runs, t
     args[args.index("--epochs") + 1] = "2"
     assert main(args) == 0
     assert len((constant / "metrics.jsonl").read_text().splitlines()) == 2
-    cosine = trained_runs.copy(tmp_path / "cosine")
+    cosine = trained_runs.copy(tmp_path / "cosine", lr_schedule="cosine")
     with pytest.raises(ArtefactError, match="cosine schedule"):
-        train(tiny_config(cosine, tiny_data, epochs=2, resume=True))
+        train(tiny_config(cosine, tiny_data, epochs=2, lr_schedule="cosine", resume=True))
 
 
 def test_resume_without_checkpoint_is_an_error(tiny_data, tmp_path):
@@ -276,23 +276,55 @@ def test_plain_training_learns_the_toy_task(tiny_data, tmp_path):
 
 
 def test_default_variance_bound_and_scale_start_follow_the_starting_point():
-    """Louizos et al.'s clip_var (0.04) bounds GNJ always and GHS from scratch; GHS from a
-    pretrained net has no bound and starts its scale at the weight scale."""
+    """Louizos et al.'s clip_var (0.04) bounds the layer with the most weights under GNJ, and
+    under GHS from scratch; GHS from a pretrained net has no bound and starts its scale at the
+    weight scale.  A run saved when ``None`` meant 0.04 on every layer resumes with that."""
     from pbc import methods
     from pbc.nets import make_architecture
 
-    def bound(prior, init_from=None, **kw):
-        config = TrainConfig(out="x", prior=prior, init_from=init_from, **kw)
-        return methods.get(prior).max_weight_var(config)
+    lenet300, lenet5 = (make_architecture(m, (1, 28, 28), 10) for m in ("lenet300", "lenet5"))
 
-    assert bound("gnj") == bound("gnj", "run") == bound("ghs") == 0.04
-    assert bound("ghs", "run") is None and bound("svd") is None
+    def bound(prior, init_from=None, arch=lenet300, saved=None, **kw):
+        config = TrainConfig(out="x", prior=prior, init_from=init_from, **kw)
+        method = methods.get(prior)
+        return method.settle(config, method.build(config, arch), saved).max_weight_var
+
+    assert bound("gnj") == bound("gnj", "run") == bound("ghs") == {"fc1": 0.04}
+    assert bound("gnj", arch=lenet5) == {"fc1": 0.04}     # 400,000 of its 431,080 weights
+    assert bound("ghs", "run") == {} and bound("svd") is None
     assert bound("ghs", "run", max_weight_var=0.5) == 0.5
-    arch = make_architecture("lenet300", (1, 28, 28), 10)
+    # resuming: the bound the run recorded; None there is the earlier default
+    assert bound("gnj", saved={"max_weight_var": {"fc2": 0.1}}) == {"fc2": 0.1}
+    assert bound("gnj", saved={"max_weight_var": None}) == bound("ghs", saved={}) == 0.04
+    assert bound("ghs", "run", saved={"max_weight_var": None}) == {}
     configs = [TrainConfig(out="x", prior="ghs", init_from=f) for f in (None, "run")]
-    fc1 = [methods.get("ghs").build(c, arch).bayes_layers()[0] for c in configs]
+    fc1 = [methods.get("ghs").build(c, lenet300).bayes_layers()[0] for c in configs]
     assert fc1[0].q_scale.mean().mean().item() == pytest.approx(1.0, rel=0.05)
     assert fc1[1].q_scale.mean().mean().item() == pytest.approx(784 ** -0.5, rel=0.05)
+
+
+def test_a_run_records_its_bound_and_one_saved_without_it_resumes_with_every_layer_bound(
+        trained_runs, tiny_data, tmp_path):
+    """config.json names the bound a run trained with; a run whose config.json holds
+    ``null`` (saved when that meant 0.04 on every layer) resumes bounding every layer and is
+    refused under another bound."""
+    run = trained_runs.copy(tmp_path / "r")
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["config"]["max_weight_var"] == {"fc1": 0.04}
+    saved["config"]["max_weight_var"] = None
+    (run / "config.json").write_text(json.dumps(saved))
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    for key, value in ckpt["model"].items():   # every σ² at 1: only a bound brings it down
+        if key.endswith("w_logvar"):
+            value.fill_(0.0)
+    torch.save(ckpt, run / "checkpoint.pt")
+    with pytest.raises(ArtefactError, match="max_weight_var was 0.04, now \\{'fc2': 0.1\\}"):
+        train(tiny_config(run, tiny_data, epochs=2, max_weight_var={"fc2": 0.1}, resume=True))
+    res = train(tiny_config(run, tiny_data, epochs=2, resume=True))
+    assert len(res.metrics) == 2
+    assert [layer.w_logvar.exp().max().item() for layer in res.net.bayes_layers()] == \
+        pytest.approx([0.04] * 3)
+    assert load_trained(run).config.max_weight_var == 0.04
 
 
 def test_lenet5_relu_is_lenet5_with_a_relu_after_each_convolution():
@@ -355,14 +387,14 @@ def test_group_scale_log_variances_learn_at_their_own_rate(prior, per_layer):
 
 def test_a_run_saved_before_the_scale_learning_rate_resumes_at_one_rate(trained_runs,
                                                                         tiny_data, tmp_path):
-    """A run whose config.json predates ``scale_var_lr`` trained at one rate: it resumes with
-    ``--scale-var-lr 1`` and is refused under today's default."""
+    """A run whose config.json predates ``scale_var_lr`` trained at one rate: it resumes at
+    one rate and is refused under another."""
     run = trained_runs.copy(tmp_path / "r", lr_schedule="constant", scale_var_lr=1.0)
     saved = json.loads((run / "config.json").read_text())
     del saved["config"]["scale_var_lr"]
     (run / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ArtefactError, match="scale_var_lr was 1.0, now 10.0"):
-        train(tiny_config(run, tiny_data, epochs=2, lr_schedule="constant", resume=True))
-    train(tiny_config(run, tiny_data, epochs=2, lr_schedule="constant", scale_var_lr=1.0,
-                      resume=True))
+        train(tiny_config(run, tiny_data, epochs=2, lr_schedule="constant", scale_var_lr=10.0,
+                          resume=True))
+    train(tiny_config(run, tiny_data, epochs=2, lr_schedule="constant", resume=True))
     assert load_trained(run).config.scale_var_lr == 1.0

@@ -57,6 +57,17 @@ class Method:
         """The network that this method trains on ``arch``."""
         return build_network(arch)
 
+    def settle(self, config: TrainConfig, net: nn.Module,
+               saved: dict | None = None) -> TrainConfig:
+        """``config`` with the settings it leaves to the method filled in, as training records
+        them in ``config.json``; ``saved``: the saved config of the run being resumed."""
+        return config
+
+    def earlier_settings(self, config: TrainConfig) -> dict:
+        """What a setting saved as ``None`` meant before pbc recorded the method's choice
+        for it in ``config.json``."""
+        return {}
+
     def load_point_estimate(self, net: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Start ``net`` from a plain network's state dict (``--init-from``)."""
         net.load_state_dict(state)

@@ -5,16 +5,16 @@ half-Cauchy factor.  A group is pruned when the dropout rate of its log-normal s
 ``log α_g = log(e^{Var[log z_g]} − 1)``, is above its layer's threshold.
 
 Two starting points: from scratch the global scale starts at 1 (``w̃ = w``) and the weights'
-variance is bounded by Louizos et al.'s ``clip_var``; from a pretrained net (``--init-from``)
-it starts at the weight scale ``1/√fan_in``, so that ``w̃ = O(1)`` against its ``N(0, 1)``
-prior, and there is no bound: a group prunes when ``w̃`` returns to its prior and ``z``
-shrinks, which a bound far below 1 forbids.
+variance is bounded by Louizos et al.'s ``clip_var`` in the layer with the most weights; from
+a pretrained net (``--init-from``) it starts at the weight scale ``1/√fan_in``, so that
+``w̃ = O(1)`` against its ``N(0, 1)`` prior, and there is no bound: a group prunes when ``w̃``
+returns to its prior and ``z`` shrinks, which a bound far below 1 forbids.
 """
 
 from __future__ import annotations
 
 from pbc.bayes.priors import GroupHorseshoe
-from pbc.methods.posterior import CLIP_VAR, PosteriorMethod
+from pbc.methods.posterior import CLIP_VAR, PosteriorMethod, largest_layer_bound
 
 
 class GHS(PosteriorMethod):
@@ -26,7 +26,8 @@ class GHS(PosteriorMethod):
     def prior_options(self, config):
         return {"tau0": config.tau0}
 
-    def max_weight_var(self, config):
-        if config.max_weight_var is not None:
-            return config.max_weight_var
-        return None if config.init_from else CLIP_VAR
+    def default_weight_var(self, config, net):
+        return {} if config.init_from else largest_layer_bound(net)
+
+    def earlier_settings(self, config):
+        return {"max_weight_var": {} if config.init_from else CLIP_VAR}   # every layer

@@ -8,6 +8,8 @@ each layer's kept weights to fixed point at the layer's posterior bit precision.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from pbc.bayes.net import BayesNet
@@ -16,13 +18,20 @@ from pbc.bayes.summaries import layer_moments
 from pbc.compression.masks import structured_masks, surviving_weights, weight_masks
 from pbc.compression.plan import CompressionPlan
 from pbc.compression.quantise import Quantised, posterior_fixed_point
-from pbc.config import SettingError
+from pbc.config import SettingError, saved_setting
 from pbc.methods.base import ELBOMethod
 from pbc.nets import plain_network
 
 # Bound on Var[w̃] (Louizos et al.'s clip_var): it keeps the KL term ½(σ² − 1 − log σ²) from
 # drowning the weights in noise where w̃ = w (a scale that starts at 1).
 CLIP_VAR = 0.04
+
+
+def largest_layer_bound(net) -> dict[str, float]:
+    """:data:`CLIP_VAR` on the layer with the most weights (the first of equals), none on the
+    others: where Louizos et al.'s code puts it (LeNet-300-100's fc1)."""
+    largest = max(net.bayes_layers(), key=lambda layer: layer.w_loc.numel())
+    return {largest.site: CLIP_VAR}
 
 
 class PosteriorMethod(ELBOMethod):
@@ -46,14 +55,22 @@ class PosteriorMethod(ELBOMethod):
         """The prior that this method trains under: ``prior_family(**prior_options(config))``."""
         return self.prior_family(**self.prior_options(config))
 
-    def max_weight_var(self, config) -> float | dict[str, float] | None:
-        """The bound on ``Var[w̃]`` in force (one for all layers, or per named layer):
-        ``config.max_weight_var`` or the method's."""
-        return config.max_weight_var
+    def default_weight_var(self, config, net) -> float | dict[str, float] | None:
+        """The bound on ``Var[w̃]`` a run that names none trains with (``None``: no bound)."""
+        return None
+
+    def settle(self, config, net, saved=None):
+        """A run without ``--max-weight-var`` takes :meth:`default_weight_var` when it starts
+        and the bound it started with when it resumes."""
+        if config.max_weight_var is not None:
+            return config
+        bound = (self.default_weight_var(config, net) if saved is None else
+                 saved_setting(saved, "max_weight_var", self.earlier_settings(config)))
+        return dataclasses.replace(config, max_weight_var=bound)
 
     def build(self, config, arch):
         net = BayesNet(arch, self.prior(config), pretrained=bool(config.init_from))
-        bound = self.max_weight_var(config)
+        bound = config.max_weight_var
         if isinstance(bound, dict):
             sites = [layer.site for layer in net.bayes_layers()]
             unknown = set(bound) - set(sites)
@@ -66,9 +83,11 @@ class PosteriorMethod(ELBOMethod):
         net.load_point_estimate(state)
 
     def param_groups(self, net, config):
-        """The group scales' log-variances learn ``config.scale_var_lr`` times faster than the
-        rest: they start at −9 and Adam moves a parameter by about the learning rate per step,
-        so at the base rate a dropout rate could climb only ~0.5 per epoch."""
+        """The group scales' log-variances learn at ``config.scale_var_lr`` times the rate of
+        the rest (default 1, as in Louizos et al.'s code).  They start at −9 and Adam moves a
+        parameter by about the learning rate per step, so at 10⁻³ a dropout rate climbs at
+        most ~0.5 per epoch of 430 steps; a larger multiplier lets groups leave sooner under
+        a decaying schedule."""
         fast = net.scale_log_variances()
         ids = {id(p) for p in fast}
         rest = [p for p in net.parameters() if id(p) not in ids]
@@ -76,7 +95,7 @@ class PosteriorMethod(ELBOMethod):
                 {"params": fast, "lr_scale": config.scale_var_lr}]
 
     def after_step(self, net, config):
-        net.clip_variances(self.max_weight_var(config))
+        net.clip_variances(config.max_weight_var)
 
     def plain_state(self, net):
         return net.posterior_mean_state_dict()

@@ -165,10 +165,10 @@ def table2(runs: list[RunRecord]) -> pd.DataFrame:
 
 def protocol(run: RunRecord) -> str:
     """How a run was made, in a few words: epochs, start, whether a validation split was held
-    out, and the threshold rule of its analyse stage (``analysis.json`` ``selection``; runs
+    out, the threshold rule of its analyse stage (``analysis.json`` ``selection``; runs
     analysed before it existed used the method's fixed threshold, else the gap rule; budget
     selections made before the rule bounded the error by one standard error say so by the
-    absence of "upper bound")."""
+    absence of "upper bound"), and whether the budget chose the bits too."""
     config = run.config
     start = "from a plain net" if config.get("init_from") else "from scratch"
     words = [f"{config.get('epochs')} ep. {start}"]
@@ -183,6 +183,8 @@ def protocol(run: RunRecord) -> str:
             # upper bound (one standard error above it)
             bound = ", upper bound" if "val_changed_by_pruning" in sel else ""
             words.append(f"error budget {sel['error_budget_points']} pts (val.{bound})")
+            if sel.get("precision") == "budget":
+                words.append("bits by budget")
         elif sel.get("rule") == "budget":
             words.append("thresholds given")
         else:

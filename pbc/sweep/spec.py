@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pbc import methods
-from pbc.config import LEGACY_SETTINGS, TrainConfig
+from pbc.config import LEGACY_SETTINGS, PLAIN_KEYS, TrainConfig
 from pbc.train import check_config
 
 if sys.version_info >= (3, 11):
@@ -67,8 +67,6 @@ class SpecError(ValueError):
 NOT_IN_SPEC = ("out", "resume", "init_from", "progress", "data_dir", "download", "device",
                "threads")
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_IN_SPEC)
-#: the settings a plain net shares with the runs that start from it
-PLAIN_KEYS = ("model", "data", "subset", "val", "seed", "batch_size", "lr_schedule")
 ANALYSE_KEYS = {"draws": "draws", "threshold_rule": "rule", "error_budget": "error_budget",
                 "precision": "precision", "thresholds": "thresholds", "figures": "figures"}
 BENCH_KEYS = {"bench_batch": "batch", "bench_repeats": "repeats", "bench_warmup": "warmup"}
