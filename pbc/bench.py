@@ -10,7 +10,8 @@ Variants, all plain torch modules in eval mode under ``torch.inference_mode``:
   gain in that layout is ``pruned-pad16`` against ``dense-pad16``;
 * ``quantised`` — the same shapes with fixed-point weights (``quantised.pt``), still float32
   arithmetic: the bit precision pays off in storage, not in float32 speed;
-* ``fast`` — ``quantised`` with the layers whose weights fit in 8 bits on int8 kernels
+* ``fast`` — ``quantised`` with the layers whose weights fit in 8 bits on int8 kernels and
+  the activations between them ``uint8`` at scales fixed on the validation split
   (:mod:`pbc.compression.lowbit`; CPU only): what ``pbc export --format int8`` writes;
 * ``csr`` — ``quantised`` with every linear layer's weight as a ``torch.sparse_csr`` matrix
   (convolutions stay dense: torch has no sparse convolution).
@@ -65,6 +66,7 @@ from pbc.rundir import (
     QUANTISED,
     MissingStage,
     RunDir,
+    calibration_images,
     load_trained,
     run_splits,
 )
@@ -326,11 +328,13 @@ def pad_linear_widths(net: nn.Sequential, multiple: int = 16) -> nn.Sequential:
     return nn.Sequential(*out).eval()
 
 
-def variants(run: Path, dense: nn.Module, device: torch.device | str = "cpu", builder=None
+def variants(run: Path, dense: nn.Module, device: torch.device | str = "cpu", builder=None,
+             calibration: torch.Tensor | None = None
              ) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """The timed networks (``dense`` is the posterior-mean net of the original shape) and,
     for variants left out, the reason (``builder``: the factory of a network of the user's
-    code, which gets the dense, pruned and quantised variants)."""
+    code, which gets the dense, pruned and quantised variants; ``calibration``: the images
+    the ``fast`` variant's static activation scales are fixed on)."""
     quantised = load_export(run / QUANTISED, builder)
     pruned = load_export(run / PRUNED, builder)
     if not isinstance(dense, nn.Sequential):
@@ -342,7 +346,8 @@ def variants(run: Path, dense: nn.Module, device: torch.device | str = "cpu", bu
             "quantised": quantised}
     skipped = {}
     if lowbit.int8_kernels(device):
-        nets["fast"] = lowbit.lowbit_network(load_export(run / QUANTISED))
+        nets["fast"] = lowbit.lowbit_network(load_export(run / QUANTISED),
+                                             calibration=calibration)
     else:
         skipped["fast"] = f"no int8 kernels on {torch.device(device).type}"
     nets["csr"] = to_csr(load_export(run / QUANTISED)).eval()
@@ -372,7 +377,8 @@ def _bench(run: Path, batch: int, dev: torch.device, threads: int, repeats: int,
     trained = load_trained(run)
     config, arch = trained.config, trained.arch
     dense = plain_network(arch, trained.method.plain_state(trained.net))
-    nets, skipped = variants(run, dense, dev, arch.builder)
+    _, data = run_splits(config)
+    nets, skipped = variants(run, dense, dev, arch.builder, calibration_images(data))
     subnormals = {k: count_subnormals(v) for k, v in nets.items()}
     channels_last = _uses_conv(dense)
     nets = {k: prepare(v, dev, channels_last) for k, v in nets.items()}
@@ -384,7 +390,7 @@ def _bench(run: Path, batch: int, dev: torch.device, threads: int, repeats: int,
         timed = time_variants({k: (m, x) for k, m in nets.items()}, repeats, warmup, threads)
         meter = NvmlEnergy(dev) if dev.type == "cuda" else None
         energy = {k: energy_per_batch(m, x, meter) if meter else None for k, m in nets.items()}
-        errors = _test_errors(config, nets, dev) if test_error else {}
+        errors = _test_errors(data, nets, dev) if test_error else {}
     load_after = _load_average()
     base = timed["dense"]
     dense_flops = flops(nets["dense"], arch.input_shape, batch, dev)
@@ -397,8 +403,9 @@ def _bench(run: Path, batch: int, dev: torch.device, threads: int, repeats: int,
         row["speedup_paired"] = paired_speedups(base["times_s"], row["times_s"])
         row["ideal_speedup"] = dense_flops / row["flops"]
         rows.append(row)
-    int8 = ([n for n, m in nets["fast"].named_children() if isinstance(m, lowbit.Int8Layer)]
-            if "fast" in nets else [])
+    fast = nets.get("fast", nn.Sequential())
+    int8 = [n for n, m in fast.named_children() if isinstance(m, lowbit.Int8Layer)]
+    codes = lowbit.code_scales(fast)
     return {"run": str(run), "model": config.model, "prior": config.prior,
             "device": str(dev), "device_name": _device_name(dev), "threads": threads,
             "batch": batch, "repeats": repeats, "warmup": warmup, "torch": torch.__version__,
@@ -407,18 +414,18 @@ def _bench(run: Path, batch: int, dev: torch.device, threads: int, repeats: int,
             "flush_to_zero": flush, "memory_format": ("channels_last" if channels_last
                                                      else "contiguous"),
             "load_average": {"before": load_before, "after": load_after},
-            "int8_layers": int8, "int8_kernels": (
-                "oneDNN qlinear/qconv2d (torch.ops.onednn), int8 weights, dynamic 7-bit "
-                "uint8 activations" if int8 else None),
+            "int8_layers": int8, "uint8_activations": codes, "int8_kernels": (
+                "oneDNN qlinear/qconv2d (torch.ops.onednn), int8 weights, 7-bit uint8 "
+                "activations: static (scales fixed on the validation split) after the layers "
+                "in uint8_activations, quantised per call elsewhere" if int8 else None),
             "skipped": skipped,
             "energy_note": (meter.reason if meter else "CPU run: no energy counter") or
             "NVML total energy, differenced over ≥ 2 s per variant",
             "variants": rows}
 
 
-def _test_errors(config, nets: dict[str, nn.Module], dev: torch.device) -> dict[str, float]:
+def _test_errors(data, nets: dict[str, nn.Module], dev: torch.device) -> dict[str, float]:
     """Test error of each variant in :data:`DISTINCT_FUNCTIONS` (batches of 8192, as timed)."""
-    _, data = run_splits(config)
     return {k: classification_error(nets[k], data.test_x, data.test_y, batch_size=8192,
                                     device=dev)
             for k in DISTINCT_FUNCTIONS if k in nets}

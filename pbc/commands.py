@@ -195,6 +195,9 @@ def _export(args) -> int:
     if args.format == "int8":
         print(f"{r['path']}: {r['bytes']} bytes ({r['quantised_bytes']} float32); int8 layers "
               f"{', '.join(r['int8_layers'])}; float32 {', '.join(r['float_layers']) or '-'}")
+        codes = r["uint8_activations"]
+        print("uint8 activations after " + (", ".join(f"{k} (scale {v:.3g})"
+                                                    for k, v in codes.items()) or "no layer"))
     else:
         beside = f" (architecture: {r['arch_path']})" if "arch_path" in r else ""
         print(f"{r['path']}: {r['bytes']} bytes, {args.format}{beside}; quantised.pt "

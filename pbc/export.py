@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib.util
 import json
 import logging
@@ -55,7 +56,7 @@ from pbc.io import (
     write_json,
 )
 from pbc.nets import Architecture, build_network, classification_error
-from pbc.rundir import QUANTISED, RunDir, load_trained, run_splits
+from pbc.rundir import QUANTISED, RunDir, calibration_images, load_trained, run_splits
 
 #: the ``format`` field of a state-dict export's JSON file
 STATE_DICT_FORMAT = "pbc-state-dict"
@@ -82,8 +83,11 @@ def export(run_dir, fmt: str = "int8", out=None) -> dict:
         trained = load_trained(run.path)
         builder = trained.arch.builder           # a network of the user's code: its factory
         arch, quantised = read_export(run / QUANTISED, builder)
-        written = FORMATS[fmt].write(out, arch, quantised)
-    _, data = run_splits(trained.config)
+        _, data = run_splits(trained.config)
+        write = FORMATS[fmt].write
+        if fmt == "int8":
+            write = functools.partial(write_int8, calibration=calibration_images(data))
+        written = write(out, arch, quantised)
     back = FORMATS[fmt].read(out, builder)
     return {"path": str(out), "format": fmt, **written, "bytes": out.stat().st_size,
             "quantised_bytes": (run / QUANTISED).stat().st_size,
@@ -92,9 +96,13 @@ def export(run_dir, fmt: str = "int8", out=None) -> dict:
                 fmt: classification_error(back, data.test_x, data.test_y)}}
 
 
-def write_int8(path, arch: Architecture, net: nn.Module) -> dict:
-    """Write ``net`` with the layers whose weights fit in 8 bits on int8 kernels; returns
-    which layers run in int8 and which in float32.  StageError when none fits."""
+def write_int8(path, arch: Architecture, net: nn.Module,
+               calibration: torch.Tensor | None = None) -> dict:
+    """Write ``net`` with the layers whose weights fit in 8 bits on int8 kernels, the
+    activations between them ``uint8`` at scales fixed on the ``calibration`` images (the
+    export stage gives the validation split; without, each layer quantises its input per
+    call); returns which layers run in int8 and which in float32, and the scales.
+    StageError when no layer fits."""
     if not isinstance(net, nn.Sequential):
         raise StageError("--format int8 is built for sequential networks only; export your "
                          "own network as torchscript, onnx or state-dict")
@@ -102,9 +110,11 @@ def write_int8(path, arch: Architecture, net: nn.Module) -> dict:
     if not names:
         raise StageError(f"{QUANTISED}: no layer's weights fit in 8 bits (each has more than "
                          f"{lowbit.MAX_CODES} distinct values); nothing to export as int8")
-    save_int8(path, arch, lowbit.lowbit_network(net, names))
+    fast = lowbit.lowbit_network(net, names, calibration)
+    save_int8(path, arch, fast)
     weighted = [n for n, m in net.named_children() if hasattr(m, "weight")]
     return {"int8_layers": names, "float_layers": [n for n in weighted if n not in names],
+            "uint8_activations": lowbit.code_scales(fast),
             "int8_kernels": lowbit.int8_kernels("cpu")}
 
 

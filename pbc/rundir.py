@@ -353,6 +353,12 @@ def run_splits(config: TrainConfig) -> tuple[TrainConfig, Splits]:
         raise StageError(str(e)) from None
 
 
+def calibration_images(data: Splits, n: int = 5000) -> torch.Tensor:
+    """The images static int8 activation scales are fixed on: the validation split (all of
+    it), else the first ``n`` training images when the run holds none out."""
+    return data.val_x if data.val_x.shape[0] else data.train_x[:n]
+
+
 def load_point_estimate(path: str, arch: Architecture | None = None) -> dict[str, torch.Tensor]:
     """The plain state dict that ``--init-from`` names: of a ``prior="none"`` run (a run
     directory or its checkpoint), a ``state_dict`` saved with ``torch.save``, or a TorchScript

@@ -3,6 +3,8 @@ bounds, the int8 kernels against the float arithmetic they replace, and the int8
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 import torch
 from torch import nn
@@ -125,6 +127,120 @@ def test_quantised_layer_stays_close_to_the_float_layer():
     assert torch.all((y_fast - y).abs() <= bound)
 
 
+def _static_layer(kind: str, out_scale: float):
+    torch.manual_seed(7)
+    if kind == "linear":
+        layer, x = nn.Linear(40, 9), torch.randn(33, 40)
+    else:
+        layer, x = nn.Conv2d(6, 5, 3, padding=1), torch.randn(4, 6, 7, 7)
+    q_layer = lowbit.to_int8(layer)
+    q_layer.output_scale.fill_(out_scale)
+    q, s, z = lowbit.quantise_activation(x)
+    with torch.no_grad():
+        return q_layer, x, q_layer._reference(s * (q.float() - z))
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("kernels", [True, False])
+def test_static_output_is_the_rounded_relu_at_the_fixed_scale(kind, kernels, monkeypatch):
+    if kernels and not lowbit.int8_kernels("cpu"):
+        pytest.skip("this torch build has no oneDNN int8 kernels")
+    if not kernels:
+        monkeypatch.setattr(lowbit, "int8_kernels", lambda device="cpu": False)
+    s = 0.003                                # small: the largest outputs saturate at 255
+    layer, x, y = _static_layer(kind, s)
+    with torch.no_grad():
+        codes = layer(x)
+    assert codes.dtype == torch.uint8 and codes.shape == y.shape
+    want = torch.round(torch.relu(y) / s).clamp_max(255)
+    assert (want == 255).any() and (want == 0).any()
+    # the kernel rounds its own float sum: at most one code from the reference's
+    assert int((codes.float() - want).abs().max()) <= (1 if kernels else 0)
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_code_input_is_read_at_its_scale_and_clamped_to_the_calibrated_range(kernels,
+                                                                               monkeypatch):
+    if kernels and not lowbit.int8_kernels("cpu"):
+        pytest.skip("this torch build has no oneDNN int8 kernels")
+    if not kernels:
+        monkeypatch.setattr(lowbit, "int8_kernels", lambda device="cpu": False)
+    torch.manual_seed(8)
+    layer = lowbit.to_int8(nn.Linear(30, 6))
+    codes = torch.randint(0, 256, (20, 30), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="input scale"):          # no scale: refused
+        layer(codes)
+    s = 0.05
+    layer.input_scale.fill_(s)
+    with torch.no_grad():
+        got = layer(codes)
+        want = layer._reference(s * codes.clamp_max(lowbit.ACT_LEVELS).float())
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(24, 24), (9, 7)])
+def test_code_max_pool_is_the_max_pool_of_the_codes(size):
+    torch.manual_seed(9)
+    codes = torch.randint(0, 128, (3, 5, *size), dtype=torch.uint8)
+    pool = lowbit.CodeMaxPool2d.like(nn.MaxPool2d(2))
+    want = nn.functional.max_pool2d(codes.float(), 2)
+    for x in (codes, codes.contiguous(memory_format=torch.channels_last)):
+        got = pool(x)
+        assert got.dtype == torch.uint8
+        assert torch.equal(got.float(), want)
+    assert torch.equal(pool(codes.float()), want)               # float input: unchanged pool
+
+
+def _lenet5_relu_on_grid(step: float = 2.0 ** -6) -> nn.Sequential:
+    """LeNet-5 with a ReLU after each layer, random weights on a fixed-point grid."""
+    torch.manual_seed(10)
+    net = nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(1, 6, 5)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(6, 8, 5)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()), ("fc1", nn.Linear(128, 30)), ("relu3", nn.ReLU()),
+        ("fc2", nn.Linear(30, 10))])).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.round(p / step) * step)
+    return net
+
+
+def test_calibration_fixes_scales_from_the_float_activations_and_routes_codes():
+    net = _lenet5_relu_on_grid()
+    x = torch.rand(200, 1, 28, 28)
+    fast = lowbit.lowbit_network(net, calibration=x)
+    with torch.no_grad():
+        top = {"conv1": net[:2](x).max(), "conv2": net[:5](x).max(), "fc1": net[:9](x).max()}
+    scales = lowbit.code_scales(fast)
+    assert scales == pytest.approx({k: float(v) / lowbit.ACT_LEVELS for k, v in top.items()})
+    for writer, reader in (("conv1", "conv2"), ("conv2", "fc1"), ("fc1", "fc2")):
+        assert float(getattr(fast, reader).input_scale) == scales[writer]
+    assert float(fast.conv1.input_scale) == 0 and float(fast.fc2.output_scale) == 0
+    assert [type(m).__name__ for m in fast] == [
+        "Int8Conv2d", "Identity", "CodeMaxPool2d", "Int8Conv2d", "Identity", "CodeMaxPool2d",
+        "Flatten", "Int8Linear", "Identity", "Int8Linear"]
+    assert isinstance(net.relu1, nn.ReLU) and type(net.pool1) is nn.MaxPool2d  # net untouched
+    with torch.no_grad():
+        y, y_static = net(x), fast(x)
+        y_dynamic = lowbit.lowbit_network(net)(x)
+    assert y_static.dtype == torch.float32
+    # 7-bit activations at a fixed scale lose about as much as at a per-batch scale
+    err_static, err_dynamic = (y_static - y).abs().max(), (y_dynamic - y).abs().max()
+    assert err_static <= 2 * err_dynamic and err_static < 0.05 * y.abs().max()
+    assert (y_static.argmax(1) == y.argmax(1)).float().mean() > 0.9
+
+
+def test_calibration_leaves_layers_without_a_relu_link_dynamic():
+    torch.manual_seed(11)
+    net = nn.Sequential(OrderedDict([("fc1", nn.Linear(8, 6)), ("tanh", nn.Tanh()),
+                                     ("fc2", nn.Linear(6, 6)), ("relu", nn.ReLU()),
+                                     ("fc3", nn.Linear(6, 3))])).eval()
+    fast = lowbit.lowbit_network(net, calibration=torch.randn(50, 8))
+    assert list(lowbit.code_scales(fast)) == ["fc2"]             # fc1's tanh is no link
+    assert isinstance(fast.tanh, nn.Tanh) and isinstance(fast.relu, nn.Identity)
+    assert float(fast.fc2.input_scale) == 0 and float(fast.fc3.input_scale) > 0
+
+
 def _on_a_coarse_grid(run, step: float = 2.0 ** -5):
     """Rewrite ``run``'s quantised export with every weight on a grid of ``step`` (a tiny
     run's posterior asks for more than 8 bits); returns its architecture."""
@@ -139,7 +255,8 @@ def test_int8_export_round_trip(trained_runs, tmp_path):
     run = trained_runs.copy(tmp_path / "run", "lenet5", "gnj", "compressed")
     arch = _on_a_coarse_grid(run)
     quantised = load_export(run / "quantised.pt")
-    fast = lowbit.lowbit_network(load_export(run / "quantised.pt"))
+    x = torch.rand(16, *arch.input_shape)
+    fast = lowbit.lowbit_network(load_export(run / "quantised.pt"), calibration=x)
     names = save_int8(tmp_path / "m.int8.pt", arch, fast)
     assert names == lowbit.int8_layer_names(quantised) == ["conv1", "conv2", "fc1", "fc2"]
     for name in names:                        # on the grid: the int8 weights are exact
@@ -148,11 +265,21 @@ def test_int8_export_round_trip(trained_runs, tmp_path):
     raw = load_torch(tmp_path / "m.int8.pt")                      # weights_only=True
     assert raw["state_dict"]["fc1.weight_int8"].dtype == torch.int8
     assert "fc1.weight" not in raw["state_dict"]
+    assert list(lowbit.code_scales(fast)) == ["fc1"]              # fc1 → ReLU → fc2
     back = load_compressed(tmp_path / "m.int8.pt")
     assert [type(m) for m in back] == [type(m) for m in fast]
-    x = torch.rand(16, *arch.input_shape)
+    assert lowbit.code_scales(back) == lowbit.code_scales(fast)
+    assert float(back.fc2.input_scale) == lowbit.code_scales(fast)["fc1"]
     with torch.no_grad():
         assert torch.equal(back(x), fast(x))
+    # a file written before static scales loads as dynamic quantisation throughout
+    for key in [k for k in raw["state_dict"] if k.endswith(("input_scale", "output_scale"))]:
+        del raw["state_dict"][key]
+    torch.save(raw, tmp_path / "old.int8.pt")
+    old = load_compressed(tmp_path / "old.int8.pt")
+    assert lowbit.code_scales(old) == {} and isinstance(old[-2], nn.ReLU)
+    with torch.no_grad():
+        assert torch.equal(old(x), lowbit.lowbit_network(quantised)(x))
 
 
 def test_export_command_writes_int8_and_compares_errors(trained_runs, tmp_path, capsys):
@@ -169,7 +296,10 @@ def test_export_command_writes_int8_and_compares_errors(trained_runs, tmp_path, 
     assert main(["export", str(run), "--format", "int8"]) == 0
     out = capsys.readouterr().out
     assert "int8 layers fc1, fc2, fc3" in out and "test error: quantised (float32)" in out
+    assert "uint8 activations after fc1 (scale" in out and "fc2 (scale" in out
     assert (run / "model.int8.pt").stat().st_size < (run / "quantised.pt").stat().st_size
     back = load_compressed(run / "model.int8.pt")
     assert [n for n, m in back.named_children() if isinstance(m, lowbit.Int8Layer)] == \
         ["fc1", "fc2", "fc3"]
+    assert list(lowbit.code_scales(back)) == ["fc1", "fc2"]
+    assert not any(isinstance(m, nn.ReLU) for m in back)

@@ -8,7 +8,9 @@ Three on-disk forms:
   no prediction, and subnormal operands make float arithmetic slow on many CPUs;
 * ``*.int8.pt`` — the same form with format ``pbc-int8-network``: the layers that
   :mod:`pbc.compression.lowbit` runs on integer kernels hold ``weight_int8`` (int8) and
-  ``weight_scale`` (float32) instead of ``weight``; ``int8_layers`` names them;
+  ``weight_scale`` (float32) instead of ``weight``, and their static activation scales
+  (``input_scale``, ``output_scale``; 0 where the activation is quantised per call);
+  ``int8_layers`` names them;
 * ``*.pbcz`` — the packed format of :mod:`pbc.compression.codec` (relative CSR + Huffman);
   its metadata holds the architecture and the small non-weight state (``select`` indices,
   batch norm).
@@ -94,6 +96,8 @@ def _build(path, arch_dict, state, int8_layers=(), builder: Builder = None
         for name in int8_layers:
             setattr(net, name, lowbit.empty_int8_like(getattr(net, name)))
         net.load_state_dict(state, strict=True)
+        if int8_layers:
+            lowbit.route_codes(net)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise ArtefactError(f"{path}: architecture and weights do not match "
                             f"({type(e).__name__}: {str(e).splitlines()[0]})") from None

@@ -23,6 +23,18 @@ Kernels: oneDNN's ``onednn::qlinear_pointwise`` and ``onednn::qconv2d_pointwise`
 builds a quantized-dtype tensor or touches the deprecated ``torch.ao.quantization`` API.
 Where they are absent (a build without oneDNN, or a CUDA tensor) the same arithmetic runs as
 float32 on the dequantised integers: same function, no speed-up (:func:`int8_kernels`).
+
+**Static activations** (:func:`calibrate`).  Between two int8 layers joined by a ReLU (and
+max-pools and flattening), the activation need not go back to float32: the first layer's
+kernel applies the ReLU and writes ``uint8`` codes ``round(relu(y) / s)`` at a scale ``s``
+fixed beforehand — the largest activation on calibration images (the validation split)
+over :data:`ACT_LEVELS` — the max-pool runs on the codes (max commutes with a positive
+scale), and the next layer reads them with ``s`` and zero point 0.  Codes above
+:data:`ACT_LEVELS` (activations beyond the calibrated range) are clamped to it by the
+reader.  Such a layer holds ``output_scale = s`` and its reader ``input_scale = s``; a
+scale of 0 means float32 output, or dynamic input quantisation.  The ReLU it absorbs
+becomes ``nn.Identity`` and the max-pools :class:`CodeMaxPool2d` (:func:`route_codes`,
+which rebuilds the same structure from the scales when an export is loaded).
 """
 
 from __future__ import annotations
@@ -91,6 +103,8 @@ class Int8Layer(nn.Module):
         self.register_buffer("weight_int8", torch.zeros(weight_shape, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(weight_shape[0]))
         self.register_buffer("bias", torch.zeros(weight_shape[0]))
+        self.register_buffer("input_scale", torch.zeros(()))   # 0: quantise each call's input
+        self.register_buffer("output_scale", torch.zeros(()))  # 0: float32 output
         self._packed = None
         self._zeros = torch.zeros(weight_shape[0], dtype=torch.int64)
 
@@ -109,21 +123,41 @@ class Int8Layer(nn.Module):
         shape = (-1,) + (1,) * (self.weight_int8.dim() - 1)
         return self.weight_int8.float() * self.weight_scale.reshape(shape)
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._packed = None
-        super()._load_from_state_dict(*args, **kwargs)
+        for key in ("input_scale", "output_scale"):     # files written before static scales
+            state_dict.setdefault(prefix + key, torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def writes_codes(self) -> bool:
+        """Whether this layer applies a ReLU and writes ``uint8`` codes (a static scale)."""
+        return float(self.output_scale) > 0
 
     def _apply(self, fn, *args, **kwargs):
         self._packed = None
         return super()._apply(fn, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, scale, zero = quantise_activation(x)
+        """``x``: float32 (quantised here, per call) or ``uint8`` codes at ``input_scale``.
+        Returns float32, or ``uint8`` codes of the ReLU at ``output_scale``."""
+        if x.dtype == torch.uint8:
+            if not float(self.input_scale) > 0:
+                raise ValueError("uint8 input to an int8 layer without an input scale")
+            q, scale, zero = x.clamp_max(ACT_LEVELS), float(self.input_scale), 0
+        else:
+            q, scale, zero = quantise_activation(x)
+        out_scale = float(self.output_scale)
         if not int8_kernels(x.device):
-            return self._reference(scale * (q.float() - zero))
+            y = self._reference(scale * (q.float() - zero))
+            if out_scale > 0:
+                return torch.round(torch.relu(y) / out_scale).clamp_max(255).to(torch.uint8)
+            return y
         if self._packed is None:
             self._packed = self._pack()
-        return self._kernel(q, scale, zero)
+        if out_scale > 0:
+            return self._kernel(q, scale, zero, out_scale, torch.uint8, "relu")
+        return self._kernel(q, scale, zero, 1.0, torch.float32, "none")
 
 
 class Int8Linear(Int8Layer):
@@ -140,10 +174,10 @@ class Int8Linear(Int8Layer):
     def _pack(self):
         return torch.ops.onednn.qlinear_prepack(self.weight_int8.contiguous(), None)
 
-    def _kernel(self, q, scale, zero):
+    def _kernel(self, q, scale, zero, out_scale, out_dtype, post_op):
         return torch.ops.onednn.qlinear_pointwise(
             q, scale, zero, self._packed, self.weight_scale, self._zeros, self.bias,
-            1.0, 0, torch.float32, "none", [], "")
+            out_scale, 0, out_dtype, post_op, [], "")
 
     def _reference(self, x):
         return F.linear(x, self.dequantised_weight(), self.bias)
@@ -179,12 +213,12 @@ class Int8Conv2d(Int8Layer):
         return torch.ops.onednn.qconv_prepack(self.weight_int8.contiguous(), self.weight_scale,
                                               1.0, 0, stride, padding, dilation, groups, None)
 
-    def _kernel(self, q, scale, zero):
+    def _kernel(self, q, scale, zero, out_scale, out_dtype, post_op):
         stride, padding, dilation, groups = self._geometry()
         q = q.contiguous(memory_format=torch.channels_last)
         return torch.ops.onednn.qconv2d_pointwise(
             q, scale, zero, self._packed, self.weight_scale, self._zeros, self.bias,
-            stride, padding, dilation, groups, 1.0, 0, torch.float32, "none", [], "")
+            stride, padding, dilation, groups, out_scale, 0, out_dtype, post_op, [], "")
 
     def _reference(self, x):
         return F.conv2d(x, self.dequantised_weight(), self.bias, padding=self.padding)
@@ -217,10 +251,119 @@ def int8_layer_names(net: nn.Sequential) -> list[str]:
             if isinstance(m, (nn.Linear, nn.Conv2d)) and fits_int8(m.weight)]
 
 
-def lowbit_network(net: nn.Sequential, names: list[str] | None = None) -> nn.Sequential:
+def lowbit_network(net: nn.Sequential, names: list[str] | None = None,
+                   calibration: torch.Tensor | None = None) -> nn.Sequential:
     """A copy of ``net`` (an ``nn.Sequential`` of named layers, e.g. the quantised export)
     whose layers ``names`` (default :func:`int8_layer_names`) run in int8; the rest are
-    shared with ``net``."""
+    shared with ``net``.  With ``calibration`` inputs ``(N, *input_shape)``, the activations
+    between int8 layers stay ``uint8`` (:func:`calibrate`); without, every int8 layer
+    quantises its input per call."""
     names = int8_layer_names(net) if names is None else names
-    return nn.Sequential(OrderedDict(
+    fast = nn.Sequential(OrderedDict(
         (name, to_int8(m) if name in names else m) for name, m in net.named_children())).eval()
+    if calibration is not None:
+        calibrate(fast, net, calibration)
+    return fast
+
+
+# layers a uint8 activation passes through unchanged in meaning: codes of a max-pool are the
+# max-pool of the codes, and flattening only reorders
+_CODE_PASSTHROUGH = (nn.MaxPool2d, nn.Flatten)
+
+
+def code_links(net: nn.Sequential) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)`` of positions in ``net``: int8 layer ``i`` followed by a ReLU, then
+    only max-pools and flattening, then int8 layer ``j`` — where the activation can stay
+    ``uint8`` from ``i`` to ``j``."""
+    mods = list(net)
+    links = []
+    for i, m in enumerate(mods):
+        if not isinstance(m, Int8Layer) or i + 1 >= len(mods) \
+                or not isinstance(mods[i + 1], nn.ReLU | nn.Identity):
+            continue
+        j = i + 2
+        while j < len(mods) and isinstance(mods[j], _CODE_PASSTHROUGH):
+            j += 1
+        if j < len(mods) and isinstance(mods[j], Int8Layer):
+            links.append((i, j))
+    return links
+
+
+@torch.no_grad()
+def calibrate(fast: nn.Sequential, net: nn.Sequential, x: torch.Tensor,
+              batch_size: int = 1000) -> dict[str, float]:
+    """Fix the static scales of ``fast`` (:func:`lowbit_network` of ``net``) in place: for
+    each link ``(i, j)`` of :func:`code_links`, ``s = max relu(net[i](·)) / ACT_LEVELS`` over
+    the calibration inputs ``x`` — the float network's activations, so no layer's scale
+    depends on another's rounding — becomes layer ``i``'s ``output_scale`` and layer ``j``'s
+    ``input_scale``; then :func:`route_codes`.  Returns the scales by layer name."""
+    links = code_links(fast)
+    watched = {i for i, _ in links}
+    top = dict.fromkeys(watched, 0.0)
+    mods = list(net)
+    for k in range(0, x.shape[0], batch_size):
+        h = x[k:k + batch_size]
+        for i, m in enumerate(mods):
+            h = m(h)
+            if i in watched:
+                top[i] = max(top[i], float(h.max()))
+    fast_mods = list(fast)
+    for i, j in links:
+        s = top[i] / ACT_LEVELS if top[i] > 0 else 1.0
+        fast_mods[i].output_scale.fill_(s)
+        fast_mods[j].input_scale.fill_(s)
+    route_codes(fast)
+    return code_scales(fast)
+
+
+def code_scales(fast: nn.Sequential) -> dict[str, float]:
+    """The layers of ``fast`` that write ``uint8`` codes, and their scales."""
+    return {name: float(m.output_scale) for name, m in fast.named_children()
+            if isinstance(m, Int8Layer) and m.writes_codes}
+
+
+def route_codes(fast: nn.Sequential) -> nn.Sequential:
+    """Give ``fast`` the structure its scales call for, in place: after each int8 layer
+    that writes codes, the ReLU it applies becomes ``nn.Identity`` and the max-pools up to
+    the next int8 layer :class:`CodeMaxPool2d`.  Returns ``fast``."""
+    mods = list(fast)
+    names = [name for name, _ in fast.named_children()]
+    for i, j in code_links(fast):
+        if not mods[i].writes_codes:
+            continue
+        setattr(fast, names[i + 1], nn.Identity())
+        for k in range(i + 2, j):
+            if isinstance(mods[k], nn.MaxPool2d) and not isinstance(mods[k], CodeMaxPool2d):
+                setattr(fast, names[k], CodeMaxPool2d.like(mods[k]))
+    return fast
+
+
+class CodeMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` that also takes ``uint8`` codes: a 2×2, stride-2 pool without
+    padding as two elementwise maxima over the channels-last layout (torch's uint8 max-pool
+    refuses large channels-last batches and is slower); other geometries and float inputs
+    go to ``F.max_pool2d``.  ``(N, C, H, W) → (N, C, ⌊H/2⌋, ⌊W/2⌋)``, channels-last."""
+
+    @classmethod
+    def like(cls, pool: nn.MaxPool2d) -> CodeMaxPool2d:
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                   pool.return_indices, pool.ceil_mode)
+
+    def _pairs(self) -> bool:
+        def two(v):
+            return v in (2, (2, 2))
+
+        return (two(self.kernel_size) and two(self.stride) and self.padding in (0, (0, 0))
+                and self.dilation in (1, (1, 1)) and not self.ceil_mode
+                and not self.return_indices)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8 or not self._pairs():
+            return super().forward(x if x.dtype != torch.uint8 else x.contiguous())
+        n, c, h, w = x.shape
+        h2, w2 = h // 2, w // 2
+        z = x[:, :, :2 * h2, :2 * w2].permute(0, 2, 3, 1).contiguous()   # (N, H, W, C)
+        z = z.reshape(n * h2, 2, w2, 2 * c)
+        z = torch.maximum(z[:, 0], z[:, 1]).reshape(n * h2, w2, 2, c)      # rows paired
+        z = torch.maximum(z[:, :, 0], z[:, :, 1])                          # columns paired
+        return z.reshape(n, h2, w2, c).permute(0, 3, 1, 2)
