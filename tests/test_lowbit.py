@@ -19,6 +19,7 @@ from pbc.compression.export import (
     save_int8,
 )
 from pbc.io import load_torch
+from pbc.nets import SelectUnits
 
 needs_kernels = pytest.mark.skipif(not lowbit.int8_kernels("cpu"),
                                    reason="this torch build has no oneDNN int8 kernels")
@@ -192,16 +193,18 @@ def test_code_max_pool_is_the_max_pool_of_the_codes(size):
 
 
 def _lenet5_relu_on_grid(step: float = 2.0 ** -6) -> nn.Sequential:
-    """LeNet-5 with a ReLU after each layer, random weights on a fixed-point grid."""
+    """LeNet-5 with a ReLU after each layer and fc1's inputs selected (as a pruned export),
+    random weights on a fixed-point grid."""
     torch.manual_seed(10)
     net = nn.Sequential(OrderedDict([
         ("conv1", nn.Conv2d(1, 6, 5)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
         ("conv2", nn.Conv2d(6, 8, 5)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
-        ("flatten", nn.Flatten()), ("fc1", nn.Linear(128, 30)), ("relu3", nn.ReLU()),
-        ("fc2", nn.Linear(30, 10))])).eval()
+        ("flatten", nn.Flatten()), ("fc1_select", SelectUnits(128, 100)),
+        ("fc1", nn.Linear(100, 30)), ("relu3", nn.ReLU()), ("fc2", nn.Linear(30, 10))])).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.round(p / step) * step)
+        net.fc1_select.index.copy_(torch.randperm(128)[:100].sort().values)
     return net
 
 
@@ -210,7 +213,7 @@ def test_calibration_fixes_scales_from_the_float_activations_and_routes_codes():
     x = torch.rand(200, 1, 28, 28)
     fast = lowbit.lowbit_network(net, calibration=x)
     with torch.no_grad():
-        top = {"conv1": net[:2](x).max(), "conv2": net[:5](x).max(), "fc1": net[:9](x).max()}
+        top = {"conv1": net[:2](x).max(), "conv2": net[:5](x).max(), "fc1": net[:10](x).max()}
     scales = lowbit.code_scales(fast)
     assert scales == pytest.approx({k: float(v) / lowbit.ACT_LEVELS for k, v in top.items()})
     for writer, reader in (("conv1", "conv2"), ("conv2", "fc1"), ("fc1", "fc2")):
@@ -218,7 +221,7 @@ def test_calibration_fixes_scales_from_the_float_activations_and_routes_codes():
     assert float(fast.conv1.input_scale) == 0 and float(fast.fc2.output_scale) == 0
     assert [type(m).__name__ for m in fast] == [
         "Int8Conv2d", "Identity", "CodeMaxPool2d", "Int8Conv2d", "Identity", "CodeMaxPool2d",
-        "Flatten", "Int8Linear", "Identity", "Int8Linear"]
+        "Flatten", "SelectUnits", "Int8Linear", "Identity", "Int8Linear"]
     assert isinstance(net.relu1, nn.ReLU) and type(net.pool1) is nn.MaxPool2d  # net untouched
     with torch.no_grad():
         y, y_static = net(x), fast(x)

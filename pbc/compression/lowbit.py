@@ -25,7 +25,7 @@ Where they are absent (a build without oneDNN, or a CUDA tensor) the same arithm
 float32 on the dequantised integers: same function, no speed-up (:func:`int8_kernels`).
 
 **Static activations** (:func:`calibrate`).  Between two int8 layers joined by a ReLU (and
-max-pools and flattening), the activation need not go back to float32: the first layer's
+max-pools, flattening and :class:`~pbc.nets.SelectUnits`), the activation need not go back to float32: the first layer's
 kernel applies the ReLU and writes ``uint8`` codes ``round(relu(y) / s)`` at a scale ``s``
 fixed beforehand — the largest activation on calibration images (the validation split)
 over :data:`ACT_LEVELS` — the max-pool runs on the codes (max commutes with a positive
@@ -44,6 +44,8 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pbc.nets import SelectUnits
 
 MAX_CODES = 256     # distinct weight values an int8 weight can name
 WEIGHT_LEVELS = 127  # symmetric int8 weights: −127 … 127
@@ -267,13 +269,13 @@ def lowbit_network(net: nn.Sequential, names: list[str] | None = None,
 
 
 # layers a uint8 activation passes through unchanged in meaning: codes of a max-pool are the
-# max-pool of the codes, and flattening only reorders
-_CODE_PASSTHROUGH = (nn.MaxPool2d, nn.Flatten)
+# max-pool of the codes, and flattening and selecting units only reorder and drop
+_CODE_PASSTHROUGH = (nn.MaxPool2d, nn.Flatten, SelectUnits)
 
 
 def code_links(net: nn.Sequential) -> list[tuple[int, int]]:
     """Pairs ``(i, j)`` of positions in ``net``: int8 layer ``i`` followed by a ReLU, then
-    only max-pools and flattening, then int8 layer ``j`` — where the activation can stay
+    only max-pools, flattening and unit selections, then int8 layer ``j`` — where the activation can stay
     ``uint8`` from ``i`` to ``j``."""
     mods = list(net)
     links = []
