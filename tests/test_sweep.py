@@ -27,7 +27,8 @@ from pbc.data import write_synthetic_dataset
 from pbc.io import ArtefactError
 from pbc.sweep import SpecError, SweepError, expand, load_spec, run_sweep
 from pbc.sweep.pipeline import attempts, log_path
-from pbc.sweep.summary import select
+from pbc.reporting.pdf import build_report
+from pbc.sweep.summary import read_summary, select
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"data": "fashion-mnist", "epochs": 1, "subset": 200, "batch_size": 20, "draws": 40,
@@ -244,6 +245,9 @@ def test_report_of_a_sweep_and_a_single_run(two_by_two, tmp_path, capsys):
     assert runs.loc["seed1", "pruning"] == pytest.approx(own["rates"]["pruning"], rel=1e-3)
     assert pd.isna(runs.loc["seed1", "n_seeds"]) and pd.isna(runs.loc["seed1", "pruning_sd"])
     assert runs.loc["lenet300-svd", "n_seeds"] == 2
+    # Figure 1: the sweep's page (mean ± sd), then the single run's own bench
+    pages = build_report([single], tmp_path / "again.pdf", sweep=read_summary(root)).pages
+    assert pages[pages.index("figure1"):][:2] == ["figure1", "figure1 single runs"]
 
 
 KILL = "\n".join(f"{k} = {json.dumps(v).lower() if isinstance(v, bool) else json.dumps(v)}"

@@ -104,7 +104,13 @@ def _pages(runs, t1, t2, mdl, sweep=None):
     yield from _title_page(runs, sweep)
     yield from _table1_pages(t1, runs)
     yield from _table2_pages(t2)
-    yield _bench_page(runs) if sweep is None else _sweep_bench_page(sweep, runs)
+    if sweep is None:
+        yield from _bench_pages(runs, runs)
+    else:
+        yield _sweep_bench_page(sweep, runs)
+        singles = runs[len(sweep.representatives()):]
+        if singles:
+            yield from _bench_pages(singles, runs, "single runs")
     yield from _diagnostic_pages(runs)
     yield _curves_page(runs)
     yield from _calibration_pages(runs)
@@ -258,18 +264,34 @@ def _table2_pages(t2: pd.DataFrame):
         "table2")
 
 
-def _bench_page(runs):
-    benched = [r for r in runs if r.bench is not None]
-    fig = layout.page("Figure 1 — forward-pass time per variant (bench.json)",
+BENCH_RUNS_PER_PAGE = 6
+
+
+def _bench_pages(shown, runs, what: str = ""):
+    """Figure 1 for the runs ``shown`` (of all the report's ``runs``, which fix each run's
+    colour): one panel per benched run, :data:`BENCH_RUNS_PER_PAGE` a page; ``what`` names
+    them in the title."""
+    benched = [r for r in shown if r.bench is not None]
+    missing = [r.label for r in shown if r.bench is None]
+    chunks = [benched[i:i + BENCH_RUNS_PER_PAGE]
+              for i in range(0, len(benched), BENCH_RUNS_PER_PAGE)] or [[]]
+    for k, chunk in enumerate(chunks):
+        part = f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+        yield (" ".join(filter(None, ["figure1", what])) + part,
+               _bench_page(chunk, runs, f"{what}{part}".strip(), missing if k == 0 else []))
+
+
+def _bench_page(benched, runs, what: str, missing: list[str]):
+    title = "Figure 1 — forward-pass time per variant (bench.json)"
+    fig = layout.page(f"{title}: {what}" if what else title,
                 "Median over the timed repeats; whiskers: inter-quartile range; above each "
                 "bar: measured speed-up over 'dense' (in brackets: ideal = FLOP ratio).")
-    notes = [f"no bench.json: {', '.join(r.label for r in runs if r.bench is None)}"
-             if len(benched) < len(runs) else ""]
+    notes = [f"no bench.json: {', '.join(missing)}" if missing else ""]
     if not benched:
         fig.text(0.5, 0.5, "No run has a bench.json (run `pbc bench RUN`).", ha="center",
                  fontsize=12)
         layout.notes(fig, notes)
-        return ("figure1", fig)
+        return fig
     cols = min(len(benched), 3)
     nrows = math.ceil(len(benched) / cols)
     older, unmeasured = [], set()
@@ -329,13 +351,15 @@ def _bench_page(runs):
     layout.notes(fig, notes + ["Times are for one batch through the network held by each variant: "
                          "dense (posterior means, nothing removed), pruned (structured export), "
                          "quantised (fixed-point values, float32 arithmetic), fast (the layers "
-                         "whose weights fit in 8 bits on int8 kernels, CPU), csr (linear "
-                         "layers as sparse CSR). Red tick: the time the FLOP ratio predicts "
-                         "(dense time / ideal speed-up). Subnormal weights are flushed and the "
+                         "whose weights fit in 8 bits on int8 kernels, CPU, with uint8 "
+                         "activations between them), csr (linear layers as sparse CSR). Red "
+                         "tick: the time the FLOP ratio predicts (dense time / ideal speed-up); "
+                         "for fast it counts float32 FLOPs, and an int8 multiply-add costs "
+                         "less, so fast can beat it. Subnormal weights are flushed and the "
                          "variants are timed in turn (bench.json records load and threads). "
                          "Runs benched on different machines are not comparable in absolute "
                          "time."])
-    return ("figure1", fig)
+    return fig
 
 
 def _sweep_bench_page(sweep, runs):
