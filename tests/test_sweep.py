@@ -25,9 +25,9 @@ from conftest import one_line_error
 from pbc import cli
 from pbc.data import write_synthetic_dataset
 from pbc.io import ArtefactError
+from pbc.reporting.pdf import build_report
 from pbc.sweep import SpecError, SweepError, expand, load_spec, run_sweep
 from pbc.sweep.pipeline import attempts, log_path
-from pbc.reporting.pdf import build_report
 from pbc.sweep.summary import read_summary, select
 
 ROOT = Path(__file__).resolve().parent.parent

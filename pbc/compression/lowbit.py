@@ -25,11 +25,12 @@ Where they are absent (a build without oneDNN, or a CUDA tensor) the same arithm
 float32 on the dequantised integers: same function, no speed-up (:func:`int8_kernels`).
 
 **Static activations** (:func:`calibrate`).  Between two int8 layers joined by a ReLU (and
-max-pools, flattening and :class:`~pbc.nets.SelectUnits`), the activation need not go back to float32: the first layer's
-kernel applies the ReLU and writes ``uint8`` codes ``round(relu(y) / s)`` at a scale ``s``
-fixed beforehand — the largest activation on calibration images (the validation split)
-over :data:`ACT_LEVELS` — the max-pool runs on the codes (max commutes with a positive
-scale), and the next layer reads them with ``s`` and zero point 0.  Codes above
+max-pools, flattening and :class:`~pbc.nets.SelectUnits`), the activation need not go back
+to float32: the first layer's kernel applies the ReLU and writes ``uint8`` codes
+``round(relu(y) / s)`` at a scale ``s`` fixed beforehand — the largest activation on
+calibration images (the validation split) over :data:`ACT_LEVELS` — the max-pool runs on
+the codes (max commutes with a positive scale), and the next layer reads them with ``s``
+and zero point 0.  Codes above
 :data:`ACT_LEVELS` (activations beyond the calibrated range) are clamped to it by the
 reader.  Such a layer holds ``output_scale = s`` and its reader ``input_scale = s``; a
 scale of 0 means float32 output, or dynamic input quantisation.  The ReLU it absorbs
@@ -275,8 +276,8 @@ _CODE_PASSTHROUGH = (nn.MaxPool2d, nn.Flatten, SelectUnits)
 
 def code_links(net: nn.Sequential) -> list[tuple[int, int]]:
     """Pairs ``(i, j)`` of positions in ``net``: int8 layer ``i`` followed by a ReLU, then
-    only max-pools, flattening and unit selections, then int8 layer ``j`` — where the activation can stay
-    ``uint8`` from ``i`` to ``j``."""
+    only max-pools, flattening and unit selections, then int8 layer ``j`` — where the
+    activation can stay ``uint8`` from ``i`` to ``j``."""
     mods = list(net)
     links = []
     for i, m in enumerate(mods):
