@@ -30,12 +30,12 @@ to float32: the first layer's kernel applies the ReLU and writes ``uint8`` codes
 ``round(relu(y) / s)`` at a scale ``s`` fixed beforehand — the largest activation on
 calibration images (the validation split) over :data:`ACT_LEVELS` — the max-pool runs on
 the codes (max commutes with a positive scale), and the next layer reads them with ``s``
-and zero point 0.  Codes above
-:data:`ACT_LEVELS` (activations beyond the calibrated range) are clamped to it by the
-reader.  Such a layer holds ``output_scale = s`` and its reader ``input_scale = s``; a
-scale of 0 means float32 output, or dynamic input quantisation.  The ReLU it absorbs
-becomes ``nn.Identity`` and the max-pools :class:`CodeMaxPool2d` (:func:`route_codes`,
-which rebuilds the same structure from the scales when an export is loaded).
+and zero point 0.  Codes above :data:`ACT_LEVELS` (activations beyond the calibrated
+range) are clamped to it by the reader.  Such a layer holds ``output_scale = s`` and its
+reader ``input_scale = s``; a scale of 0 means float32 output, or dynamic input
+quantisation.  The ReLU it absorbs becomes ``nn.Identity`` and the max-pools
+:class:`CodeMaxPool2d` (:func:`route_codes`, which rebuilds the same structure from the
+scales when an export is loaded).
 """
 
 from __future__ import annotations
