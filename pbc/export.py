@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import importlib.util
 import json
 import logging
@@ -84,10 +83,10 @@ def export(run_dir, fmt: str = "int8", out=None) -> dict:
         builder = trained.arch.builder           # a network of the user's code: its factory
         arch, quantised = read_export(run / QUANTISED, builder)
         _, data = run_splits(trained.config)
-        write = FORMATS[fmt].write
-        if fmt == "int8":
-            write = functools.partial(write_int8, calibration=calibration_images(data))
-        written = write(out, arch, quantised)
+        if fmt == "int8":                        # static activation scales: the val. split
+            written = write_int8(out, arch, quantised, calibration_images(data))
+        else:
+            written = FORMATS[fmt].write(out, arch, quantised)
     back = FORMATS[fmt].read(out, builder)
     return {"path": str(out), "format": fmt, **written, "bytes": out.stat().st_size,
             "quantised_bytes": (run / QUANTISED).stat().st_size,
