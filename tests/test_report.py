@@ -102,6 +102,18 @@ def test_csv_numbers_equal_the_artefacts(runs, tmp_path):
     assert (bc["pruning"], bc["fast_prediction"], bc["paper_error_pct"]) == (108, 361, 1.0)
 
 
+def test_figure1_spreads_many_benched_runs_over_pages(runs, tmp_path, monkeypatch):
+    from pbc.reporting import pdf
+    monkeypatch.setattr(pdf, "BENCH_RUNS_PER_PAGE", 1)
+    benched = [r for r in runs if (r / "bench.json").is_file()]
+    assert len(benched) >= 2
+    r = build_report(runs, tmp_path / "cmp.pdf")
+    n = len(benched)
+    assert [p for p in r.pages if p.startswith("figure1")] == [
+        f"figure1 ({k}/{n})" for k in range(1, n + 1)]
+    assert _pdf_pages(r.pdf) == len(r.pages)
+
+
 def test_missing_artefacts_leave_empty_cells(runs, tmp_path):
     gnj, ghs, dense = runs
     for name in ("compression.json", "bench.json"):
