@@ -187,6 +187,8 @@ def test_bench_json_schema(trained_runs, tmp_path, model):
                      "csr"]
     assert rec["flush_to_zero"] in ("all threads", "main thread only")
     assert rec["memory_format"] == ("channels_last" if model == "lenet5" else "contiguous")
+    assert rec["relu"] == "in place"
+    assert set(rec["uint8_activations"]) <= set(rec["int8_layers"])
     assert "torch.utils.benchmark" in rec["timer"] and rec["device_name"]
     for v in rec["variants"]:
         assert {"median_s", "spread", "flops", "speedup", "speedup_paired", "ideal_speedup",
