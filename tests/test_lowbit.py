@@ -141,13 +141,19 @@ def _static_layer(kind: str, out_scale: float):
         return q_layer, x, q_layer._reference(s * (q.float() - z))
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv"])
-@pytest.mark.parametrize("kernels", [True, False])
-def test_static_output_is_the_rounded_relu_at_the_fixed_scale(kind, kernels, monkeypatch):
-    if kernels and not lowbit.int8_kernels("cpu"):
+@pytest.fixture(params=[True, False], ids=["kernels", "fallback"])
+def kernels(request, monkeypatch) -> bool:
+    """Run a test on oneDNN's kernels (skipped where the build has none), then on the
+    float32 fallback path."""
+    if request.param and not lowbit.int8_kernels("cpu"):
         pytest.skip("this torch build has no oneDNN int8 kernels")
-    if not kernels:
+    if not request.param:
         monkeypatch.setattr(lowbit, "int8_kernels", lambda device="cpu": False)
+    return request.param
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_static_output_is_the_rounded_relu_at_the_fixed_scale(kind, kernels):
     s = 0.003                                # small: the largest outputs saturate at 255
     layer, x, y = _static_layer(kind, s)
     with torch.no_grad():
@@ -159,13 +165,7 @@ def test_static_output_is_the_rounded_relu_at_the_fixed_scale(kind, kernels, mon
     assert int((codes.float() - want).abs().max()) <= (1 if kernels else 0)
 
 
-@pytest.mark.parametrize("kernels", [True, False])
-def test_code_input_is_read_at_its_scale_and_clamped_to_the_calibrated_range(kernels,
-                                                                               monkeypatch):
-    if kernels and not lowbit.int8_kernels("cpu"):
-        pytest.skip("this torch build has no oneDNN int8 kernels")
-    if not kernels:
-        monkeypatch.setattr(lowbit, "int8_kernels", lambda device="cpu": False)
+def test_code_input_is_read_at_its_scale_and_clamped_to_the_calibrated_range(kernels):
     torch.manual_seed(8)
     layer = lowbit.to_int8(nn.Linear(30, 6))
     codes = torch.randint(0, 256, (20, 30), dtype=torch.uint8)
