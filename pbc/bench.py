@@ -24,7 +24,11 @@ The rules that make the comparison fair:
   threads): subnormal operands take a slow path on many CPUs and would time the values, not
   the shapes;
 * **one layout** — networks with convolutions run channels-last (inputs and weights), for
-  every variant alike;
+  every variant alike, and their 2×2 max-pools as two elementwise maxima on that layout
+  (:class:`~pbc.compression.lowbit.PairMaxPool2d`, what the ``fast`` variant's codes use);
+* **memory reused** — freed activations' memory serves the next call (:func:`reused_memory`):
+  otherwise a large batch pays the kernel's page faults for every activation, a cost of
+  memory size that would dilute every speed-up;
 * **side by side** — every variant is warmed up, then the variants are timed in turn,
   ``repeats`` rounds with the order rotated each round, through
   :class:`torch.utils.benchmark.Timer` (threads set, CUDA synchronised), so a change of
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import os
 import platform
 import statistics
@@ -157,6 +162,49 @@ def flush_to_zero():
         torch.set_flush_denormal(before)
 
 
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                  # glibc's mallopt parameters
+GLIBC_DEFAULTS = {M_TRIM_THRESHOLD: 128 * 1024, M_MMAP_MAX: 65536}
+
+
+def _glibc():
+    """The C library when it is glibc (its ``mallopt`` and ``malloc_trim``), else ``None``."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+@contextlib.contextmanager
+def reused_memory():
+    """Run the block with freed memory kept for reuse by glibc's ``malloc`` and yield what
+    was set (a sentence for ``bench.json``); restore glibc's defaults and return the memory
+    after.
+
+    By default glibc maps each block above its mmap threshold (at most 32 MiB) afresh from
+    the kernel and unmaps it when freed, so every forward pass of a large batch faults in
+    and zeroes its activations' pages again — time that grows with activation memory, not
+    with arithmetic, and that a process serving many batches (or a caching allocator such
+    as jemalloc or tcmalloc) does not pay.  With ``mmap`` off (``M_MMAP_MAX = 0``) and
+    trimming deferred (``M_TRIM_THRESHOLD``), a freed activation's pages serve the next
+    one.  Elsewhere than glibc nothing is changed.
+    """
+    libc = _glibc()
+    if libc is None:
+        yield "system allocator, unchanged (not glibc)"
+        return
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    try:
+        yield "glibc malloc, freed memory reused (M_MMAP_MAX 0, M_TRIM_THRESHOLD 2^31-1)"
+    finally:
+        for param, value in GLIBC_DEFAULTS.items():
+            libc.mallopt(param, value)
+        libc.malloc_trim(0)
+
+
 @torch.no_grad()
 def without_subnormals(net: nn.Module) -> nn.Module:
     """``net`` with every parameter and floating buffer value below the smallest normal float
@@ -186,7 +234,8 @@ def prepare(net: nn.Module, device: torch.device, channels_last: bool) -> nn.Mod
     """A variant made ready to time: subnormals flushed, on ``device``, eval mode, ReLUs in
     place (one pass over the activation instead of a read and a write to a new tensor:
     every variant is timed without grad), and channels-last when asked (float convolution
-    weights; int8 layers pack their own)."""
+    weights; int8 layers pack their own), its 2×2 max-pools then
+    :class:`~pbc.compression.lowbit.PairMaxPool2d` (the same function)."""
     net = without_subnormals(net).to(device).eval()
     for m in net.modules():
         if isinstance(m, nn.ReLU):
@@ -195,6 +244,10 @@ def prepare(net: nn.Module, device: torch.device, channels_last: bool) -> nn.Mod
         for m in net.modules():
             if isinstance(m, nn.Conv2d):
                 m.to(memory_format=torch.channels_last)
+        for parent in list(net.modules()):
+            for name, m in parent.named_children():
+                if type(m) is nn.MaxPool2d:
+                    setattr(parent, name, lowbit.PairMaxPool2d.like(m))
     return net
 
 
@@ -391,7 +444,7 @@ def _bench(run: Path, batch: int, dev: torch.device, threads: int, repeats: int,
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     load_before = _load_average()
-    with flush_to_zero() as flush:
+    with flush_to_zero() as flush, reused_memory() as allocator:
         timed = time_variants({k: (m, x) for k, m in nets.items()}, repeats, warmup, threads)
         meter = NvmlEnergy(dev) if dev.type == "cuda" else None
         energy = {k: energy_per_batch(m, x, meter) if meter else None for k, m in nets.items()}
@@ -419,6 +472,9 @@ def _bench(run: Path, batch: int, dev: torch.device, threads: int, repeats: int,
             "flush_to_zero": flush, "memory_format": ("channels_last" if channels_last
                                                      else "contiguous"),
             "relu": "in place",
+            "max_pool": ("2x2 pools as two elementwise maxima (PairMaxPool2d)"
+                         if channels_last else "torch"),
+            "allocator": allocator,
             "load_average": {"before": load_before, "after": load_after},
             "int8_layers": int8, "uint8_activations": codes, "int8_kernels": (
                 "oneDNN qlinear/qconv2d (torch.ops.onednn), int8 weights, 7-bit uint8 "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import resource
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 from pbc.bench import (
     SparseLinear,
+    _glibc,
     count_subnormals,
     flops,
     flush_to_zero,
@@ -19,6 +21,7 @@ from pbc.bench import (
     pad_linear_widths,
     paired_speedups,
     prepare,
+    reused_memory,
     time_forward,
     time_variants,
     to_csr,
@@ -160,14 +163,38 @@ def test_flush_to_zero_sets_and_restores():
     assert flushes_here() == before
 
 
-def test_conv_variants_run_channels_last():
-    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+def test_conv_variants_run_channels_last_with_pair_pools():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(4 * 3 * 3, 2))
     ready = prepare(copy.deepcopy(net), torch.device("cpu"), channels_last=True)
     assert ready[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert type(ready[2]) is lowbit.PairMaxPool2d and type(net[2]) is nn.MaxPool2d
     x = torch.rand(3, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(ready(x.contiguous(memory_format=torch.channels_last)),
                                    net(x))
+
+
+def _second_allocation_page_faults() -> int:
+    """Minor page faults of touching a 64 MiB tensor allocated where one was just freed."""
+    first = torch.ones(1 << 24)
+    del first
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    second = torch.ones(1 << 24)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    del second
+    return faults
+
+
+@pytest.mark.skipif(_glibc() is None, reason="the allocator setting is glibc's")
+def test_reused_memory_serves_a_freed_activation_without_page_faults():
+    pages = (1 << 26) // resource.getpagesize()
+    assert _second_allocation_page_faults() > pages // 2        # glibc default: mapped afresh
+    with reused_memory() as what:
+        assert "glibc" in what
+        _second_allocation_page_faults()                         # the heap grows once
+        assert _second_allocation_page_faults() < pages // 100
+    assert _second_allocation_page_faults() > pages // 2        # defaults restored
 
 
 @pytest.mark.parametrize("model", ["lenet300", "lenet5"])
@@ -188,6 +215,7 @@ def test_bench_json_schema(trained_runs, tmp_path, model):
     assert rec["flush_to_zero"] in ("all threads", "main thread only")
     assert rec["memory_format"] == ("channels_last" if model == "lenet5" else "contiguous")
     assert rec["relu"] == "in place"
+    assert ("PairMaxPool2d" in rec["max_pool"]) == (model == "lenet5") and rec["allocator"]
     assert set(rec["uint8_activations"]) <= set(rec["int8_layers"])
     assert "torch.utils.benchmark" in rec["timer"] and rec["device_name"]
     for v in rec["variants"]:

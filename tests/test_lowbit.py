@@ -180,16 +180,21 @@ def test_code_input_is_read_at_its_scale_and_clamped_to_the_calibrated_range(ker
 
 
 @pytest.mark.parametrize("size", [(24, 24), (9, 7)])
-def test_code_max_pool_is_the_max_pool_of_the_codes(size):
+def test_pair_max_pool_is_the_max_pool(size):
     torch.manual_seed(9)
     codes = torch.randint(0, 128, (3, 5, *size), dtype=torch.uint8)
-    pool = lowbit.CodeMaxPool2d.like(nn.MaxPool2d(2))
+    pool = lowbit.PairMaxPool2d.like(nn.MaxPool2d(2))
     want = nn.functional.max_pool2d(codes.float(), 2)
     for x in (codes, codes.contiguous(memory_format=torch.channels_last)):
         got = pool(x)
         assert got.dtype == torch.uint8
         assert torch.equal(got.float(), want)
-    assert torch.equal(pool(codes.float()), want)               # float input: unchanged pool
+    floats = torch.randn(3, 5, *size)
+    want = nn.functional.max_pool2d(floats, 2)
+    for x in (floats, floats.contiguous(memory_format=torch.channels_last)):
+        got = pool(x)
+        assert torch.equal(got, want)
+        assert got.is_contiguous(memory_format=torch.channels_last) == (x.stride(1) == 1)
 
 
 def _lenet5_relu_on_grid(step: float = 2.0 ** -6) -> nn.Sequential:
@@ -220,7 +225,7 @@ def test_calibration_fixes_scales_from_the_float_activations_and_routes_codes():
         assert float(getattr(fast, reader).input_scale) == scales[writer]
     assert float(fast.conv1.input_scale) == 0 and float(fast.fc2.output_scale) == 0
     assert [type(m).__name__ for m in fast] == [
-        "Int8Conv2d", "Identity", "CodeMaxPool2d", "Int8Conv2d", "Identity", "CodeMaxPool2d",
+        "Int8Conv2d", "Identity", "PairMaxPool2d", "Int8Conv2d", "Identity", "PairMaxPool2d",
         "Flatten", "SelectUnits", "Int8Linear", "Identity", "Int8Linear"]
     assert isinstance(net.relu1, nn.ReLU) and type(net.pool1) is nn.MaxPool2d  # net untouched
     with torch.no_grad():

@@ -34,7 +34,7 @@ and zero point 0.  Codes above :data:`ACT_LEVELS` (activations beyond the calibr
 range) are clamped to it by the reader.  Such a layer holds ``output_scale = s`` and its
 reader ``input_scale = s``; a scale of 0 means float32 output, or dynamic input
 quantisation.  The ReLU it absorbs becomes ``nn.Identity`` and the max-pools
-:class:`CodeMaxPool2d` (:func:`route_codes`, which rebuilds the same structure from the
+:class:`PairMaxPool2d` (:func:`route_codes`, which rebuilds the same structure from the
 scales when an export is loaded).
 """
 
@@ -328,7 +328,7 @@ def code_scales(fast: nn.Sequential) -> dict[str, float]:
 def route_codes(fast: nn.Sequential) -> nn.Sequential:
     """Give ``fast`` the structure its scales call for, in place: after each int8 layer
     that writes codes, the ReLU it applies becomes ``nn.Identity`` and the max-pools up to
-    the next int8 layer :class:`CodeMaxPool2d`.  Returns ``fast``."""
+    the next int8 layer :class:`PairMaxPool2d`.  Returns ``fast``."""
     mods = list(fast)
     names = [name for name, _ in fast.named_children()]
     for i, j in code_links(fast):
@@ -336,19 +336,22 @@ def route_codes(fast: nn.Sequential) -> nn.Sequential:
             continue
         setattr(fast, names[i + 1], nn.Identity())
         for k in range(i + 2, j):
-            if isinstance(mods[k], nn.MaxPool2d) and not isinstance(mods[k], CodeMaxPool2d):
-                setattr(fast, names[k], CodeMaxPool2d.like(mods[k]))
+            if isinstance(mods[k], nn.MaxPool2d) and not isinstance(mods[k], PairMaxPool2d):
+                setattr(fast, names[k], PairMaxPool2d.like(mods[k]))
     return fast
 
 
-class CodeMaxPool2d(nn.MaxPool2d):
-    """``nn.MaxPool2d`` that also takes ``uint8`` codes: a 2×2, stride-2 pool without
-    padding as two elementwise maxima over the channels-last layout (torch's uint8 max-pool
-    refuses large channels-last batches and is slower); other geometries and float inputs
-    go to ``F.max_pool2d``.  ``(N, C, H, W) → (N, C, ⌊H/2⌋, ⌊W/2⌋)``, channels-last."""
+class PairMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` that takes ``uint8`` codes and runs fast on channels-last floats: a
+    2×2, stride-2 pool without padding as two elementwise maxima over the channels-last
+    layout, ``(N, H, W, C) → (N, H/2, 2, W·C) → (N, H/2, W/2, 2, C) → (N, H/2, W/2, C)``
+    (rows paired, then columns; each maximum reads two contiguous runs).  torch's uint8
+    max-pool refuses large channels-last batches, and its channels-last float pool is slower
+    on CPU.  Other geometries, and float inputs in the contiguous layout, go to
+    ``F.max_pool2d``.  ``(N, C, H, W) → (N, C, ⌊H/2⌋, ⌊W/2⌋)``, channels-last."""
 
     @classmethod
-    def like(cls, pool: nn.MaxPool2d) -> CodeMaxPool2d:
+    def like(cls, pool: nn.MaxPool2d) -> PairMaxPool2d:
         return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation,
                    pool.return_indices, pool.ceil_mode)
 
@@ -361,8 +364,10 @@ class CodeMaxPool2d(nn.MaxPool2d):
                 and not self.return_indices)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.uint8 or not self._pairs():
-            return super().forward(x if x.dtype != torch.uint8 else x.contiguous())
+        codes = x.dtype == torch.uint8
+        if not self._pairs() or not (codes or x.is_contiguous(
+                memory_format=torch.channels_last)):
+            return super().forward(x.contiguous() if codes else x)
         n, c, h, w = x.shape
         h2, w2 = h // 2, w // 2
         z = x[:, :, :2 * h2, :2 * w2].permute(0, 2, 3, 1).contiguous()   # (N, H, W, C)
