@@ -223,3 +223,23 @@ def test_a_sweep_row_prints_its_spread():
     assert sd({"error": 0.1234, "error_sd": 0.0021}, "error", pct) == "12.34 ± 0.21"
     assert sd({"pruning": 35.5, "pruning_sd": None}, "pruning", num) == "35.5"
     assert sd({"pruning": None, "pruning_sd": 1.0}, "pruning", num) == DASH
+
+
+def test_figure1_names_the_benches_that_paid_page_faults(runs, tmp_path, monkeypatch):
+    from pbc.reporting import pdf
+    seen = []
+    real_notes = pdf.layout.notes
+
+    def notes(fig, lines, **kw):
+        seen.extend(lines)
+        real_notes(fig, lines, **kw)
+
+    monkeypatch.setattr(pdf.layout, "notes", notes)
+    gnj, ghs, _ = runs
+    record = _json(ghs / "bench.json")
+    assert "flush_to_zero" in record and "allocator" not in record
+    (ghs / "bench.json").write_text(json.dumps({**record, "allocator": "glibc malloc, …"}))
+    build_report(runs, tmp_path / "cmp.pdf")
+    faulting = [n for n in seen if n.startswith("bench.json from before freed memory")]
+    assert len(faulting) == 1
+    assert "lenet300-gnj-200" in faulting[0] and "lenet5-ghs" not in faulting[0]

@@ -294,7 +294,7 @@ def _bench_page(benched, runs, what: str, missing: list[str]):
         return fig
     cols = min(len(benched), 3)
     nrows = math.ceil(len(benched) / cols)
-    older, unmeasured = [], set()
+    older, faulting, unmeasured = [], [], set()
     energy_any = any(v["energy_j"] is not None for r in benched
                      for v in tables.bench_rows(r))
     gs = fig.add_gridspec(nrows * (2 if energy_any else 1), cols, left=0.07, right=0.97,
@@ -317,6 +317,8 @@ def _bench_page(benched, runs, what: str, missing: list[str]):
         ax.scatter(range(len(names)), ideal, marker="_", s=250, color="#c44e52", zorder=3)
         if "flush_to_zero" not in b:
             older.append(run.label)
+        elif "allocator" not in b:
+            faulting.append(run.label)
         ax.set_xticks(range(len(names)),
                       [n.replace("-pad", "\n+pad") for n in names] if many else names,
                       fontsize=6.5 if many else 8)
@@ -346,6 +348,10 @@ def _bench_page(benched, runs, what: str, missing: list[str]):
     if older:
         notes.append(f"bench.json from before the fair benchmark (subnormal weights kept, "
                      f"variants timed one after another): {', '.join(older)}")
+    if faulting:
+        notes.append(f"bench.json from before freed memory was reused and 2×2 pools ran as "
+                     f"pair maxima (each batch paid page faults on its activations, which "
+                     f"dilute speed-ups on large activations): {', '.join(faulting)}")
     if unmeasured:
         notes.append(f"Energy not measured: {'; '.join(sorted(unmeasured))}.")
     layout.notes(fig, notes + ["Times are for one batch through the network held by each variant: "
