@@ -125,6 +125,14 @@ _positive_float = _finite_float(lambda v: v > 0, "a positive number")
 _nonnegative_float = _finite_float(lambda v: v >= 0, "a number ≥ 0")
 
 
+def _budgets(text: str) -> list[float]:
+    """Comma-separated error budgets (points), each a number ≥ 0."""
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("give at least one budget, e.g. 0.5,1,2")
+    return [_nonnegative_float(t) for t in parts]
+
+
 def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--model", type=_model, default="lenet300",
                    help=f"{', '.join(MODELS)}, or your own network as package.module:callable "
@@ -214,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--no-figures", action="store_true")
     co = _command(sub, "compress", help="prune, quantise and pack an analysed run")
     co.add_argument("run_dir")
+    fr = _command(sub, "frontier", help="error against compression of a trained run: analyse "
+                  "and compress at several error budgets, on scratch copies (frontier.csv)")
+    fr.add_argument("run_dir")
+    fr.add_argument("--budgets", type=_budgets, default="0.25,0.5,1,1.5,2",
+                    help="points of validation error, comma-separated")
+    fr.add_argument("--precision", choices=PRECISIONS, default="budget",
+                    help="bits per layer, as for analyse")
     ev = _command(sub, "evaluate", help="test error of a compressed network or a run; "
                   "with --samples, the posterior predictive and its calibration")
     ev.add_argument("model", help="a run directory, or model.pbcz, pruned.pt or quantised.pt")

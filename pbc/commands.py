@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from pbc.analysis import ThresholdError, analyse, parse_thresholds
+from pbc.analysis.frontier import FRONTIER, frontier
 from pbc.analysis.predictive import evaluate_predictive
 from pbc.bench import bench
 from pbc.compress import compress
@@ -133,6 +134,20 @@ def _compress(args) -> int:
     print(f"rates: pruning {rates['pruning']:.1f}x, fast prediction "
           f"{rates['fast_prediction']:.1f}x, max compression {rates['max_compression']:.1f}x;"
           f" packed file {r['packed_bytes']} bytes")
+    return 0
+
+
+def _frontier(args) -> int:
+    def show(row):
+        print(f"budget {row['budget_points']:g}: validation {row['val_error_unpruned']:.4f} → "
+              f"{row['val_error_pruned_quantised']:.4f}, test {row['test_error_full']:.4f} → "
+              f"{row['test_error_packed']:.4f} packed; groups {row['groups_kept']}, bits "
+              f"{row['bits']}; pruning {row['pruning']:.1f}x, fast prediction "
+              f"{row['fast_prediction']:.1f}x, max compression "
+              f"{row['max_compression']:.1f}x", flush=True)
+
+    frontier(args.run_dir, args.budgets, args.precision, progress=show)
+    print(f"wrote {Path(args.run_dir) / FRONTIER}")
     return 0
 
 
@@ -279,6 +294,7 @@ def _demo(args) -> int:
 
 
 COMMANDS = {"train": _train, "pretrain": _train, "analyse": _analyse, "compress": _compress,
+            "frontier": _frontier,
             "evaluate": _evaluate, "export": _export, "bench": _bench, "report": _report,
             "sweep": _sweep, "demo": _demo}
 

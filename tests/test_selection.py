@@ -13,7 +13,9 @@ import torch
 
 from pbc.analysis import analyse
 from pbc.analysis.budget import budget_thresholds, pruned_quantised_state
+from pbc.analysis.frontier import FRONTIER, frontier
 from pbc.bayes.summaries import LayerPosterior, layer_moments
+from pbc.cli import main
 from pbc.compress import compress
 from pbc.compression.export import load_export
 from pbc.config import TrainConfig
@@ -182,3 +184,34 @@ def test_budget_precision_is_the_fewest_bits_that_keep_every_prediction():
     paper = budget_thresholds(arch, state, posts, x, y, budget=0.0, precision="posterior")
     assert paper.significand_bits == {"fc1": 20, "fc2": 20}
     assert paper.thresholds == found.thresholds
+
+
+# ------------------------------------------------------------------------------- the frontier
+def test_frontier_rows_are_analyse_and_compress_at_each_budget(trained_runs, tmp_path, capsys):
+    run = trained_runs.copy(tmp_path / "run", "lenet300", "gnj", "trained")
+    before = sorted(p.name for p in run.iterdir())
+    table = frontier(run, [1.0, 0.0])
+    assert list(table["budget_points"]) == [0.0, 1.0]
+    # the run's own artefacts stay as they were; no scratch copy is left
+    assert sorted(p.name for p in run.iterdir()) == sorted([*before, FRONTIER])
+    pd.testing.assert_frame_equal(pd.read_csv(run / FRONTIER), table, check_dtype=False)
+    for _, row in table.iterrows():     # the rule's guarantee, at every budget
+        assert row.val_error_pruned_quantised <= (row.val_error_unpruned
+                                                  + row.budget_points / 100 + 1e-12)
+    # a row is what `pbc analyse --error-budget 1` and `pbc compress` record
+    same = trained_runs.copy(tmp_path / "same", "lenet300", "gnj", "trained")
+    analyse(same, draws=8, figures=False, error_budget=1.0)
+    rec = compress(same)
+    row = table.iloc[1]
+    assert row.test_error_packed == pytest.approx(rec["error"]["packed"])
+    assert row.val_error_packed == pytest.approx(rec["val_error"]["packed"])
+    assert row.fast_prediction == pytest.approx(rec["rates"]["fast_prediction"])
+    assert row.max_compression == pytest.approx(rec["rates"]["max_compression"])
+    assert row.groups_kept == "-".join(str(r["groups_kept"]) for r in rec["layers"])
+    assert row.bits == "-".join(str(r["bits"]) for r in rec["layers"])
+    assert main(["frontier", str(run), "--budgets", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("budget 0.5: validation ") and FRONTIER in out
+    assert list(pd.read_csv(run / FRONTIER)["budget_points"]) == [0.5]
+    with pytest.raises(SystemExit):
+        main(["frontier", str(run), "--budgets", "0.5,-1"])
