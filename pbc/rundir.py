@@ -89,6 +89,7 @@ PRUNED, QUANTISED, PACKED, COMPRESSION = "pruned.pt", "quantised.pt", "model.pbc
     "compression.json"
 BENCH, BENCH_FIGURE, REPORT = "bench.json", "bench.png", "report.pdf"
 PREDICTIVE = "predictive.json"
+FRONTIER = "frontier.csv"
 #: the artefacts a report reads
 SUMMARY_ARTEFACTS = (CONFIG, METRICS, LAYERS, ANALYSIS, COMPRESSION, BENCH)
 
@@ -433,6 +434,7 @@ class RunRecord:
     compression: dict | None = None
     bench: dict | None = None
     predictive: dict | None = None
+    frontier: pd.DataFrame | None = None        # frontier.csv (pbc frontier)
     figures: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
 
@@ -494,12 +496,18 @@ def read_run(path) -> RunRecord:
     if run.has(PREDICTIVE):
         r.predictive = run.predictive()
     if run.has(LAYERS):
-        try:
-            r.layers = pd.read_csv(run / LAYERS)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise ArtefactError(f"{run / LAYERS}: not a readable CSV ({e})") from None
+        r.layers = _read_csv(run / LAYERS)
+    if run.has(FRONTIER):
+        r.frontier = _read_csv(run / FRONTIER)
     r.figures = _analysis_figures(run.path, r.analysis)
     return r
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ArtefactError(f"{path}: not a readable CSV ({e})") from None
 
 
 def read_runs(paths) -> list[RunRecord]:

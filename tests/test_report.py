@@ -243,3 +243,16 @@ def test_figure1_names_the_benches_that_paid_page_faults(runs, tmp_path, monkeyp
     faulting = [n for n in seen if n.startswith("bench.json from before freed memory")]
     assert len(faulting) == 1
     assert "lenet300-gnj-200" in faulting[0] and "lenet5-ghs" not in faulting[0]
+
+
+def test_frontier_page_only_for_runs_with_a_frontier(runs, tmp_path):
+    r = build_report(runs, tmp_path / "plain.pdf")
+    assert "frontier" not in r.pages
+    gnj = runs[0]
+    pd.DataFrame({"budget_points": [0.5, 1.0], "test_error_packed": [0.108, 0.112],
+                  "pruning": [3.6, 7.0], "fast_prediction": [13.0, 28.2]}).to_csv(
+        gnj / "frontier.csv", index=False)
+    r = build_report(runs, tmp_path / "cmp.pdf")
+    assert r.pages[r.pages.index("figure1") + 1] == "frontier"
+    assert r.runs[0].frontier["pruning"].tolist() == [3.6, 7.0]
+    assert _pdf_pages(r.pdf) == len(r.pages)

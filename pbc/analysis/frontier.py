@@ -31,9 +31,8 @@ from pbc.analysis.stage import analyse
 from pbc.compress import compress
 from pbc.defaults import PRECISIONS
 from pbc.io import write_text
-from pbc.rundir import CHECKPOINT, CONFIG, METRICS, MissingStage, RunDir
+from pbc.rundir import CHECKPOINT, CONFIG, FRONTIER, METRICS, MissingStage, RunDir
 
-FRONTIER = "frontier.csv"
 SCRATCH_PREFIX = ".frontier-"
 DRAWS = 100   # posterior draws of z for each scratch analysis (thresholds do not use them)
 

@@ -111,6 +111,8 @@ def _pages(runs, t1, t2, mdl, sweep=None):
         singles = runs[len(sweep.representatives()):]
         if singles:
             yield from _bench_pages(singles, runs, "single runs")
+    if any(r.frontier is not None for r in runs):
+        yield _frontier_page(runs)
     yield from _diagnostic_pages(runs)
     yield _curves_page(runs)
     yield from _calibration_pages(runs)
@@ -423,6 +425,42 @@ def _diagnostic_pages(runs):
         fig.text(0.5, 0.5, "No run has analyse-stage figures (figures/*.png); run "
                  "`pbc analyse RUN`.", ha="center", fontsize=12)
         yield ("diagnostics", fig)
+
+
+def _frontier_page(runs):
+    fig = layout.page("Error against compression over error budgets (frontier.csv)",
+                      "Each line: one run's posterior, analysed and compressed at each error "
+                      "budget of `pbc frontier` (points of validation error the rule may "
+                      "spend); beside each point its budget. Vertical axis: test error of the "
+                      "packed network.")
+    gs = fig.add_gridspec(1, 2, left=0.07, right=0.98, top=0.84, bottom=0.3, wspace=0.22)
+    axes = [fig.add_subplot(gs[0, i]) for i in range(2)]
+    handles = []
+    for i, run in enumerate(runs):
+        f = run.frontier
+        if f is None or f.empty:
+            continue
+        c = COLOURS[i % len(COLOURS)]
+        err = 100 * f["test_error_packed"]
+        for ax, rate in zip(axes, ("pruning", "fast_prediction"), strict=True):
+            (h,) = ax.plot(f[rate], err, marker="o", ms=4, lw=1.2, color=c)
+            for x, y, b in zip(f[rate], err, f["budget_points"], strict=True):
+                ax.annotate(f"{b:g}", (x, y), xytext=(3, 3), textcoords="offset points",
+                            fontsize=6.5, color=c)
+        handles.append((h, _run_desc(run)))
+    for ax, title in zip(axes, ("pruning |w| / |w kept|", "fast prediction (bits)"),
+                         strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{title}, ×", fontsize=9)
+        ax.set_ylabel("test error, packed (%)", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3, which="both")
+    fig.legend([h for h, _ in handles], [t for _, t in handles], loc="lower center",
+               ncol=min(3, len(handles)), fontsize=8.5, frameon=False,
+               bbox_to_anchor=(0.5, 0.13))
+    layout.notes(fig, ["The budgets are a grid given beforehand, not chosen on the test set; "
+                       "a run's own analysis (Tables 1 and 2) is one of these points."])
+    return ("frontier", fig)
 
 
 def _curves_page(runs):
