@@ -186,8 +186,8 @@ def reused_memory():
     By default glibc maps each block above its mmap threshold (at most 32 MiB) afresh from
     the kernel and unmaps it when freed, so every forward pass of a large batch faults in
     and zeroes its activations' pages again — time that grows with activation memory, not
-    with arithmetic, and that a process serving many batches (or a caching allocator such
-    as jemalloc or tcmalloc) does not pay.  With ``mmap`` off (``M_MMAP_MAX = 0``) and
+    with arithmetic, and that a caching allocator (jemalloc, tcmalloc) does not pay.  With
+    ``mmap`` off (``M_MMAP_MAX = 0``) and
     trimming deferred (``M_TRIM_THRESHOLD``), a freed activation's pages serve the next
     one.  Elsewhere than glibc nothing is changed.
     """
