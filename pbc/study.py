@@ -4,7 +4,8 @@ A study script in ``studies/`` declares a :class:`Study` and calls :func:`main`.
 
     pretrain (plain net, <out>/pretrain) → train (<out>/run, from the pretrained weights,
     or from scratch when the study pretrains for 0 epochs)
-      → analyse (Bayesian methods) → compress → bench → report (<out>/report.pdf)
+      → analyse (Bayesian methods) → compress → frontier (Bayesian methods: analyse and
+      compress at each error budget, frontier.csv) → bench → report (<out>/report.pdf)
 
 Each stage writes its artefacts, so a stopped study continues where it stopped: a run whose
 checkpoint has all its epochs is not retrained, a partial one resumes, and a stage whose
@@ -24,12 +25,13 @@ from pathlib import Path
 
 from pbc import methods
 from pbc.analysis import analyse
+from pbc.analysis.frontier import frontier
 from pbc.bench import bench
 from pbc.compress import compress
 from pbc.config import PLAIN_KEYS, TrainConfig
 from pbc.data import write_synthetic_dataset
 from pbc.reporting.pdf import build_report
-from pbc.rundir import ANALYSIS, BENCH, CHECKPOINT, COMPRESSION, REPORT, RunDir
+from pbc.rundir import ANALYSIS, BENCH, CHECKPOINT, COMPRESSION, FRONTIER, REPORT, RunDir
 from pbc.train import train
 
 # the smoke run of a study checks the pipeline: a network of the same structure, smaller
@@ -56,6 +58,7 @@ class Study:
     pretrain_epochs: int = 30
     device: str = "cpu"
     train: dict = field(default_factory=dict)
+    budgets: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0)   # the frontier's, in points
 
 
 def parse_args(study: Study, argv=None) -> argparse.Namespace:
@@ -70,10 +73,25 @@ def parse_args(study: Study, argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=study.device)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--bench-batch", type=int, default=8192)
+    p.add_argument("--budgets", type=_budgets, default=study.budgets,
+                   help="the frontier's error budgets in points, comma-separated "
+                        "(none: no frontier)")
     p.add_argument("--redo", action="store_true", help="rerun analyse/compress/bench/report")
     p.add_argument("--smoke", action="store_true",
                    help="tiny generated data, one epoch: checks the pipeline in seconds")
     return p.parse_args(argv)
+
+
+def _budgets(text: str) -> tuple[float, ...]:
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.5,1,2, got {text!r}") from None
+    if not values or any(not 0 <= v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"budgets must be numbers ≥ 0, got {text!r}")
+    return values
 
 
 def _say(text: str) -> None:
@@ -96,11 +114,12 @@ def train_or_resume(config: TrainConfig, say=_say) -> int:
 
 
 def later_stages(run: Path, prior: str, *, analyse_kw: dict | None = None,
-                 bench_kw: dict | None = None, redo: bool = False, step=_say,
+                 bench_kw: dict | None = None, budgets=None, redo: bool = False, step=_say,
                  say=_say) -> None:
     """The stages after training, in order: analyse (methods with a posterior), compress,
-    bench.  A stage whose artefact is there is skipped unless ``redo``; ``analyse_kw`` and
-    ``bench_kw`` go to :func:`pbc.analysis.analyse` and :func:`pbc.bench.bench`."""
+    the frontier over ``budgets`` (where given, methods with a posterior), bench.  A stage
+    whose artefact is there is skipped unless ``redo``; ``analyse_kw`` and ``bench_kw`` go
+    to :func:`pbc.analysis.analyse` and :func:`pbc.bench.bench`."""
     run = Path(run)
 
     def stage(artefact: str, text: str, fn) -> None:
@@ -116,6 +135,14 @@ def later_stages(run: Path, prior: str, *, analyse_kw: dict | None = None,
     else:
         step(f"analyse: not applicable to {prior} (no posterior)")
     stage(COMPRESSION, "compress: prune, quantise, pack", lambda: compress(run))
+    if budgets is not None:
+        if budgets and methods.get(prior).has_posterior:
+            stage(FRONTIER, f"frontier: analyse and compress at error budgets "
+                            f"{', '.join(f'{b:g}' for b in budgets)} points",
+                  lambda: frontier(run, budgets))
+        else:
+            step("frontier: not asked for" if not budgets else
+                 f"frontier: not applicable to {prior} (no posterior)")
     bench_kw = bench_kw or {}
     stage(BENCH, f"bench dense vs compressed ({bench_kw.get('device', 'cpu')}, batch "
                  f"{bench_kw.get('batch', 8192)})", lambda: bench(run, **bench_kw))
@@ -134,7 +161,7 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
     model = SMOKE_MODELS.get(study.model, study.model) if args.smoke else study.model
     common.update(model=model, data=study.data, data_dir=data_dir, device=args.device,
                   threads=args.threads, progress=not args.smoke)
-    step = _Steps(6)
+    step = _Steps(7)
 
     pre = Path(args.pretrained) if args.pretrained else out / "pretrain"
     if args.pretrained:
@@ -157,6 +184,7 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
                                 **{**study.train, **common}))
 
     later_stages(run, study.prior, redo=args.redo, step=step, say=_say,
+                 budgets=args.budgets[:1] if args.smoke else args.budgets,
                  analyse_kw={"draws": 40 if args.smoke else 1000, "figures": not args.smoke},
                  bench_kw={"batch": args.bench_batch, "device": args.device,
                            "threads": args.threads, "repeats": 2 if args.smoke else 20})

@@ -10,6 +10,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pbc.study import SMOKE_MODELS
@@ -55,6 +56,12 @@ def test_study_smoke(path, tmp_path, capsys, pretrained):
                      "model.pbcz", "report.pdf"):
         assert (run / artefact).is_file(), artefact
     assert (run / "analysis.json").is_file() == (study.prior in ("gnj", "ghs", "svd"))
+    if (run / "frontier.csv").is_file():       # the smoke run's frontier: the first budget
+        assert study.prior in ("gnj", "ghs", "svd")
+        frontier = pd.read_csv(run / "frontier.csv")
+        assert frontier["budget_points"].tolist() == [study.budgets[0]]
+    else:
+        assert study.prior not in ("gnj", "ghs", "svd")
     config = json.loads((run / "config.json").read_text())["config"]
     smoke_model = SMOKE_MODELS.get(study.model, study.model)   # same structure, smaller
     assert (config["prior"], config["model"]) == (study.prior, smoke_model)
