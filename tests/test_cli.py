@@ -103,7 +103,7 @@ print(len(commands), [m for m in heavy if m in sys.modules])
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "10 []"
+    assert proc.stdout.strip() == "11 []"
 
 
 def test_parser_choices_are_the_libraries_names():
