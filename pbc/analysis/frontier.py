@@ -30,7 +30,7 @@ import pandas as pd
 from pbc.analysis.stage import analyse
 from pbc.compress import compress
 from pbc.defaults import PRECISIONS
-from pbc.io import write_text
+from pbc.io import atomic_path
 from pbc.rundir import CHECKPOINT, CONFIG, FRONTIER, METRICS, MissingStage, RunDir
 
 SCRATCH_PREFIX = ".frontier-"
@@ -53,7 +53,8 @@ def frontier(run_dir, budgets: Sequence[float], precision: str = "budget",
             shutil.rmtree(stale, ignore_errors=True)
         with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=run) as scratch:
             table = _frontier(run, Path(scratch), sorted(set(budgets)), precision, progress)
-            write_text(run / FRONTIER, table.to_csv(index=False))
+            with atomic_path(run / FRONTIER) as tmp:
+                table.to_csv(tmp, index=False)
     return table
 
 
