@@ -32,6 +32,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from pbc.io import atomic_path
 from pbc.reporting import figures, layout, paper, spread, tables
@@ -429,35 +430,40 @@ def _diagnostic_pages(runs):
 
 def _frontier_page(runs):
     fig = layout.page("Error against compression over error budgets (frontier.csv)",
-                      "Each line: one run's posterior, analysed and compressed at each error "
-                      "budget of `pbc frontier` (points of validation error the rule may "
-                      "spend); beside each point its budget. Vertical axis: test error of the "
-                      "packed network.")
-    gs = fig.add_gridspec(1, 2, left=0.07, right=0.98, top=0.84, bottom=0.3, wspace=0.22)
-    axes = [fig.add_subplot(gs[0, i]) for i in range(2)]
-    handles = []
-    for i, run in enumerate(runs):
-        f = run.frontier
-        if f is None or f.empty:
-            continue
-        c = COLOURS[i % len(COLOURS)]
-        err = 100 * f["test_error_packed"]
-        for ax, rate in zip(axes, ("pruning", "fast_prediction"), strict=True):
-            (h,) = ax.plot(f[rate], err, marker="o", ms=4, lw=1.2, color=c)
-            for x, y, b in zip(f[rate], err, f["budget_points"], strict=True):
-                ax.annotate(f"{b:g}", (x, y), xytext=(3, 3), textcoords="offset points",
-                            fontsize=6.5, color=c)
-        handles.append((h, _run_desc(run)))
-    for ax, title in zip(axes, ("pruning |w| / |w kept|", "fast prediction (bits)"),
-                         strict=True):
-        ax.set_xscale("log")
-        ax.set_xlabel(f"{title}, ×", fontsize=9)
-        ax.set_ylabel("test error, packed (%)", fontsize=9)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3, which="both")
-    fig.legend([h for h, _ in handles], [t for _, t in handles], loc="lower center",
-               ncol=min(3, len(handles)), fontsize=8.5, frameon=False,
-               bbox_to_anchor=(0.5, 0.13))
+                      "One line per run: its posterior analysed and compressed at each error "
+                      "budget of `pbc frontier` (the number beside each point, in points of "
+                      "validation error).")
+    shown = [r for r in runs if r.frontier is not None and not r.frontier.empty]
+    models = list(dict.fromkeys(r.model for r in shown))
+    gs = fig.add_gridspec(len(models), 2, left=0.07, right=0.7, top=0.86, bottom=0.13,
+                          wspace=0.22, hspace=0.35)
+    for row, model in enumerate(models):
+        axes = [fig.add_subplot(gs[row, i]) for i in range(2)]
+        of_model = [r for r in shown if r.model == model]
+        for k, run in enumerate(of_model):
+            f, c = run.frontier, COLOURS[k % len(COLOURS)]
+            err = 100 * f["test_error_packed"]
+            for ax, rate in zip(axes, ("pruning", "fast_prediction"), strict=True):
+                ax.plot(f[rate], err, marker="o", ms=3.5, lw=1.1, color=c,
+                        label=run.label if rate == "pruning" else None)
+                for x, y, b in zip(f[rate], err, f["budget_points"], strict=True):
+                    ax.annotate(f"{b:g}", (x, y), xytext=(3, 2), textcoords="offset points",
+                                fontsize=6, color=c)
+        for ax, title in zip(axes, ("pruning |w| / |w kept|", "fast prediction (bits)"),
+                             strict=True):
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0, 7.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel(f"{title}, ×", fontsize=8.5)
+            ax.set_ylabel("test error, packed (%)", fontsize=8.5)
+            ax.set_title(paper.model_name(model), fontsize=9.5)
+            ax.tick_params(labelsize=7.5)
+            ax.grid(alpha=0.3, which="both")
+        axes[0].figure.legend(*axes[0].get_legend_handles_labels(), loc="upper left",
+                              bbox_to_anchor=(0.72, 0.86 - row * 0.8 / len(models)),
+                              fontsize=7.5, frameon=False,
+                              title=paper.model_name(model), title_fontsize=8)
     layout.notes(fig, ["The budgets are a grid given beforehand, not chosen on the test set; "
                        "a run's own analysis (Tables 1 and 2) is one of these points."])
     return ("frontier", fig)
