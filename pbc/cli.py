@@ -125,7 +125,7 @@ _positive_float = _finite_float(lambda v: v > 0, "a positive number")
 _nonnegative_float = _finite_float(lambda v: v >= 0, "a number ≥ 0")
 
 
-def _budgets(text: str) -> list[float]:
+def budget_list(text: str) -> list[float]:
     """Comma-separated error budgets (points), each a number ≥ 0."""
     parts = [t.strip() for t in text.split(",") if t.strip()]
     if not parts:
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     fr = _command(sub, "frontier", help="error against compression of a trained run: analyse "
                   "and compress at several error budgets, on scratch copies (frontier.csv)")
     fr.add_argument("run_dir")
-    fr.add_argument("--budgets", type=_budgets, default="0.25,0.5,1,1.5,2",
+    fr.add_argument("--budgets", type=budget_list, default="0.25,0.5,1,1.5,2",
                     help="points of validation error, comma-separated")
     fr.add_argument("--precision", choices=PRECISIONS, default="budget",
                     help="bits per layer, as for analyse")

@@ -27,6 +27,7 @@ from pbc import methods
 from pbc.analysis import analyse
 from pbc.analysis.frontier import frontier
 from pbc.bench import bench
+from pbc.cli import budget_list
 from pbc.compress import compress
 from pbc.config import PLAIN_KEYS, TrainConfig
 from pbc.data import write_synthetic_dataset
@@ -83,15 +84,8 @@ def parse_args(study: Study, argv=None) -> argparse.Namespace:
 
 
 def _budgets(text: str) -> tuple[float, ...]:
-    if text.strip().lower() == "none":
-        return ()
-    try:
-        values = tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 0.5,1,2, got {text!r}") from None
-    if not values or any(not 0 <= v < float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"budgets must be numbers ≥ 0, got {text!r}")
-    return values
+    """``--budgets``: :func:`pbc.cli.budget_list`, or ``none`` for no frontier."""
+    return () if text.strip().lower() == "none" else tuple(budget_list(text))
 
 
 def _say(text: str) -> None:
