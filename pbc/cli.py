@@ -19,6 +19,7 @@ from pathlib import Path
 from pbc.defaults import (
     BATCH_SIZE,
     DATASETS,
+    DEFAULT_BUDGETS,
     DEFAULT_ERROR_BUDGET,
     EXPORT_FILES,
     EXPORT_FORMATS,
@@ -34,6 +35,7 @@ from pbc.defaults import (
     SCALE_VAR_LR,
     SWS_DEFAULT_TAU,
     ZERO_RATE_HELP,
+    parse_budgets,
 )
 from pbc.io import describe_os_error
 
@@ -125,12 +127,11 @@ _positive_float = _finite_float(lambda v: v > 0, "a positive number")
 _nonnegative_float = _finite_float(lambda v: v >= 0, "a number ≥ 0")
 
 
-def budget_list(text: str) -> list[float]:
-    """Comma-separated error budgets (points), each a number ≥ 0."""
-    parts = [t.strip() for t in text.split(",") if t.strip()]
-    if not parts:
-        raise argparse.ArgumentTypeError("give at least one budget, e.g. 0.5,1,2")
-    return [_nonnegative_float(t) for t in parts]
+def _budgets(text: str) -> list[float]:
+    try:
+        return parse_budgets(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
@@ -225,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     fr = _command(sub, "frontier", help="error against compression of a trained run: analyse "
                   "and compress at several error budgets, on scratch copies (frontier.csv)")
     fr.add_argument("run_dir")
-    fr.add_argument("--budgets", type=budget_list, default="0.25,0.5,1,1.5,2",
+    fr.add_argument("--budgets", type=_budgets,
+                    default=",".join(f"{b:g}" for b in DEFAULT_BUDGETS),
                     help="points of validation error, comma-separated")
     fr.add_argument("--precision", choices=PRECISIONS, default="budget",
                     help="bits per layer, as for analyse")

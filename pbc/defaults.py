@@ -29,6 +29,25 @@ SCALE_VAR_LR = 1.0   # learning-rate multiplier for the group scales' log-varian
 RULES: tuple[str, ...] = ("budget", "gap")
 PRECISIONS: tuple[str, ...] = ("budget", "posterior")   # how analyse chooses bits per layer
 DEFAULT_ERROR_BUDGET = 0.5   # points of validation error
+DEFAULT_BUDGETS = (0.25, 0.5, 1.0, 1.5, 2.0)   # the error budgets of `pbc frontier`, points
+
+
+def parse_budgets(text: str) -> list[float]:
+    """Comma-separated error budgets in points (``"0.5,1,2"``), each a finite number ≥ 0;
+    ValueError names what is wrong."""
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts:
+        raise ValueError("give at least one budget, e.g. 0.5,1,2")
+    values = []
+    for t in parts:
+        try:
+            v = float(t)
+        except ValueError:
+            raise ValueError(f"expected a number, got {t!r}") from None
+        if not 0 <= v < float("inf"):
+            raise ValueError(f"must be a number ≥ 0, got {t}")
+        values.append(v)
+    return values
 
 # soft weight-sharing (Ullrich et al. 2017): the weight of the prior against the
 # log-likelihood, and the (concentration, rate) of the Gamma hyperpriors on the mixture's

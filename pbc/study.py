@@ -27,10 +27,10 @@ from pbc import methods
 from pbc.analysis import analyse
 from pbc.analysis.frontier import frontier
 from pbc.bench import bench
-from pbc.cli import budget_list
 from pbc.compress import compress
 from pbc.config import PLAIN_KEYS, TrainConfig
 from pbc.data import write_synthetic_dataset
+from pbc.defaults import DEFAULT_BUDGETS, parse_budgets
 from pbc.reporting.pdf import build_report
 from pbc.rundir import ANALYSIS, BENCH, CHECKPOINT, COMPRESSION, FRONTIER, REPORT, RunDir
 from pbc.train import train
@@ -59,7 +59,7 @@ class Study:
     pretrain_epochs: int = 30
     device: str = "cpu"
     train: dict = field(default_factory=dict)
-    budgets: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0)   # the frontier's, in points
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS   # the frontier's, in points
 
 
 def parse_args(study: Study, argv=None) -> argparse.Namespace:
@@ -84,8 +84,14 @@ def parse_args(study: Study, argv=None) -> argparse.Namespace:
 
 
 def _budgets(text: str) -> tuple[float, ...]:
-    """``--budgets``: :func:`pbc.cli.budget_list`, or ``none`` for no frontier."""
-    return () if text.strip().lower() == "none" else tuple(budget_list(text))
+    """``--budgets``: comma-separated points (:func:`pbc.defaults.parse_budgets`), or
+    ``none`` for no frontier."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(parse_budgets(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _say(text: str) -> None:
