@@ -29,7 +29,6 @@ import pandas as pd
 
 from pbc.analysis.stage import analyse
 from pbc.compress import compress
-from pbc.defaults import PRECISIONS
 from pbc.io import atomic_path
 from pbc.rundir import CHECKPOINT, CONFIG, FRONTIER, METRICS, MissingStage, RunDir
 
@@ -40,12 +39,11 @@ DRAWS = 100   # posterior draws of z for each scratch analysis (thresholds do no
 def frontier(run_dir, budgets: Sequence[float], precision: str = "budget",
              progress: Callable[[dict], None] | None = None) -> pd.DataFrame:
     """Analyse and compress ``run_dir`` at each of ``budgets`` (points), on scratch copies;
-    write ``RUN/frontier.csv`` and return it.  ``progress`` is called with each row."""
+    write ``RUN/frontier.csv`` and return it.  ``progress`` is called with each row;
+    ``precision`` goes to :func:`pbc.analysis.analyse`, which checks it."""
     run = Path(run_dir)
     if not budgets:
         raise ValueError("give at least one error budget")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision rule {precision!r}; choose from {PRECISIONS}")
     if not (run / CHECKPOINT).is_file():
         raise MissingStage(f"{run}: no trained network; run `pbc train` first")
     with RunDir(run).writing("pbc frontier"):

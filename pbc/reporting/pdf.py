@@ -112,8 +112,7 @@ def _pages(runs, t1, t2, mdl, sweep=None):
         singles = runs[len(sweep.representatives()):]
         if singles:
             yield from _bench_pages(singles, runs, "single runs")
-    if any(r.frontier is not None for r in runs):
-        yield _frontier_page(runs)
+    yield from _frontier_pages(runs)
     yield from _diagnostic_pages(runs)
     yield _curves_page(runs)
     yield from _calibration_pages(runs)
@@ -428,12 +427,15 @@ def _diagnostic_pages(runs):
         yield ("diagnostics", fig)
 
 
-def _frontier_page(runs):
+def _frontier_pages(runs):
+    """The frontier page, when a run has a non-empty ``frontier.csv``."""
+    shown = [r for r in runs if r.frontier is not None and not r.frontier.empty]
+    if not shown:
+        return
     fig = layout.page("Error against compression over error budgets (frontier.csv)",
                       "One line per run: its posterior analysed and compressed at each error "
                       "budget of `pbc frontier` (the number beside each point, in points of "
                       "validation error).")
-    shown = [r for r in runs if r.frontier is not None and not r.frontier.empty]
     models = list(dict.fromkeys(r.model for r in shown))
     gs = fig.add_gridspec(len(models), 2, left=0.07, right=0.7, top=0.86, bottom=0.13,
                           wspace=0.22, hspace=0.35)
@@ -460,13 +462,12 @@ def _frontier_page(runs):
             ax.set_title(paper.model_name(model), fontsize=9.5)
             ax.tick_params(labelsize=7.5)
             ax.grid(alpha=0.3, which="both")
-        axes[0].figure.legend(*axes[0].get_legend_handles_labels(), loc="upper left",
-                              bbox_to_anchor=(0.72, 0.86 - row * 0.8 / len(models)),
-                              fontsize=7.5, frameon=False,
-                              title=paper.model_name(model), title_fontsize=8)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="upper left",
+                   bbox_to_anchor=(0.72, 0.86 - row * 0.8 / len(models)), fontsize=7.5,
+                   frameon=False, title=paper.model_name(model), title_fontsize=8)
     layout.notes(fig, ["The budgets are a grid given beforehand, not chosen on the test set; "
                        "a run's own analysis (Tables 1 and 2) is one of these points."])
-    return ("frontier", fig)
+    yield ("frontier", fig)
 
 
 def _curves_page(runs):
