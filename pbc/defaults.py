@@ -18,7 +18,8 @@ PRIORS: tuple[str, ...] = ("none", "gnj", "ghs", "svd", "sws", "dc")
 DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10")
 
 #: learning-rate schedules of :class:`pbc.config.TrainConfig`
-LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant", "cooldown")
+COOLDOWN = 0.1   # the share of the run over which "cooldown" decays the rate to 0
 # training defaults: those of Louizos et al.'s reference code (Adam at a constant 10⁻³,
 # minibatches of 128, one learning rate for every parameter)
 BATCH_SIZE = 128

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from pbc import methods
 from pbc.bayes.elbo import MeanFieldELBO
 from pbc.config import TrainConfig, saved_setting
+from pbc.defaults import COOLDOWN
 from pbc.io import ArtefactError
 from pbc.methods import Method
 from pbc.nets import Architecture, classification_error, make_architecture
@@ -76,10 +77,15 @@ def kl_weight(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
 
 
 def learning_rate(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
-    """``lr`` (constant) or ``lr·½(1 + cos(π·progress))`` over the whole run (cosine)."""
+    """The rate at a step, with ``p`` the progress through the run (0 → 1): ``lr``
+    (constant), ``lr·½(1 + cos(πp))`` (cosine), or ``lr`` until ``p = 1 − c`` and then
+    ``lr·(1 − p)/c``, a linear decay to 0 over the last share ``c`` of the run (cooldown,
+    ``c = COOLDOWN``)."""
     if config.lr_schedule == "constant":
         return config.lr
     progress = (epoch + step / steps) / config.epochs
+    if config.lr_schedule == "cooldown":
+        return config.lr * min(1.0, (1.0 - progress) / COOLDOWN)
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -99,9 +105,9 @@ def _start(config: TrainConfig, run: RunDir, saved: dict | None, earlier: dict, 
         raise ArtefactError(f"{run}: cannot resume: the run started from "
                             f"{saved.get('init_from') or 'scratch'}, now from "
                             f"{config.init_from or 'scratch'} (the start sets GHS's defaults)")
-    if config.lr_schedule == "cosine" and saved.get("epochs") != config.epochs:
-        raise ArtefactError(f"{run}: cannot resume: the cosine schedule was planned for "
-                            f"{saved.get('epochs')} epochs, now {config.epochs}")
+    if config.lr_schedule != "constant" and saved.get("epochs") != config.epochs:
+        raise ArtefactError(f"{run}: cannot resume: the {config.lr_schedule} schedule was "
+                            f"planned for {saved.get('epochs')} epochs, now {config.epochs}")
     try:
         net.load_state_dict(ckpt["model"])
         optim.load_state_dict(ckpt["optim"])

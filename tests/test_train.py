@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import os
 import pathlib
 import re
@@ -29,7 +30,7 @@ from pbc.cli import main
 from pbc.config import TrainConfig
 from pbc.io import ArtefactError, load_torch
 from pbc.rundir import load_trained
-from pbc.train import TrainingDiverged, train
+from pbc.train import TrainingDiverged, learning_rate, train
 
 TIMING = ("seconds", "eval_seconds")
 REPO = pathlib.Path(pbc.__file__).parent.parent
@@ -211,6 +212,27 @@ def test_resume_extends_a_constant_schedule_but_not_a_cosine_one(trained_runs, t
     cosine = trained_runs.copy(tmp_path / "cosine", lr_schedule="cosine")
     with pytest.raises(ArtefactError, match="cosine schedule"):
         train(tiny_config(cosine, tiny_data, epochs=2, lr_schedule="cosine", resume=True))
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("constant", [1.0, 1.0, 1.0, 1.0]),
+    ("cosine", [1.0, 0.5 * (1 + math.cos(math.pi * 0.5)), 0.5 * (1 + math.cos(math.pi * 0.9)),
+                0.5 * (1 + math.cos(math.pi * 0.95))]),
+    ("cooldown", [1.0, 1.0, 1.0, 0.5]),     # linear to 0 over the last tenth of the run
+])
+def test_learning_rate_schedules(schedule, expected):
+    """The rate at progress 0, ½, 0.9 and 0.95 of a 20-epoch run (10 steps an epoch)."""
+    config = TrainConfig(out="unused", epochs=20, lr=2e-3, lr_schedule=schedule)
+    got = [learning_rate(config, epoch, step, 10) for epoch, step in
+           [(0, 0), (10, 0), (18, 0), (19, 0)]]
+    assert got == pytest.approx([2e-3 * e for e in expected], rel=1e-12)
+
+
+def test_resume_refuses_a_new_length_for_a_cooldown_schedule(trained_runs, tiny_data,
+                                                              tmp_path):
+    run = trained_runs.copy(tmp_path / "cooldown", lr_schedule="cooldown")
+    with pytest.raises(ArtefactError, match="cooldown schedule was planned for 1 epochs"):
+        train(tiny_config(run, tiny_data, epochs=2, lr_schedule="cooldown", resume=True))
 
 
 def test_resume_without_checkpoint_is_an_error(tiny_data, tmp_path):
