@@ -119,7 +119,9 @@ def _analyse(args) -> int:
     if "val_error_unpruned" in sel:
         print(f"validation error: unpruned {sel['val_error_unpruned']:.4f}, pruned and "
               f"quantised {sel['val_error_pruned_quantised']:.4f} (budget "
-              f"{sel['error_budget_points']} points, {sel['evaluations']} evaluations)")
+              f"{sel['error_budget_points']} points, {sel['evaluations']} evaluations"
+              + (f", pruning trials {sel['trial_finer_bits']} bit(s) finer than the posterior's"
+                 if sel.get("trial_finer_bits") else "") + ")")
     return 0
 
 

@@ -131,6 +131,34 @@ def test_budget_rule_spends_a_budget_only_where_it_buys_compression():
     assert _kept(posts, exact.thresholds)["fc1"] == 8 and exact.changed == 0
 
 
+def test_budget_rule_prunes_when_rounding_at_the_posterior_bits_alone_costs_the_budget():
+    """A wide posterior (t₀ = 1 bit, step ½) and needed weights that step rounds badly: at
+    t₀ the unpruned network already costs more than the budget, so pruning at t₀ is never
+    accepted; the trials round finer until the unpruned network fits in the first pass, then
+    prune exactly the groups the data does not need."""
+    arch, state, posts, _, _ = _toy()
+    a = torch.tensor([1.3, 0.9, -1.1, -0.7])
+    state["fc1.weight"][0, :4], state["fc1.weight"][1, :4] = a, -a
+    for name, p in posts.items():
+        p.w_mean = state[f"{name}.weight"].double().numpy()
+        p.w_var = np.full(p.w_mean.shape, 0.6)         # significand_bits(0.6) = 1
+    x = torch.randn(2000, 1, 1, 8, generator=torch.Generator().manual_seed(2))
+    y = (x[:, 0, 0, :4] @ a > 0).long()
+    none = {"fc1": 10.0, "fc2": 10.0}
+    net = build_network(arch).eval()
+    net.load_state_dict(pruned_quantised_state(arch, state, posts, none))
+    pred = net(x).argmax(-1)
+    at_t0 = (pred != y).float().mean().item() + math.sqrt((pred != y).sum().item()) / len(y)
+    budget = 0.04
+    assert at_t0 > budget             # rounding at t₀ alone exceeds the budget (e₀ = 0)
+    paper = budget_thresholds(arch, state, posts, x, y, budget, precision="posterior")
+    assert _kept(posts, paper.thresholds) == {"fc1": 8, "fc2": 6}
+    found = budget_thresholds(arch, state, posts, x, y, budget)
+    assert found.unpruned_error == 0.0 and found.finer_bits >= 1
+    assert _kept(posts, found.thresholds) == {"fc1": 4, "fc2": 2}
+    assert found.error + math.sqrt(found.changed) / len(y) <= budget
+
+
 def test_budget_rule_needs_a_validation_split():
     arch, state, posts, x, y = _toy()
     with pytest.raises(ValueError, match="validation"):

@@ -22,12 +22,19 @@ evaluates the network that the compress stage would write (masks propagated, kep
 rounded to the layer's posterior bit precision) on the validation split: a few dozen
 forward passes.
 
-Then the bit precisions, at the chosen thresholds and within ``e₀ + P``: the posterior's
-significand bits ``t₀`` (unit round-off below the mean posterior variance) are an upper
-bound on the precision a layer needs, not the least it tolerates.  For each layer in the
-order of its kept weights, a bisection on ``t ∈ [1, t₀]`` finds the fewest significand bits
-(the coarsest step ``2^−t``) that keep the network within the limit, the other layers held.
-With ``precision="posterior"`` every layer keeps ``t₀`` (the paper's rule).
+Rounding at the posterior's significand bits ``t₀`` (unit round-off below the mean posterior
+variance) moves each weight by up to half a posterior standard deviation, and on a
+well-fitted network that alone can change enough predictions to use up a small budget,
+leaving none for pruning.  So, when the bits are to be chosen by the budget, the pruning
+trials round ``f`` bits finer than the posterior's: the fewest ``f ∈ {0, …, 3}`` at which
+the unpruned network, so rounded, stays within the first pass's limit ``e₀ + P/2``
+(``f = 0`` where rounding at ``t₀`` is cheap, as it mostly is).
+
+Then the bit precisions, at the chosen thresholds and within ``e₀ + P``: for each layer in
+the order of its kept weights, a bisection on ``t ∈ [1, t₀ + f]`` finds the fewest
+significand bits (the coarsest step ``2^−t``) that keep the network within the limit, the
+other layers held.  With ``precision="posterior"`` every layer keeps ``t₀`` (the paper's
+rule), and the pruning trials round at it.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from pbc.defaults import PRECISIONS
 from pbc.nets import Architecture, build_network
 
 PASSES = (0.5, 1.0)   # the share of the budget each pass may use
+MAX_FINER = 3         # the most bits finer than the posterior's that pruning trials round to
 
 
 @dataclass
@@ -58,6 +66,7 @@ class BudgetResult:
     error: float                # pruned and quantised at the chosen thresholds
     changed: int                # validation examples whose predicted class pruning changed
     evaluations: int
+    finer_bits: int = 0         # f: how many bits finer than the posterior's trials rounded
 
 
 def pruned_quantised_state(arch: Architecture, state: dict[str, torch.Tensor],
@@ -74,6 +83,12 @@ def pruned_quantised_state(arch: Architecture, state: dict[str, torch.Tensor],
 def _survivors(arch, posts, thresholds) -> dict[str, np.ndarray]:
     masks = structured_masks(arch, posts, thresholds)
     return surviving_weights(posts, masks, weight_masks(posts, thresholds))
+
+
+def _posterior_bits(posts, keeps, finer: int = 0) -> dict[str, int]:
+    """Per layer, the kept weights' posterior significand bits ``t₀``, plus ``finer``."""
+    return {n: bit_precision(p.w_mean[keeps[n]], p.w_var[keeps[n]])["significand_bits"]
+            + finer for n, p in posts.items()}
 
 
 def _quantised_state(state, posts, keeps, significand=None) -> dict[str, torch.Tensor]:
@@ -134,13 +149,15 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
     def trial(thresholds: dict[str, float],
               significand: dict[str, int] | None = None) -> tuple[float, int]:
         """``(error, examples changed)`` of the network the thresholds (and the layers'
-        significand bits, the posterior's where not given) give."""
+        significand bits, the posterior's plus ``finer`` where not given) give."""
         nonlocal count
         count += 1
         masks = structured_masks(arch, posts, thresholds)
         if any(not m.any() for pair in masks.values() for m in pair):
             return math.inf, n_val           # a layer left without units: a constant network
         keeps = surviving_weights(posts, masks, weight_masks(posts, thresholds))
+        if significand is None and finer:
+            significand = _posterior_bits(posts, keeps, finer)
         net.load_state_dict(_quantised_state(state, posts, keeps, significand))
         pred = predict()
         return (pred != y).sum().item() / n_val, int((pred != pred0).sum())
@@ -159,6 +176,10 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
     sizes = {n: int(posts[n].score.size) for n in layers}
     pruned = dict.fromkeys(layers, 0)
     current = {**fixed, **{n: rules[n](0) for n in layers}}
+    finer = 0
+    if precision == "budget":
+        while finer < MAX_FINER and not within(current, e0 + PASSES[0] * budget):
+            finer += 1
     keep_all = kept_weights(arch, posts, current)
     order = sorted(layers, key=lambda n: keep_all - kept_weights(
         arch, posts, {**current, n: rules[n](1)}), reverse=True)
@@ -175,8 +196,7 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
             pruned[name] = lo
             current[name] = rules[name](lo)
     keeps = _survivors(arch, posts, current)
-    bits = {n: bit_precision(p.w_mean[keeps[n]], p.w_var[keeps[n]])["significand_bits"]
-            for n, p in posts.items()}                   # t₀, the posterior's
+    bits = _posterior_bits(posts, keeps, finer)          # t₀ + f
     if precision == "budget" and within(current, e0 + budget, bits):
         for name in sorted(bits, key=lambda n: int(keeps[n].sum()), reverse=True):
             lo, hi = 1, bits[name]                       # hi: within the limit
@@ -188,4 +208,4 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
                     lo = mid + 1
             bits[name] = hi
     err, changed = trial(current, bits)
-    return BudgetResult(current, bits, e0, err, changed, count)
+    return BudgetResult(current, bits, e0, err, changed, count, finer)

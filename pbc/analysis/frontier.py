@@ -14,7 +14,8 @@ Columns: ``budget_points``; the validation errors the rule saw (``val_error_unpr
 ``val_error_pruned_quantised``) and the packed network's (``val_error_packed``); test
 errors of the full, pruned, quantised and packed networks; ``pruning``,
 ``fast_prediction`` and ``max_compression`` (as in ``compression.json``); the groups kept
-and bits per layer (``"381-185-16"``, ``"9-7-5"``); the budget search's evaluations.
+and bits per layer (``"381-185-16"``, ``"9-7-5"``); how many bits finer than the
+posterior's the pruning trials rounded (``trial_finer_bits``); the search's evaluations.
 """
 
 from __future__ import annotations
@@ -85,4 +86,5 @@ def _row(budget: float, selection: dict, record: dict) -> dict:
                                                "max_compression")},
             "groups_kept": "-".join(str(r["groups_kept"]) for r in layers),
             "bits": "-".join(str(r["bits"]) for r in layers),
+            "trial_finer_bits": selection.get("trial_finer_bits"),
             "evaluations": selection.get("evaluations")}

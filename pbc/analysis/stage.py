@@ -161,6 +161,7 @@ def _analyse(trained, draws, chains, thresholds, figures, seed, rule, error_budg
                              val_error_unpruned=found.unpruned_error,
                              val_error_pruned_quantised=found.error,
                              val_changed_by_pruning=found.changed,
+                             trial_finer_bits=found.finer_bits,
                              evaluations=found.evaluations)
     values = {n: t.value for n, t in chosen.items()}
     masks = structured_masks(arch, posts, values)
