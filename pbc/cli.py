@@ -153,9 +153,9 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--batch-size", type=_int_at_least(1, 1_000_000), default=BATCH_SIZE)
     p.add_argument("--lr", type=_positive_float, default=1e-3)
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=LR_SCHEDULE,
-                   help="constant (as Louizos et al.'s code); cosine: decay the learning "
-                        "rate to 0 over the run; cooldown: constant, then a linear decay to "
-                        "0 over the last tenth of the epochs")
+                   help="cooldown: constant, then a linear decay to 0 over the last tenth of "
+                        "the epochs; constant (as Louizos et al.'s code); cosine: decay the "
+                        "learning rate to 0 over the whole run")
     p.add_argument("--scale-var-lr", type=_positive_float, default=SCALE_VAR_LR,
                    help="gnj, ghs: learning-rate multiplier for the log-variances of the group "
                         "scales, which set the dropout rates log α")

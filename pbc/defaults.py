@@ -20,10 +20,11 @@ DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10")
 #: learning-rate schedules of :class:`pbc.config.TrainConfig`
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant", "cooldown")
 COOLDOWN = 0.1   # the share of the run over which "cooldown" decays the rate to 0
-# training defaults: those of Louizos et al.'s reference code (Adam at a constant 10⁻³,
-# minibatches of 128, one learning rate for every parameter)
+# training defaults: those of Louizos et al.'s reference code (Adam at 10⁻³, minibatches of
+# 128, one learning rate for every parameter), with the rate decayed to 0 over the last tenth
+# of the run (their code keeps it constant)
 BATCH_SIZE = 128
-LR_SCHEDULE = "constant"
+LR_SCHEDULE = "cooldown"
 SCALE_VAR_LR = 1.0   # learning-rate multiplier for the group scales' log-variances
 
 #: how :func:`pbc.analysis.stage.analyse` chooses the layers' pruning thresholds

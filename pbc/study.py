@@ -45,6 +45,9 @@ SMOKE_MODELS = {"vgg16": "vgg16-narrow", "pbc.zoo:resnet8": "pbc.zoo:resnet8_nar
 # from scratch) on every layer (EARLIER_BC)
 EARLIER_DEFAULTS = {"lr_schedule": "cosine", "batch_size": 100, "scale_var_lr": 10.0}
 EARLIER_BC = {**EARLIER_DEFAULTS, "max_weight_var": 0.04}
+# the defaults before the cooldown (the constant rate of Louizos et al.'s code); the committed
+# runs of the studies that name them were trained with it
+CONSTANT_RATE = {"lr_schedule": "constant"}
 
 
 @dataclass(frozen=True)

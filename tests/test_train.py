@@ -329,8 +329,8 @@ def test_a_run_records_its_bound_and_one_saved_without_it_resumes_with_every_lay
         trained_runs, tiny_data, tmp_path):
     """config.json names the bound a run trained with; a run whose config.json holds
     ``null`` (saved when that meant 0.04 on every layer) resumes bounding every layer and is
-    refused under another bound."""
-    run = trained_runs.copy(tmp_path / "r")
+    refused under another bound.  (A constant rate, so that the run can be extended.)"""
+    run = trained_runs.copy(tmp_path / "r", lr_schedule="constant")
     saved = json.loads((run / "config.json").read_text())
     assert saved["config"]["max_weight_var"] == {"fc1": 0.04}
     saved["config"]["max_weight_var"] = None
@@ -341,8 +341,9 @@ def test_a_run_records_its_bound_and_one_saved_without_it_resumes_with_every_lay
             value.fill_(0.0)
     torch.save(ckpt, run / "checkpoint.pt")
     with pytest.raises(ArtefactError, match="max_weight_var was 0.04, now \\{'fc2': 0.1\\}"):
-        train(tiny_config(run, tiny_data, epochs=2, max_weight_var={"fc2": 0.1}, resume=True))
-    res = train(tiny_config(run, tiny_data, epochs=2, resume=True))
+        train(tiny_config(run, tiny_data, epochs=2, max_weight_var={"fc2": 0.1},
+                          lr_schedule="constant", resume=True))
+    res = train(tiny_config(run, tiny_data, epochs=2, lr_schedule="constant", resume=True))
     assert len(res.metrics) == 2
     assert [layer.w_logvar.exp().max().item() for layer in res.net.bayes_layers()] == \
         pytest.approx([0.04] * 3)
