@@ -478,8 +478,9 @@ def _bench(run: Path, batch: int, dev: torch.device, threads: int, repeats: int,
             "load_average": {"before": load_before, "after": load_after},
             "int8_layers": int8, "uint8_activations": codes, "int8_kernels": (
                 "oneDNN qlinear/qconv2d (torch.ops.onednn), int8 weights, 7-bit uint8 "
-                "activations: static (scales fixed on the validation split) after the layers "
-                "in uint8_activations, quantised per call elsewhere" if int8 else None),
+                "activations: static (scales and clips fixed on the validation split) after "
+                "the layers in uint8_activations, quantised per call elsewhere"
+                if int8 else None),
             "skipped": skipped,
             "energy_note": (meter.reason if meter else "CPU run: no energy counter") or
             "NVML total energy, differenced over ≥ 2 s per variant",

@@ -220,7 +220,9 @@ def test_calibration_fixes_scales_from_the_float_activations_and_routes_codes():
     with torch.no_grad():
         top = {"conv1": net[:2](x).max(), "conv2": net[:5](x).max(), "fc1": net[:10](x).max()}
     scales = lowbit.code_scales(fast)
-    assert scales == pytest.approx({k: float(v) / lowbit.ACT_LEVELS for k, v in top.items()})
+    for name, value in top.items():            # a clip of the float maximum, on the grid
+        fraction = scales[name] * lowbit.ACT_LEVELS / float(value)
+        assert min(abs(fraction - f) for f in lowbit.CLIP_FRACTIONS) < 1e-5
     for writer, reader in (("conv1", "conv2"), ("conv2", "fc1"), ("fc1", "fc2")):
         assert float(getattr(fast, reader).input_scale) == scales[writer]
     assert float(fast.conv1.input_scale) == 0 and float(fast.fc2.output_scale) == 0
@@ -236,6 +238,29 @@ def test_calibration_fixes_scales_from_the_float_activations_and_routes_codes():
     err_static, err_dynamic = (y_static - y).abs().max(), (y_dynamic - y).abs().max()
     assert err_static <= 2 * err_dynamic and err_static < 0.05 * y.abs().max()
     assert (y_static.argmax(1) == y.argmax(1)).float().mean() > 0.9
+
+
+def test_calibration_clips_a_long_tail_where_that_keeps_the_float_predictions():
+    torch.manual_seed(12)
+    net = nn.Sequential(OrderedDict([("fc1", nn.Linear(8, 16)), ("relu", nn.ReLU()),
+                                     ("fc2", nn.Linear(16, 5))])).eval()
+    x = torch.randn(400, 8)
+    x[0] *= 40                       # one calibration input 40 times the others' size
+    fast = lowbit.lowbit_network(net, calibration=x)
+    with torch.no_grad():
+        top = float(net[:2](x).max())
+        predicted = net(x).argmax(1)
+
+        def changed(fraction):
+            fast.fc1.output_scale.fill_(fraction * top / lowbit.ACT_LEVELS)
+            fast.fc2.input_scale.fill_(fraction * top / lowbit.ACT_LEVELS)
+            return int((fast(x).argmax(1) != predicted).sum())
+
+        chosen = lowbit.code_scales(fast)["fc1"]
+        flips = [changed(f) for f in lowbit.CLIP_FRACTIONS]
+    best = min(range(len(flips)), key=lambda n: (flips[n], n))      # ties: the wider clip
+    assert chosen == pytest.approx(lowbit.CLIP_FRACTIONS[best] * top / lowbit.ACT_LEVELS)
+    assert best > 0 and flips[best] < flips[0]   # the outlier's full range costs predictions
 
 
 def test_calibration_leaves_layers_without_a_relu_link_dynamic():

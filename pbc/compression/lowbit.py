@@ -24,18 +24,21 @@ builds a quantized-dtype tensor or touches the deprecated ``torch.ao.quantizatio
 Where they are absent (a build without oneDNN, or a CUDA tensor) the same arithmetic runs as
 float32 on the dequantised integers: same function, no speed-up (:func:`int8_kernels`).
 
-**Static activations** (:func:`calibrate`).  Between two int8 layers joined by a ReLU (and
+**Static activations** (:func:`calibrate`). Between two int8 layers joined by a ReLU (and
 max-pools, flattening and :class:`~pbc.nets.SelectUnits`), the activation need not go back
 to float32: the first layer's kernel applies the ReLU and writes ``uint8`` codes
-``round(relu(y) / s)`` at a scale ``s`` fixed beforehand — the largest activation on
-calibration images (the validation split) over :data:`ACT_LEVELS` — the max-pool runs on
-the codes (max commutes with a positive scale), and the next layer reads them with ``s``
-and zero point 0.  Codes above :data:`ACT_LEVELS` (activations beyond the calibrated
-range) are clamped to it by the reader.  Such a layer holds ``output_scale = s`` and its
-reader ``input_scale = s``; a scale of 0 means float32 output, or dynamic input
-quantisation.  The ReLU it absorbs becomes ``nn.Identity`` and the max-pools
-:class:`PairMaxPool2d` (:func:`route_codes`, which rebuilds the same structure from the
-scales when an export is loaded).
+``round(relu(y) / s)`` at a scale ``s`` fixed beforehand — a clip ``c`` over
+:data:`ACT_LEVELS` — the max-pool runs on the codes (max commutes with a positive scale),
+and the next layer reads them with ``s`` and zero point 0. Codes above :data:`ACT_LEVELS`
+(activations beyond the clip) are clamped to it by the reader. The clip is the largest
+activation on calibration images (the validation split) times the one of
+:data:`CLIP_FRACTIONS` at which the int8 network's predictions on them differ least from
+the float network's, chosen link by link in network order (ties: the wider clip). Hidden
+activations have long tails, so the largest value leaves the typical ones few of the 127
+steps. Such a layer holds ``output_scale = s`` and its reader ``input_scale = s``; a scale
+of 0 means float32 output, or dynamic input quantisation. The ReLU it absorbs becomes
+``nn.Identity`` and the max-pools :class:`PairMaxPool2d` (:func:`route_codes`, which
+rebuilds the same structure from the scales when an export is loaded).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ from pbc.nets import SelectUnits
 MAX_CODES = 256     # distinct weight values an int8 weight can name
 WEIGHT_LEVELS = 127  # symmetric int8 weights: −127 … 127
 ACT_LEVELS = 127    # activations: uint8 codes 0 … 127 (7 bits; see the module docstring)
+#: the clips a static activation scale may take, as fractions of the calibrated maximum
+CLIP_FRACTIONS = tuple(2.0 ** (-k / 4) for k in range(9))      # 1 … 1/4
 
 
 def int8_kernels(device: torch.device | str = "cpu") -> bool:
@@ -296,26 +301,47 @@ def code_links(net: nn.Sequential) -> list[tuple[int, int]]:
 def calibrate(fast: nn.Sequential, net: nn.Sequential, x: torch.Tensor,
               batch_size: int = 1000) -> dict[str, float]:
     """Fix the static scales of ``fast`` (:func:`lowbit_network` of ``net``) in place: for
-    each link ``(i, j)`` of :func:`code_links`, ``s = max relu(net[i](·)) / ACT_LEVELS`` over
-    the calibration inputs ``x`` — the float network's activations, so no layer's scale
-    depends on another's rounding — becomes layer ``i``'s ``output_scale`` and layer ``j``'s
-    ``input_scale``; then :func:`route_codes`.  Returns the scales by layer name."""
+    each link ``(i, j)`` of :func:`code_links`, ``s = f · max relu(net[i](·)) / ACT_LEVELS``
+    over the calibration inputs ``x`` — the float network's activations, so no layer's
+    maximum depends on another's rounding — becomes layer ``i``'s ``output_scale`` and layer
+    ``j``'s ``input_scale``; then :func:`route_codes`.  The clip fraction ``f`` is the
+    :data:`CLIP_FRACTIONS` entry at which ``fast`` changes the fewest of ``net``'s predicted
+    classes on ``x``, chosen link by link in network order with the later links at their
+    maximum (ties go to the wider clip).  Returns the scales by layer name."""
     links = code_links(fast)
     watched = {i for i, _ in links}
     top = dict.fromkeys(watched, 0.0)
     mods = list(net)
+    predicted = []
     for k in range(0, x.shape[0], batch_size):
         h = x[k:k + batch_size]
         for i, m in enumerate(mods):
             h = m(h)
             if i in watched:
                 top[i] = max(top[i], float(h.max()))
+        predicted.append(h.argmax(1))
+    predicted = torch.cat(predicted)
     fast_mods = list(fast)
-    for i, j in links:
-        s = top[i] / ACT_LEVELS if top[i] > 0 else 1.0
+
+    def clip(i, j, fraction):
+        s = fraction * top[i] / ACT_LEVELS if top[i] > 0 else 1.0
         fast_mods[i].output_scale.fill_(s)
         fast_mods[j].input_scale.fill_(s)
+
+    def changed():
+        return sum(int((fast(x[k:k + batch_size]).argmax(1) != predicted[k:k + batch_size])
+                       .sum()) for k in range(0, x.shape[0], batch_size))
+
+    for i, j in links:
+        clip(i, j, 1.0)
     route_codes(fast)
+    for i, j in links:
+        if top[i] > 0:
+            flips = []
+            for f in CLIP_FRACTIONS:
+                clip(i, j, f)
+                flips.append(changed())
+            clip(i, j, CLIP_FRACTIONS[min(range(len(flips)), key=lambda n: (flips[n], n))])
     return code_scales(fast)
 
 
