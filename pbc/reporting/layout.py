@@ -55,11 +55,27 @@ def page(title: str, subtitle: str | None = None):
     return fig
 
 
+NOTE_FONT, NOTE_SPACING = 7.5, 1.35
+
+
+def _note_text(lines: list[str], width: int) -> str:
+    return "\n".join(textwrap.fill(s, width) for s in lines if s)
+
+
 def notes(fig, lines: list[str], y: float = 0.035, width: int = 190) -> None:
     """Wrapped footnotes at the bottom of the page, growing upwards from ``y``."""
-    text = "\n".join(textwrap.fill(s, width) for s in lines if s)
+    text = _note_text(lines, width)
     if text:
-        fig.text(0.04, y, text, fontsize=7.5, va="bottom", color="#333333", linespacing=1.35)
+        fig.text(0.04, y, text, fontsize=NOTE_FONT, va="bottom", color="#333333",
+                 linespacing=NOTE_SPACING)
+
+
+def notes_top(fig, lines: list[str], y: float = 0.035, width: int = 190) -> float:
+    """The height (figure fraction) up to which :func:`notes` with the same arguments
+    writes: where the axes above them may begin."""
+    text = _note_text(lines, width)
+    rows = text.count("\n") + 1 if text else 0
+    return y + rows * NOTE_FONT * NOTE_SPACING / 72 / fig.get_figheight()
 
 
 TABLE_RECT = (0.04, 0.17, 0.92, 0.71)   # left, bottom, width, height (figure fraction)

@@ -294,13 +294,39 @@ def _bench_page(benched, runs, what: str, missing: list[str]):
                  fontsize=12)
         layout.notes(fig, notes)
         return fig
+    older = [r.label for r in benched if "flush_to_zero" not in r.bench]
+    faulting = [r.label for r in benched
+                if "flush_to_zero" in r.bench and "allocator" not in r.bench]
+    unmeasured = {r.bench.get("energy_note", "no note") for r in benched
+                  if all(v["energy_j"] is None for v in tables.bench_rows(r))}
+    if older:
+        notes.append(f"bench.json from before the fair benchmark (subnormal weights kept, "
+                     f"variants timed one after another): {', '.join(older)}")
+    if faulting:
+        notes.append(f"bench.json from before freed memory was reused and 2×2 pools ran as "
+                     f"pair maxima (each batch paid page faults on its activations, which "
+                     f"dilute speed-ups on large activations): {', '.join(faulting)}")
+    if unmeasured:
+        notes.append(f"Energy not measured: {'; '.join(sorted(unmeasured))}.")
+    notes.append("Times are for one batch through the network held by each variant: "
+                 "dense (posterior means, nothing removed), pruned (structured export), "
+                 "quantised (fixed-point values, float32 arithmetic), fast (the layers "
+                 "whose weights fit in 8 bits on int8 kernels, CPU, with uint8 "
+                 "activations between them), csr (linear layers as sparse CSR). Red "
+                 "tick: the time the FLOP ratio predicts (dense time / ideal speed-up); "
+                 "for fast it counts float32 FLOPs, and an int8 multiply-add costs "
+                 "less, so fast can beat it. Subnormal weights are flushed and the "
+                 "variants are timed in turn (bench.json records load and threads). "
+                 "Runs benched on different machines are not comparable in absolute "
+                 "time.")
     cols = min(len(benched), 3)
     nrows = math.ceil(len(benched) / cols)
-    older, faulting, unmeasured = [], [], set()
     energy_any = any(v["energy_j"] is not None for r in benched
                      for v in tables.bench_rows(r))
+    # room below the lowest axes for two lines of tick labels, then the notes
+    bottom = max(0.2, layout.notes_top(fig, notes) + 0.08)
     gs = fig.add_gridspec(nrows * (2 if energy_any else 1), cols, left=0.07, right=0.97,
-                          top=0.83, bottom=0.2, hspace=0.95, wspace=0.3)
+                          top=0.83, bottom=bottom, hspace=0.95, wspace=0.3)
     for i, run in enumerate(benched):
         rows = tables.bench_rows(run)
         b = run.bench
@@ -317,10 +343,6 @@ def _bench_page(benched, runs, what: str, missing: list[str]):
         ax.bar(range(len(names)), med, yerr=[lo, hi], color=colour, capsize=3)
         ideal = [med[0] / v["ideal_speedup"] if v["ideal_speedup"] else math.nan for v in rows]
         ax.scatter(range(len(names)), ideal, marker="_", s=250, color="#c44e52", zorder=3)
-        if "flush_to_zero" not in b:
-            older.append(run.label)
-        elif "allocator" not in b:
-            faulting.append(run.label)
         ax.set_xticks(range(len(names)),
                       [n.replace("-pad", "\n+pad") for n in names] if many else names,
                       fontsize=6.5 if many else 8)
@@ -337,9 +359,7 @@ def _bench_page(benched, runs, what: str, missing: list[str]):
                      f"{b.get('threads', '?')} threads), batch {b.get('batch', '?')}",
                      fontsize=8.5)
         energy = [v["energy_j"] for v in rows]
-        if all(e is None for e in energy):
-            unmeasured.add(b.get("energy_note", "no note"))
-        else:
+        if any(e is not None for e in energy):
             ax2 = fig.add_subplot(gs[row * 2 + 1, col])
             ax2.bar(names, [e if e is not None else 0.0 for e in energy], color="#55a868")
             for x, e in enumerate(energy):
@@ -347,26 +367,7 @@ def _bench_page(benched, runs, what: str, missing: list[str]):
                     ax2.text(x, 0, "not\nmeasured", ha="center", va="bottom", fontsize=7)
             ax2.set_ylabel("J per batch (NVML)", fontsize=8.5)
             ax2.tick_params(labelsize=8)
-    if older:
-        notes.append(f"bench.json from before the fair benchmark (subnormal weights kept, "
-                     f"variants timed one after another): {', '.join(older)}")
-    if faulting:
-        notes.append(f"bench.json from before freed memory was reused and 2×2 pools ran as "
-                     f"pair maxima (each batch paid page faults on its activations, which "
-                     f"dilute speed-ups on large activations): {', '.join(faulting)}")
-    if unmeasured:
-        notes.append(f"Energy not measured: {'; '.join(sorted(unmeasured))}.")
-    layout.notes(fig, notes + ["Times are for one batch through the network held by each variant: "
-                         "dense (posterior means, nothing removed), pruned (structured export), "
-                         "quantised (fixed-point values, float32 arithmetic), fast (the layers "
-                         "whose weights fit in 8 bits on int8 kernels, CPU, with uint8 "
-                         "activations between them), csr (linear layers as sparse CSR). Red "
-                         "tick: the time the FLOP ratio predicts (dense time / ideal speed-up); "
-                         "for fast it counts float32 FLOPs, and an int8 multiply-add costs "
-                         "less, so fast can beat it. Subnormal weights are flushed and the "
-                         "variants are timed in turn (bench.json records load and threads). "
-                         "Runs benched on different machines are not comparable in absolute "
-                         "time."])
+    layout.notes(fig, notes)
     return fig
 
 
