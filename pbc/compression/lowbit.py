@@ -24,19 +24,19 @@ builds a quantized-dtype tensor or touches the deprecated ``torch.ao.quantizatio
 Where they are absent (a build without oneDNN, or a CUDA tensor) the same arithmetic runs as
 float32 on the dequantised integers: same function, no speed-up (:func:`int8_kernels`).
 
-**Static activations** (:func:`calibrate`). Between two int8 layers joined by a ReLU (and
+**Static activations** (:func:`calibrate`).  Between two int8 layers joined by a ReLU (and
 max-pools, flattening and :class:`~pbc.nets.SelectUnits`), the activation need not go back
 to float32: the first layer's kernel applies the ReLU and writes ``uint8`` codes
 ``round(relu(y) / s)`` at a scale ``s`` fixed beforehand — a clip ``c`` over
 :data:`ACT_LEVELS` — the max-pool runs on the codes (max commutes with a positive scale),
-and the next layer reads them with ``s`` and zero point 0. Codes above :data:`ACT_LEVELS`
-(activations beyond the clip) are clamped to it by the reader. The clip is the largest
+and the next layer reads them with ``s`` and zero point 0.  Codes above :data:`ACT_LEVELS`
+(activations beyond the clip) are clamped to it by the reader.  The clip is the largest
 activation on calibration images (the validation split) times the one of
 :data:`CLIP_FRACTIONS` at which the int8 network's predictions on them differ least from
-the float network's, chosen link by link in network order (ties: the wider clip). Hidden
+the float network's, chosen link by link in network order (ties: the wider clip).  Hidden
 activations have long tails, so the largest value leaves the typical ones few of the 127
-steps. Such a layer holds ``output_scale = s`` and its reader ``input_scale = s``; a scale
-of 0 means float32 output, or dynamic input quantisation. The ReLU it absorbs becomes
+steps.  Such a layer holds ``output_scale = s`` and its reader ``input_scale = s``; a scale
+of 0 means float32 output, or dynamic input quantisation.  The ReLU it absorbs becomes
 ``nn.Identity`` and the max-pools :class:`PairMaxPool2d` (:func:`route_codes`, which
 rebuilds the same structure from the scales when an export is loaded).
 """
