@@ -297,8 +297,10 @@ def _bench_page(benched, runs, what: str, missing: list[str]):
     older = [r.label for r in benched if "flush_to_zero" not in r.bench]
     faulting = [r.label for r in benched
                 if "flush_to_zero" in r.bench and "allocator" not in r.bench]
-    unmeasured = {r.bench.get("energy_note", "no note") for r in benched
-                  if all(v["energy_j"] is None for v in tables.bench_rows(r))}
+    variants = [tables.bench_rows(r) for r in benched]     # per run, its timed variants
+    measured = [any(v["energy_j"] is not None for v in rows) for rows in variants]
+    unmeasured = {r.bench.get("energy_note", "no note")
+                  for r, m in zip(benched, measured, strict=True) if not m}
     if older:
         notes.append(f"bench.json from before the fair benchmark (subnormal weights kept, "
                      f"variants timed one after another): {', '.join(older)}")
@@ -321,14 +323,12 @@ def _bench_page(benched, runs, what: str, missing: list[str]):
                  "time.")
     cols = min(len(benched), 3)
     nrows = math.ceil(len(benched) / cols)
-    energy_any = any(v["energy_j"] is not None for r in benched
-                     for v in tables.bench_rows(r))
+    energy_any = any(measured)
     # room below the lowest axes for two lines of tick labels, then the notes
     bottom = max(0.2, layout.notes_top(fig, notes) + 0.08)
     gs = fig.add_gridspec(nrows * (2 if energy_any else 1), cols, left=0.07, right=0.97,
                           top=0.83, bottom=bottom, hspace=0.95, wspace=0.3)
-    for i, run in enumerate(benched):
-        rows = tables.bench_rows(run)
+    for i, (run, rows) in enumerate(zip(benched, variants, strict=True)):
         b = run.bench
         row, col = divmod(i, cols)
         ax = fig.add_subplot(gs[row * (2 if energy_any else 1), col])
@@ -358,8 +358,8 @@ def _bench_page(benched, runs, what: str, missing: list[str]):
         ax.set_title(f"{_run_desc(run)}\n{b.get('device_name', '?')} ({b.get('device', '?')}, "
                      f"{b.get('threads', '?')} threads), batch {b.get('batch', '?')}",
                      fontsize=8.5)
-        energy = [v["energy_j"] for v in rows]
-        if any(e is not None for e in energy):
+        if measured[i]:
+            energy = [v["energy_j"] for v in rows]
             ax2 = fig.add_subplot(gs[row * 2 + 1, col])
             ax2.bar(names, [e if e is not None else 0.0 for e in energy], color="#55a868")
             for x, e in enumerate(energy):
