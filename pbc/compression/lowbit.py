@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pbc.nets import SelectUnits
+from pbc.nets import SelectUnits, classification_error
 
 MAX_CODES = 256     # distinct weight values an int8 weight can name
 WEIGHT_LEVELS = 127  # symmetric int8 weights: −127 … 127
@@ -328,19 +328,15 @@ def calibrate(fast: nn.Sequential, net: nn.Sequential, x: torch.Tensor,
         fast_mods[i].output_scale.fill_(s)
         fast_mods[j].input_scale.fill_(s)
 
-    def changed():
-        return sum(int((fast(x[k:k + batch_size]).argmax(1) != predicted[k:k + batch_size])
-                       .sum()) for k in range(0, x.shape[0], batch_size))
-
     for i, j in links:
         clip(i, j, 1.0)
     route_codes(fast)
     for i, j in links:
         if top[i] > 0:
-            flips = []
+            flips = []          # the share of x whose class fast changes, per fraction
             for f in CLIP_FRACTIONS:
                 clip(i, j, f)
-                flips.append(changed())
+                flips.append(classification_error(fast, x, predicted, batch_size))
             clip(i, j, CLIP_FRACTIONS[min(range(len(flips)), key=lambda n: (flips[n], n))])
     return code_scales(fast)
 
