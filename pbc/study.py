@@ -76,6 +76,8 @@ def parse_args(study: Study, argv=None) -> argparse.Namespace:
     p.add_argument("--pretrained", help="use this plain run instead of pretraining one")
     p.add_argument("--device", default=study.device)
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the validation split, the initialisation and the batches")
     p.add_argument("--bench-batch", type=int, default=8192)
     p.add_argument("--budgets", type=_budgets, default=study.budgets,
                    help="the frontier's error budgets in points, comma-separated "
@@ -163,7 +165,7 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
         common = {"subset": 200, "batch_size": 20}
     model = SMOKE_MODELS.get(study.model, study.model) if args.smoke else study.model
     common.update(model=model, data=study.data, data_dir=data_dir, device=args.device,
-                  threads=args.threads, progress=not args.smoke)
+                  threads=args.threads, seed=args.seed, progress=not args.smoke)
     step = _Steps(7)
 
     pre = Path(args.pretrained) if args.pretrained else out / "pretrain"

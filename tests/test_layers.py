@@ -16,6 +16,7 @@ from pyro.poutine.util import site_is_subsample
 from pbc.bayes.elbo import MeanFieldELBO
 from pbc.bayes.handlers import LocalReparameterization
 from pbc.bayes.kl import K1, K2, K3
+from pbc.bayes.layers import BayesConv2d
 from pbc.bayes.net import BayesNet
 from pbc.bayes.priors import make_prior
 from pbc.nets import build_network, lenet5, lenet300, vgg16
@@ -313,7 +314,8 @@ def test_load_point_estimate_round_trips_through_posterior_mean(prior_name):
 @pytest.mark.parametrize("pretrained", [True, False])
 def test_horseshoe_starts_at_the_weight_scale_for_a_pretrained_net(pretrained):
     """For means from a pretrained net GHS layers start with E[z] ≈ 1/√fan_in and w̃ = O(1);
-    from scratch with E[z] ≈ 1 and w̃ = w.  Either way E[w] keeps the usual init."""
+    from scratch with E[z] ≈ 1 and w̃ = w.  Either way E[w] keeps the usual init: N(0, 1/fan_in)
+    for linear layers, torch's nn.Conv2d draw U(±1/√fan_in) (sd 1/√(3·fan_in)) for convolutions."""
     torch.manual_seed(0)
     net = BayesNet(lenet5(), _prior("ghs"), pretrained=pretrained)
     for layer in net.bayes_layers():
@@ -321,10 +323,13 @@ def test_horseshoe_starts_at_the_weight_scale_for_a_pretrained_net(pretrained):
         z = layer.q_scale.mean()
         z_start = fan_in ** -0.5 if pretrained else 1.0
         assert torch.allclose(z, torch.full_like(z, z_start), rtol=0.05)
-        w_tilde_sd = 1.0 if pretrained else fan_in ** -0.5
+        w_sd = (3.0 if isinstance(layer, BayesConv2d) else 1.0) ** -0.5  # × 1/√fan_in
+        w_tilde_sd = w_sd if pretrained else w_sd / math.sqrt(fan_in)
         assert 0.8 < layer.w_loc.detach().std().item() / w_tilde_sd < 1.2
         w_mean, _ = layer.posterior_mean()
-        assert w_mean.std().item() * math.sqrt(fan_in) == pytest.approx(1.0, rel=0.2)
+        assert w_mean.std().item() * math.sqrt(fan_in) == pytest.approx(w_sd, rel=0.2)
+        if isinstance(layer, BayesConv2d):
+            assert w_mean.abs().max().item() * math.sqrt(fan_in) <= 1.0 + 1e-4
         # the weight noise E[z]²·σ² starts at Louizos et al.'s e^−9, as for GNJ
         w_var = layer.group_view(z).pow(2) * layer.w_logvar.detach().exp()
         assert torch.allclose(w_var.log(), torch.full_like(w_var, -9.0), atol=0.1)

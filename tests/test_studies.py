@@ -47,7 +47,7 @@ def test_study_smoke(path, tmp_path, capsys, pretrained):
     doc = module.__doc__
     assert "Claim:" in doc and f"python studies/{path.name}" in doc and "Paper" in doc
     out = tmp_path / study.name
-    argv = ["--smoke", "--out", str(out), "--threads", "1"]
+    argv = ["--smoke", "--out", str(out), "--threads", "1", "--seed", "3"]
     if study.model in pretrained:
         argv += ["--pretrained", str(pretrained[study.model])]
     assert module.main(study, argv) == 0
@@ -64,7 +64,7 @@ def test_study_smoke(path, tmp_path, capsys, pretrained):
         assert study.prior not in ("gnj", "ghs", "svd")
     config = json.loads((run / "config.json").read_text())["config"]
     smoke_model = SMOKE_MODELS.get(study.model, study.model)   # same structure, smaller
-    assert (config["prior"], config["model"]) == (study.prior, smoke_model)
+    assert (config["prior"], config["model"], config["seed"]) == (study.prior, smoke_model, 3)
     if study.model in pretrained:              # started from another study's plain run
         assert config["init_from"] == str(pretrained[study.model])
         assert not (out / "pretrain").exists()

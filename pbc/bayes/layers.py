@@ -82,16 +82,23 @@ class BayesLayer(nn.Module):
         init_scale = fan_in ** -0.5 if pretrained else 1.0
         # None for a per-weight prior (Sparse VD): the layer then has no z
         self.add_module("scale_guide", prior.guide(self.n_groups, init_scale=init_scale))
-        # w = z·w̃ starts with the usual 1/√fan_in weights and Louizos et al.'s weight noise
-        # (log Var = −9) whatever z starts at: w̃'s mean and log-variance are rescaled by E[z]
+        # w = z·w̃ starts with the weights of :meth:`initial_weight_means` and Louizos et al.'s
+        # weight noise (log Var = −9) whatever z starts at: w̃'s mean and log-variance are
+        # rescaled by E[z]
         z0 = self._z_view_of_mean()
-        self.w_loc = nn.Parameter(torch.randn(weight_shape) / math.sqrt(fan_in) / z0)
+        self.w_loc = nn.Parameter(self.initial_weight_means(weight_shape) / z0)
         self.w_logvar = nn.Parameter(torch.empty(weight_shape).normal_(-9.0, 1e-2)
                                      - 2.0 * torch.log(torch.as_tensor(z0)))
         self.b_loc = nn.Parameter(torch.zeros(out_features))
         self.b_logvar = nn.Parameter(torch.empty(out_features).normal_(-9.0, 1e-2))
 
     # -- helpers ------------------------------------------------------------------------------
+    @staticmethod
+    def initial_weight_means(weight_shape: tuple[int, ...]) -> torch.Tensor:
+        """The weights ``E[w]`` a layer trained from scratch starts at: ``N(0, 1/fan_in)``, as
+        Louizos et al.'s ``LinearGroupNJ`` draws them."""
+        return torch.randn(weight_shape) / math.sqrt(math.prod(weight_shape[1:]))
+
     def functional(self, x, weight, bias):
         raise NotImplementedError
 
@@ -234,6 +241,15 @@ class BayesConv2d(BayesLayer):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.padding = kernel_size, padding
         self.stride, self.dilation = stride, dilation
+
+    @staticmethod
+    def initial_weight_means(weight_shape: tuple[int, ...]) -> torch.Tensor:
+        """``U(±1/√fan_in)``, the draw of ``nn.Conv2d.reset_parameters`` (Kaiming-uniform with
+        ``a = √5``) and of Louizos et al.'s ``Conv2dGroupNJ``: a standard deviation √3 below
+        ``N(0, 1/fan_in)``."""
+        weight = torch.empty(weight_shape)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        return weight
 
     def functional(self, x, weight, bias):
         return F.conv2d(x, weight, bias, stride=self.stride, padding=self.padding,
