@@ -8,26 +8,39 @@ network and ``P`` the budget (a fraction), the rule looks for thresholds with
 
     error(pruned and quantised network) + √d / n ≤ e₀ + P
 
-pruning as many groups as it can, never all of a layer's units.  ``d`` counts the ``n``
+pruning as many weights as it can, never all of a layer's units.  ``d`` counts the ``n``
 validation examples whose predicted class pruning changed, so ``√d / n`` is one standard
 error of the paired difference in error (McNemar's): a trial is accepted on its error's
-upper bound, not on a favourable draw of the split — the search tries dozens of settings
+upper bound, not on a favourable draw of the split — the searches try many settings
 and would otherwise keep those that the validation examples happen to flatter, which the
-test set then does not.  For each layer in turn, a
-bisection on ``k`` with the other layers held, in two passes — the first allows ``e₀ + P/2``
-so that the first layers do not take the whole budget, the second ``e₀ + P``.  Layers go in
-the order of the weights one of their groups takes with it, its neighbours' included (a
-LeNet-5 ``conv2`` channel carries its filter and sixteen ``fc1`` columns).  Each trial
+test set then does not.
+
+Two greedy searches run, and the rule keeps the one that prunes more weights (weights count
+with their neighbours': a LeNet-5 ``conv2`` channel carries its filter and sixteen ``fc1``
+columns):
+
+* by layer — each layer in turn, most weights per group first, a bisection on ``k`` with
+  the other layers held, in two passes: the first allows ``e₀ + P/2``, so that the first
+  layers do not take the whole budget, the second ``e₀ + P``;
+* cheapest first — a move prunes ``s`` more groups of one layer (``s`` starts at an eighth
+  of its groups); each round tries one move per layer and takes, among those within
+  ``e₀ + P``, the one that removes the most weights per unit of error bound it adds (a rise
+  below one example counts as one), so the budget goes where compression is cheapest,
+  whichever layer that is; a move that overshoots halves its ``s``, and the search ends
+  when every ``s`` is 0.
+
+Neither finds the best setting everywhere: by layer can spend the budget on the layer it
+searches first, cheapest first can take a cheap move that blocks a better one.  Each trial
 evaluates the network that the compress stage would write (masks propagated, kept weights
-rounded to the layer's posterior bit precision) on the validation split: a few dozen
-forward passes.
+rounded to the layer's posterior bit precision) on the validation split: one to two hundred
+forward passes in all.
 
 Rounding at the posterior's significand bits ``t₀`` (unit round-off below the mean posterior
 variance) moves each weight by up to half a posterior standard deviation, and on a
 well-fitted network that alone can change enough predictions to use up a small budget,
 leaving none for pruning.  So, when the bits are to be chosen by the budget, the pruning
 trials round ``f`` bits finer than the posterior's: the fewest ``f ∈ {0, …, 3}`` at which
-the unpruned network, so rounded, stays within the first pass's limit ``e₀ + P/2``
+the unpruned network, so rounded, stays within half the budget, ``e₀ + P/2``
 (``f = 0`` where rounding at ``t₀`` is cheap, as it mostly is).
 
 Then the bit precisions, at the chosen thresholds and within ``e₀ + P``: for each layer in
@@ -52,7 +65,9 @@ from pbc.compression.quantise import bit_precision, posterior_fixed_point
 from pbc.defaults import PRECISIONS
 from pbc.nets import Architecture, build_network
 
-PASSES = (0.5, 1.0)   # the share of the budget each pass may use
+PASSES = (0.5, 1.0)   # the share of the budget each pass of the layer-by-layer search uses
+FIRST_MOVE = 8        # a layer's first cheapest-first move prunes 1/FIRST_MOVE of its groups
+SEARCH = "by-layer+cheapest-first"   # as analysis.json records it (by-layer alone: no record)
 MAX_FINER = 3         # the most bits finer than the posterior's that pruning trials round to
 
 
@@ -162,10 +177,11 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
         pred = predict()
         return (pred != y).sum().item() / n_val, int((pred != pred0).sum())
 
-    def within(thresholds: dict[str, float], limit: float,
-               significand: dict[str, int] | None = None) -> bool:
+    def upper_bound(thresholds: dict[str, float],
+                    significand: dict[str, int] | None = None) -> float:
+        """The trial's error plus one standard error of its change, ``e + √d / n``."""
         err, changed = trial(thresholds, significand)
-        return err + math.sqrt(changed) / n_val <= limit
+        return err + math.sqrt(changed) / n_val
 
     n_val = x.shape[0]
     net.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
@@ -174,35 +190,68 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
     layers = [n for n in posts if n not in fixed]
     rules = {n: _thresholds_for(posts[n].score) for n in layers}
     sizes = {n: int(posts[n].score.size) for n in layers}
-    pruned = dict.fromkeys(layers, 0)
-    current = {**fixed, **{n: rules[n](0) for n in layers}}
+    start = {**fixed, **{n: rules[n](0) for n in layers}}
     finer = 0
     if precision == "budget":
-        while finer < MAX_FINER and not within(current, e0 + PASSES[0] * budget):
+        while finer < MAX_FINER and upper_bound(start) > e0 + PASSES[0] * budget:
             finer += 1
-    keep_all = kept_weights(arch, posts, current)
-    order = sorted(layers, key=lambda n: keep_all - kept_weights(
-        arch, posts, {**current, n: rules[n](1)}), reverse=True)
-    for share in PASSES:
-        limit = e0 + share * budget
-        for name in order:
-            lo, hi = pruned[name], sizes[name] - 1      # at least one group stays
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if within({**current, name: rules[name](mid)}, limit):
-                    lo = mid
-                else:
-                    hi = mid - 1
-            pruned[name] = lo
-            current[name] = rules[name](lo)
+    limit = e0 + budget
+
+    def by_layer() -> dict[str, float]:
+        """Each layer in turn (most weights per group first), a bisection on its number of
+        groups pruned, the others held; twice, to ``e₀ + P/2`` and then to ``e₀ + P``."""
+        chosen, pruned = dict(start), dict.fromkeys(layers, 0)
+        keep_all = kept_weights(arch, posts, chosen)
+        order = sorted(layers, key=lambda n: keep_all - kept_weights(
+            arch, posts, {**chosen, n: rules[n](1)}), reverse=True)
+        for share in PASSES:
+            for name in order:
+                lo, hi = pruned[name], sizes[name] - 1      # at least one group stays
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if upper_bound({**chosen, name: rules[name](mid)}) <= e0 + share * budget:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                pruned[name], chosen[name] = lo, rules[name](lo)
+        return chosen
+
+    def cheapest_first() -> dict[str, float]:
+        """Rounds of one move per layer; the move within ``e₀ + P`` that removes the most
+        weights per unit of error bound added is taken; a move that overshoots halves."""
+        chosen, pruned = dict(start), dict.fromkeys(layers, 0)
+        now, kept = upper_bound(chosen), kept_weights(arch, posts, chosen)
+        step = {n: max(1, sizes[n] // FIRST_MOVE) for n in layers}
+        while any(step.values()):
+            moves = []
+            for name in layers:
+                k = min(pruned[name] + step[name], sizes[name] - 1)  # at least one group stays
+                if k == pruned[name]:
+                    step[name] = 0
+                    continue
+                candidate = {**chosen, name: rules[name](k)}
+                bound = upper_bound(candidate)
+                if bound > limit:
+                    step[name] //= 2
+                    continue
+                removed = kept - kept_weights(arch, posts, candidate)
+                moves.append((removed / max(bound - now, 1 / n_val), name, k, bound, removed))
+            if moves:
+                _, name, k, now, removed = max(moves)
+                pruned[name], chosen[name] = k, rules[name](k)
+                kept -= removed
+        return chosen
+
+    found = [search() for search in (by_layer, cheapest_first)]
+    current = min(found, key=lambda t: kept_weights(arch, posts, t))   # ties: by_layer
     keeps = _survivors(arch, posts, current)
     bits = _posterior_bits(posts, keeps, finer)          # t₀ + f
-    if precision == "budget" and within(current, e0 + budget, bits):
+    if precision == "budget" and upper_bound(current, bits) <= limit:
         for name in sorted(bits, key=lambda n: int(keeps[n].sum()), reverse=True):
             lo, hi = 1, bits[name]                       # hi: within the limit
             while lo < hi:
                 mid = (lo + hi) // 2
-                if within(current, e0 + budget, {**bits, name: mid}):
+                if upper_bound(current, {**bits, name: mid}) <= limit:
                     hi = mid
                 else:
                     lo = mid + 1

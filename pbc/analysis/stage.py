@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pbc.analysis.budget import budget_thresholds
+from pbc.analysis.budget import SEARCH, budget_thresholds
 from pbc.analysis.inference_data import (
     arviz,
     arviz_major,
@@ -157,6 +157,7 @@ def _analyse(trained, draws, chains, thresholds, figures, seed, rule, error_budg
                 chosen.setdefault(name, Threshold(value, "error-budget", math.nan))
             significand = found.significand_bits
             selection.update(precision=precision, error_budget_points=error_budget,
+                             search=SEARCH,
                              val_examples=int(splits.val_y.numel()),
                              val_error_unpruned=found.unpruned_error,
                              val_error_pruned_quantised=found.error,
