@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from pbc.analysis import analyse
-from pbc.analysis.budget import budget_thresholds, kept_weights, pruned_quantised_state
+from pbc.analysis.budget import (
+    _thresholds_for,
+    budget_thresholds,
+    kept_weights,
+    pruned_quantised_state,
+)
 from pbc.analysis.frontier import FRONTIER, frontier
 from pbc.bayes.summaries import LayerPosterior, layer_moments
 from pbc.cli import main
@@ -191,11 +196,7 @@ def test_budget_rule_reaches_the_most_compression_within_the_budget(seed, budget
     the layer-by-layer bisection removes 26, on seed 12 the cheapest-first search 11); the
     rule keeps the better of the two and finds it on both."""
     arch, state, posts, x, y = _random_toy(seed)
-    rules = {n: np.sort(p.score)[::-1] for n, p in posts.items()}
-
-    def threshold(name, k):            # prunes the k highest scores
-        return rules[name][0] + 1.0 if k == 0 else 0.5 * (rules[name][k - 1] + rules[name][k])
-
+    rules = {n: _thresholds_for(p.score) for n, p in posts.items()}   # k ↦ prunes k highest
     net = build_network(arch).eval()
 
     def predict(thresholds):
@@ -203,14 +204,14 @@ def test_budget_rule_reaches_the_most_compression_within_the_budget(seed, budget
         with torch.no_grad():
             return net(x).argmax(-1)
 
-    unpruned = {n: threshold(n, 0) for n in posts}
+    unpruned = {n: rules[n](0) for n in posts}
     pred0 = predict(unpruned)
     e0 = (pred0 != y).float().mean().item()
     total = kept_weights(arch, posts, unpruned)
     best = 0
     for k1 in range(8):
         for k2 in range(6):
-            t = {"fc1": threshold("fc1", k1), "fc2": threshold("fc2", k2)}
+            t = {"fc1": rules["fc1"](k1), "fc2": rules["fc2"](k2)}
             pred = predict(t)
             bound = ((pred != y).float().mean() + (pred != pred0).sum().sqrt() / len(y)).item()
             if bound <= e0 + budget:
