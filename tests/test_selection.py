@@ -77,6 +77,16 @@ def test_train_records_the_split_and_resume_keeps_it(idx_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------- the budget rule
+def _linear_posteriors(state, scores, w_var):
+    """Posteriors of linear layers whose means are ``state``'s weights, every weight of
+    variance ``w_var``, with the given prune scores (log α) per layer."""
+    return {name: LayerPosterior(
+        name=name, kind="linear", z_mean=None, z_var=None, e_log_z=None, log_mode=None,
+        log_alpha=scores[name], w_mean=state[f"{name}.weight"].double().numpy(),
+        w_var=np.full(tuple(state[f"{name}.weight"].shape), w_var),
+        b_mean=state[f"{name}.bias"].double().numpy()) for name in scores}
+
+
 def _toy():
     """y = [x0 + x1 − x2 − x3 > 0]; inputs 4–7 reach only hidden units 2–5, which the output
     ignores.  The prunable groups (fc1 inputs 4–7, fc2 inputs 2–5) have the highest scores."""
@@ -93,11 +103,7 @@ def _toy():
              "fc2.weight": w2, "fc2.bias": torch.zeros(2)}
     scores = {"fc1": np.array([-5.0, -5.1, -5.2, -5.3, 2.0, 2.1, 2.2, 2.3]),
               "fc2": np.array([-5.0, -5.1, 2.0, 2.1, 2.2, 2.3])}
-    posts = {name: LayerPosterior(
-        name=name, kind="linear", z_mean=None, z_var=None, e_log_z=None, log_mode=None,
-        log_alpha=scores[name], w_mean=state[f"{name}.weight"].double().numpy(),
-        w_var=np.full(tuple(state[f"{name}.weight"].shape), 1e-6),
-        b_mean=state[f"{name}.bias"].double().numpy()) for name in scores}
+    posts = _linear_posteriors(state, scores, w_var=1e-6)
     x = torch.randn(400, 1, 1, 8, generator=torch.Generator().manual_seed(1))
     y = (x[:, 0, 0, 0] + x[:, 0, 0, 1] - x[:, 0, 0, 2] - x[:, 0, 0, 3] > 0).long()
     return arch, state, posts, x, y
@@ -180,12 +186,8 @@ def _random_toy(seed: int):
         y = net(x).argmax(-1)
     y = torch.where(torch.rand(500, generator=g) < 0.1, torch.randint(0, 3, (500,), generator=g), y)
     rng = np.random.default_rng(seed)
-    posts = {name: LayerPosterior(
-        name=name, kind="linear", z_mean=None, z_var=None, e_log_z=None, log_mode=None,
-        log_alpha=rng.normal(size=state[f"{name}.weight"].shape[1]),
-        w_mean=state[f"{name}.weight"].double().numpy(),
-        w_var=np.full(tuple(state[f"{name}.weight"].shape), 1e-8),
-        b_mean=state[f"{name}.bias"].double().numpy()) for name in ("fc1", "fc2")}
+    scores = {name: rng.normal(size=state[f"{name}.weight"].shape[1]) for name in ("fc1", "fc2")}
+    posts = _linear_posteriors(state, scores, w_var=1e-8)
     return arch, state, posts, x, y
 
 
