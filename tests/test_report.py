@@ -17,7 +17,7 @@ import pytest
 
 from pbc.cli import main
 from pbc.io import sha256_file
-from pbc.reporting import paper
+from pbc.reporting import paper, tables
 from pbc.reporting.pdf import build_report
 
 REAL = Path(__file__).resolve().parents[1] / "reports" / "fashion-mnist"
@@ -257,3 +257,28 @@ def test_frontier_page_only_for_runs_with_a_frontier(runs, tmp_path):
     assert r.pages[r.pages.index("figure1") + 1] == "frontier"
     assert r.runs[0].frontier["pruning"].tolist() == [3.6, 7.0]
     assert _pdf_pages(r.pdf) == len(r.pages)
+
+
+def test_budget_page_sets_each_budgets_test_cost_beside_its_validation_cost(runs, tmp_path):
+    frontier = {"pruning": [3.6, 7.0], "fast_prediction": [13.0, 28.2],
+                "budget_points": [0.5, 1.0], "val_error_unpruned": [0.0950, 0.0950],
+                "test_error_full": [0.1000, 0.1000]}
+    pd.DataFrame({**frontier, "val_error_packed": [0.0970, 0.1010],
+                  "test_error_packed": [0.1040, 0.1120]}).to_csv(runs[0] / "frontier.csv",
+                                                                 index=False)
+    pd.DataFrame({**frontier, "val_error_packed": [0.0960, 0.1000],
+                  "test_error_packed": [0.1060, 0.1070]}).to_csv(runs[1] / "frontier.csv",
+                                                                 index=False)
+    r = build_report(runs, tmp_path / "cmp.pdf")
+    assert r.pages[r.pages.index("frontier") + 1] == "budgets"
+    assert _pdf_pages(r.pdf) == len(r.pages)
+    costs = _csv(r.csv["budgets"])
+    assert costs["run"].tolist() == ["lenet300-gnj-200"] * 2 + ["lenet5-ghs"] * 2
+    assert costs["val_cost"].round(6).tolist() == [0.2, 0.6, 0.1, 0.5]
+    assert costs["test_cost"].round(6).tolist() == [0.4, 1.2, 0.6, 0.7]
+    summary = tables.budget_summary(costs)
+    assert summary["budget_points"].tolist() == [0.5, 1.0]
+    assert summary["test_cost"].round(6).tolist() == [0.5, 0.95]
+    assert summary["test_cost_max"].round(6).tolist() == [0.6, 1.2]
+    assert summary["over_budget"].tolist() == [1, 1]      # 0.6 > 0.5; 1.2 > 1.0
+

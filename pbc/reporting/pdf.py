@@ -7,6 +7,8 @@ from the tables of :mod:`pbc.reporting.tables`:
 2. Table 1: pruned architecture and bit precision per layer, beside the paper's rows;
 3. Table 2: errors, ``|w≠0|/|w|`` and the three compression rates, beside the paper's rows;
 4. Figure 1: forward-pass time per variant (bench.json), energy where measured;
+   then, where runs have a frontier.csv, packed test error against compression per error
+   budget, and what each budget cost on the validation split against the test set;
 5. the analyse stage's figures (ArviZ forest plots, score histograms, …), per run;
 6. training curves from metrics.jsonl (errors, ELBO terms);
 7. calibration: a reliability diagram per run that has a predictive.json (none without);
@@ -15,9 +17,9 @@ from the tables of :mod:`pbc.reporting.tables`:
 For a sweep's directory (``pbc report SWEEP_DIR``) each row is a configuration: Tables 1–2
 and Figure 1 show the mean ± sd over its seeds that the sweep's summary files hold, and the
 per-run pages show its first seed.  A long table continues on further pages.
-``NAME.table1.csv``, ``NAME.table2.csv`` and ``NAME.mdl.csv`` hold the same tables
-unrounded.  Nothing here trains or computes statistics:
-numbers are only formatted (errors as %, rounded for display).
+``NAME.table1.csv``, ``NAME.table2.csv``, ``NAME.mdl.csv`` (and ``NAME.budgets.csv``) hold
+the same tables unrounded.  Nothing here trains or estimates: numbers are only formatted
+(errors as %, rounded for display), and the budget page averages its costs over runs.
 """
 
 from __future__ import annotations
@@ -78,15 +80,15 @@ def build_report(run_dirs, out, sweep=None) -> Report:
     t1, t2 = tables.table1(runs), tables.table2(runs)
     if sweep is not None:
         t1, t2 = tables.with_spread(t1, t2, sweep.configurations, sweep.layers)
-    mdl = tables.mdl_table(runs)
+    mdl, budgets = tables.mdl_table(runs), tables.budget_costs(runs)
     result = Report(out, {}, runs=runs)
     with atomic_path(out) as tmp:
         with PdfPages(tmp, metadata={"Title": f"pbc comparison report: {out.stem}",
                                      "Creator": "pbc report"}) as pdf:
-            for title, fig in _pages(runs, t1, t2, mdl, sweep):   # one page at a time
+            for title, fig in _pages(runs, t1, t2, mdl, budgets, sweep):   # one page at a time
                 pdf.savefig(fig)
                 result.pages.append(title)
-    result.csv = tables.write_tables(out, t1, t2, mdl)
+    result.csv = tables.write_tables(out, t1, t2, mdl, budgets)
     return result
 
 
@@ -100,7 +102,7 @@ def _run_desc(run: RunRecord) -> str:
 
 # ---------------------------------------------------------------------------------- pages
 
-def _pages(runs, t1, t2, mdl, sweep=None):
+def _pages(runs, t1, t2, mdl, budgets, sweep=None):
     """``(title, figure)`` for each page, in order, each drawn only when asked for."""
     yield from _title_page(runs, sweep)
     yield from _table1_pages(t1, runs)
@@ -113,6 +115,7 @@ def _pages(runs, t1, t2, mdl, sweep=None):
         if singles:
             yield from _bench_pages(singles, runs, "single runs")
     yield from _frontier_pages(runs)
+    yield from _budget_pages(budgets)
     yield from _diagnostic_pages(runs)
     yield _curves_page(runs)
     yield from _calibration_pages(runs)
@@ -469,6 +472,45 @@ def _frontier_pages(runs):
     layout.notes(fig, ["The budgets are a grid given beforehand, not chosen on the test set; "
                        "a run's own analysis (Tables 1 and 2) is one of these points."])
     yield ("frontier", fig)
+
+
+def _budget_pages(costs: pd.DataFrame):
+    """What each frontier budget cost on the validation split against the test set."""
+    if costs.empty:
+        return
+    fig = layout.page("The error budget on the test set (frontier.csv)",
+                      "One point per run and budget: the packed network's error above the "
+                      "unpruned one, on the validation split that the rule searched (x) and "
+                      "on the test set (y).")
+    ax = fig.add_axes([0.07, 0.14, 0.42, 0.68])
+    budgets = sorted(costs["budget_points"].unique())
+    for k, b in enumerate(budgets):
+        at = costs[costs["budget_points"] == b]
+        ax.scatter(at["val_cost"], at["test_cost"], s=16, color=COLOURS[k % len(COLOURS)],
+                   label=f"budget {b:g}")
+    lo = min(0.0, costs["val_cost"].min(), costs["test_cost"].min()) - 0.1
+    hi = max(costs["val_cost"].max(), costs["test_cost"].max()) + 0.1
+    ax.plot([lo, hi], [lo, hi], color="#777777", lw=0.8, ls="--", label="test = validation")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("validation error, packed − unpruned (points)", fontsize=8.5)
+    ax.set_ylabel("test error, packed − full (points)", fontsize=8.5)
+    ax.tick_params(labelsize=7.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, frameon=False)
+    summary = tables.budget_summary(costs)
+    header = ["budget", "runs", "mean validation cost", "mean test cost", "largest test cost",
+              "runs over budget on test"]
+    rows = [[f"{r.budget_points:g}", f"{r.runs}", f"{r.val_cost:.2f}", f"{r.test_cost:.2f}",
+             f"{r.test_cost_max:.2f}", f"{r.over_budget}"] for r in summary.itertuples()]
+    widths = [0.7, 0.6, 1.2, 1.0, 1.1, 1.3]
+    header, rows, heights = layout.wrap_table(header, rows, widths, 0.41 * PAGE[0])
+    layout.table(fig, [0.55, 0.14, 0.41, 0.68], header, rows, heights, widths)
+    layout.notes(fig, ["The rule accepts a setting on its validation error plus one standard "
+                       "error of the change; the test column shows what that bound bought. "
+                       "Costs in points of error; the runs are those of this report that "
+                       "have a frontier.csv (NAME.budgets.csv holds every point)."])
+    yield ("budgets", fig)
 
 
 def _curves_page(runs):

@@ -14,7 +14,10 @@ Tables (long form, one CSV each, see :func:`write_tables`):
 * :func:`table1` — one row per (run or paper row) × weighted layer: units kept, bits;
 * :func:`table2` — one row per run or paper row: errors, ``|w≠0|/|w|``, the three rates;
 * :func:`mdl_table` — one row per run × layer (and one per run, ``layer="(run)"``): the KL
-  term in bits beside the packed size in bits.
+  term in bits beside the packed size in bits;
+* :func:`budget_costs` — one row per run × error budget of its ``frontier.csv``: what the
+  budget cost on the validation split, where it was chosen, and on the test set, where it
+  was not (:func:`budget_summary` averages them per budget).
 
 A sweep's report (:func:`with_spread`) puts in each run row the mean over the configuration's
 seeds that the sweep's summary files hold, with the standard deviation beside it.
@@ -257,6 +260,50 @@ def mdl_table(runs: list[RunRecord]) -> pd.DataFrame:
     return frame
 
 
+#: frontier.csv's columns that :func:`budget_costs` reads
+FRONTIER_ERRORS = ("val_error_unpruned", "val_error_packed", "test_error_full",
+                   "test_error_packed")
+
+
+def budget_costs(runs: list[RunRecord]) -> pd.DataFrame:
+    """Per run and error budget of its ``frontier.csv``, the cost of the compression in
+    points of error: ``val_cost = 100·(val_error_packed − val_error_unpruned)`` on the
+    validation split that the rule searched, ``test_cost = 100·(test_error_packed −
+    test_error_full)`` on the test set that it never saw.  A search over many settings keeps
+    those that the validation examples flatter, so ``test_cost`` above ``val_cost`` measures
+    the selection's optimism.  Runs without a frontier (or one without these columns) are
+    left out."""
+    rows = []
+    for run in runs:
+        f = run.frontier
+        if f is None or f.empty or not set(FRONTIER_ERRORS) <= set(f.columns):
+            continue
+        for _, r in f.iterrows():
+            rows.append({"run": run.label, "model": run.model, "prior": run.prior,
+                         "budget_points": r["budget_points"],
+                         "val_cost": _points(r["val_error_packed"] - r["val_error_unpruned"]),
+                         "test_cost": _points(r["test_error_packed"] - r["test_error_full"])})
+    return pd.DataFrame(rows, columns=["run", "model", "prior", "budget_points", "val_cost",
+                                       "test_cost"])
+
+
+def _points(fraction: float) -> float:
+    """A difference of error fractions in points, rounded to 10⁻⁶ (errors count examples, so
+    this only drops the float subtraction's noise)."""
+    return round(100 * float(fraction), 6)
+
+
+def budget_summary(costs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`budget_costs` per budget: ``runs``, mean ``val_cost`` and ``test_cost``, the
+    largest ``test_cost`` and ``over_budget``, the runs whose test cost exceeds the budget."""
+    over = costs.assign(over=costs["test_cost"] > costs["budget_points"])
+    by = over.groupby("budget_points", sort=True)
+    return pd.DataFrame({"runs": by.size(), "val_cost": by["val_cost"].mean(),
+                         "test_cost": by["test_cost"].mean(),
+                         "test_cost_max": by["test_cost"].max(),
+                         "over_budget": by["over"].sum()}).reset_index()
+
+
 def bench_rows(run: RunRecord) -> list[dict]:
     """bench.json's variants, flattened: name, median_s, q25, q75, speedup, ideal, energy_j."""
     if run.bench is None:
@@ -267,15 +314,20 @@ def bench_rows(run: RunRecord) -> list[dict]:
              "energy_j": v.get("energy_j")} for v in run.bench.get("variants", [])]
 
 
-def write_tables(out_pdf, t1: pd.DataFrame, t2: pd.DataFrame, mdl: pd.DataFrame) -> dict:
-    """Write ``NAME.table1.csv``, ``NAME.table2.csv``, ``NAME.mdl.csv`` beside ``NAME.pdf``.
+def write_tables(out_pdf, t1: pd.DataFrame, t2: pd.DataFrame, mdl: pd.DataFrame,
+                 budgets: pd.DataFrame | None = None) -> dict:
+    """Write ``NAME.table1.csv``, ``NAME.table2.csv``, ``NAME.mdl.csv`` beside ``NAME.pdf``,
+    and ``NAME.budgets.csv`` (:func:`budget_costs`) where a run has a frontier.
 
     Floats are written with Python's shortest round-trip repr, so reading them back
     (``pandas.read_csv``, or ``float`` of the text) gives the artefacts' values exactly.
     """
     out_pdf = Path(out_pdf)
     paths = {}
-    for key, frame in (("table1", t1), ("table2", t2), ("mdl", mdl)):
+    frames = {"table1": t1, "table2": t2, "mdl": mdl}
+    if budgets is not None and not budgets.empty:
+        frames["budgets"] = budgets
+    for key, frame in frames.items():
         path = out_pdf.with_name(f"{out_pdf.stem}.{key}.csv")
         with atomic_write(path, "w") as f:
             frame.to_csv(f, index=False)
