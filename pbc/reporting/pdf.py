@@ -431,6 +431,9 @@ def _diagnostic_pages(runs):
         yield ("diagnostics", fig)
 
 
+LINES = (("o", "-"), ("s", "--"), ("^", ":"))   # marker and line style of a frontier line
+
+
 def _frontier_pages(runs):
     """The frontier page, when a run has a non-empty ``frontier.csv``."""
     shown = [r for r in runs if r.frontier is not None and not r.frontier.empty]
@@ -442,15 +445,16 @@ def _frontier_pages(runs):
                       "validation error).")
     models = list(dict.fromkeys(r.model for r in shown))
     gs = fig.add_gridspec(len(models), 2, left=0.07, right=0.7, top=0.86, bottom=0.13,
-                          wspace=0.22, hspace=0.35)
+                          wspace=0.22, hspace=0.45)
     for row, model in enumerate(models):
         axes = [fig.add_subplot(gs[row, i]) for i in range(2)]
         of_model = [r for r in shown if r.model == model]
         for k, run in enumerate(of_model):
             f, c = run.frontier, COLOURS[k % len(COLOURS)]
+            line = LINES[k // len(COLOURS) % len(LINES)]   # past ten runs, colours repeat
             err = 100 * f["test_error_packed"]
             for ax, rate in zip(axes, ("pruning", "fast_prediction"), strict=True):
-                ax.plot(f[rate], err, marker="o", ms=3.5, lw=1.1, color=c,
+                ax.plot(f[rate], err, marker=line[0], ls=line[1], ms=3.5, lw=1.1, color=c,
                         label=run.label if rate == "pruning" else None)
                 for x, y, b in zip(f[rate], err, f["budget_points"], strict=True):
                     ax.annotate(f"{b:g}", (x, y), xytext=(3, 2), textcoords="offset points",
