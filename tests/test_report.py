@@ -278,7 +278,7 @@ def test_budget_page_sets_each_budgets_test_cost_beside_its_validation_cost(runs
     assert costs["test_cost"].round(6).tolist() == [0.4, 1.2, 0.6, 0.7]
     summary = tables.budget_summary(costs)
     assert summary["budget_points"].tolist() == [0.5, 1.0]
+    assert summary["val_cost"].round(6).tolist() == [0.15, 0.55]
     assert summary["test_cost"].round(6).tolist() == [0.5, 0.95]
     assert summary["test_cost_max"].round(6).tolist() == [0.6, 1.2]
     assert summary["over_budget"].tolist() == [1, 1]      # 0.6 > 0.5; 1.2 > 1.0
-
