@@ -315,7 +315,7 @@ def bench_rows(run: RunRecord) -> list[dict]:
 
 
 def write_tables(out_pdf, t1: pd.DataFrame, t2: pd.DataFrame, mdl: pd.DataFrame,
-                 budgets: pd.DataFrame | None = None) -> dict:
+                 budgets: pd.DataFrame) -> dict:
     """Write ``NAME.table1.csv``, ``NAME.table2.csv``, ``NAME.mdl.csv`` beside ``NAME.pdf``,
     and ``NAME.budgets.csv`` (:func:`budget_costs`) where a run has a frontier.
 
@@ -325,7 +325,7 @@ def write_tables(out_pdf, t1: pd.DataFrame, t2: pd.DataFrame, mdl: pd.DataFrame,
     out_pdf = Path(out_pdf)
     paths = {}
     frames = {"table1": t1, "table2": t2, "mdl": mdl}
-    if budgets is not None and not budgets.empty:
+    if not budgets.empty:
         frames["budgets"] = budgets
     for key, frame in frames.items():
         path = out_pdf.with_name(f"{out_pdf.stem}.{key}.csv")
