@@ -472,10 +472,10 @@ def _frontier_pages(runs):
             ax.grid(alpha=0.3, which="both")
         handles, labels = axes[0].get_legend_handles_labels()
         # the model's share of the page height holds its legend: more runs, smaller type
-        height = fig.get_figheight() * 72 * 0.8 / len(models)
-        size = min(7.5, height / (1.3 * (len(labels) + 2)))
+        share = 0.8 / len(models)
+        size = min(7.5, fig.get_figheight() * 72 * share / (1.3 * (len(labels) + 2)))
         fig.legend(handles, labels, loc="upper left",
-                   bbox_to_anchor=(0.72, 0.86 - row * 0.8 / len(models)), fontsize=size,
+                   bbox_to_anchor=(0.72, 0.86 - row * share), fontsize=size,
                    labelspacing=0.3, frameon=False, title=paper.model_name(model),
                    title_fontsize=8)
     layout.notes(fig, ["The budgets are a grid given beforehand, not chosen on the test set; "
