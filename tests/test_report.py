@@ -255,6 +255,7 @@ def test_frontier_page_only_for_runs_with_a_frontier(runs, tmp_path):
         gnj / "frontier.csv", index=False)
     r = build_report(runs, tmp_path / "cmp.pdf")
     assert r.pages[r.pages.index("figure1") + 1] == "frontier"
+    assert r.pages.count("frontier") == 1   # one model has a frontier
     assert r.runs[0].frontier["pruning"].tolist() == [3.6, 7.0]
     assert _pdf_pages(r.pdf) == len(r.pages)
 
@@ -270,7 +271,8 @@ def test_budget_page_sets_each_budgets_test_cost_beside_its_validation_cost(runs
                   "test_error_packed": [0.1060, 0.1070]}).to_csv(runs[1] / "frontier.csv",
                                                                  index=False)
     r = build_report(runs, tmp_path / "cmp.pdf")
-    assert r.pages[r.pages.index("frontier") + 1] == "budgets"
+    first = r.pages.index("frontier")     # one page per model: LeNet-300-100, LeNet-5
+    assert r.pages[first:first + 3] == ["frontier", "frontier", "budgets"]
     assert _pdf_pages(r.pdf) == len(r.pages)
     costs = _csv(r.csv["budgets"])
     assert costs["run"].tolist() == ["lenet300-gnj-200"] * 2 + ["lenet5-ghs"] * 2

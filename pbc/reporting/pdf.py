@@ -8,7 +8,7 @@ from the tables of :mod:`pbc.reporting.tables`:
 3. Table 2: errors, ``|w≠0|/|w|`` and the three compression rates, beside the paper's rows;
 4. Figure 1: forward-pass time per variant (bench.json), energy where measured;
    then, where runs have a frontier.csv, packed test error against compression per error
-   budget, and what each budget cost on the validation split against the test set;
+   budget (a page per model), and what each budget cost on the validation split against the test set;
 5. the analyse stage's figures (ArviZ forest plots, score histograms, …), per run;
 6. training curves from metrics.jsonl (errors, ELBO terms);
 7. calibration: a reliability diagram per run that has a predictive.json (none without);
@@ -435,19 +435,15 @@ LINES = (("o", "-"), ("s", "--"), ("^", ":"))   # marker and line style of a fro
 
 
 def _frontier_pages(runs):
-    """The frontier page, when a run has a non-empty ``frontier.csv``."""
+    """One frontier page per model, for the runs with a non-empty ``frontier.csv``."""
     shown = [r for r in runs if r.frontier is not None and not r.frontier.empty]
-    if not shown:
-        return
-    fig = layout.page("Error against compression over error budgets (frontier.csv)",
-                      "One line per run: its posterior analysed and compressed at each error "
-                      "budget of `pbc frontier` (the number beside each point, in points of "
-                      "validation error).")
-    models = list(dict.fromkeys(r.model for r in shown))
-    gs = fig.add_gridspec(len(models), 2, left=0.07, right=0.7, top=0.86, bottom=0.13,
-                          wspace=0.22, hspace=0.45)
-    for row, model in enumerate(models):
-        axes = [fig.add_subplot(gs[row, i]) for i in range(2)]
+    for model in dict.fromkeys(r.model for r in shown):
+        fig = layout.page(f"Error against compression over error budgets — "
+                          f"{paper.model_name(model)} (frontier.csv)",
+                          "One line per run: its posterior analysed and compressed at each "
+                          "error budget of `pbc frontier` (the number beside each point, in "
+                          "points of validation error).")
+        axes = [fig.add_axes([0.07 + 0.33 * i, 0.16, 0.27, 0.66]) for i in range(2)]
         of_model = [r for r in shown if r.model == model]
         for k, run in enumerate(of_model):
             f, c = run.frontier, COLOURS[k % len(COLOURS)]
@@ -467,20 +463,13 @@ def _frontier_pages(runs):
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(f"{title}, ×", fontsize=8.5)
             ax.set_ylabel("test error, packed (%)", fontsize=8.5)
-            ax.set_title(paper.model_name(model), fontsize=9.5)
             ax.tick_params(labelsize=7.5)
             ax.grid(alpha=0.3, which="both")
-        handles, labels = axes[0].get_legend_handles_labels()
-        # the model's share of the page height holds its legend: more runs, smaller type
-        share = 0.8 / len(models)
-        size = min(7.5, fig.get_figheight() * 72 * share / (1.3 * (len(labels) + 2)))
-        fig.legend(handles, labels, loc="upper left",
-                   bbox_to_anchor=(0.72, 0.86 - row * share), fontsize=size,
-                   labelspacing=0.3, frameon=False, title=paper.model_name(model),
-                   title_fontsize=8)
-    layout.notes(fig, ["The budgets are a grid given beforehand, not chosen on the test set; "
-                       "a run's own analysis (Tables 1 and 2) is one of these points."])
-    yield ("frontier", fig)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="upper left",
+                   bbox_to_anchor=(0.74, 0.82), fontsize=7.5, frameon=False)
+        layout.notes(fig, ["The budgets are a grid given beforehand, not chosen on the test "
+                           "set; a run's own analysis (Tables 1 and 2) is one of these points."])
+        yield ("frontier", fig)
 
 
 def _budget_pages(costs: pd.DataFrame):
