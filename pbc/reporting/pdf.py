@@ -8,7 +8,8 @@ from the tables of :mod:`pbc.reporting.tables`:
 3. Table 2: errors, ``|w≠0|/|w|`` and the three compression rates, beside the paper's rows;
 4. Figure 1: forward-pass time per variant (bench.json), energy where measured;
    then, where runs have a frontier.csv, packed test error against compression per error
-   budget (a page per model), and what each budget cost on the validation split against the test set;
+   budget (a page per model), and what each budget cost on the validation split against
+   the test set;
 5. the analyse stage's figures (ArviZ forest plots, score histograms, …), per run;
 6. training curves from metrics.jsonl (errors, ELBO terms);
 7. calibration: a reliability diagram per run that has a predictive.json (none without);
