@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from pbc.io import ArtefactError
@@ -33,13 +34,22 @@ class Locked(ArtefactError):
 _held: dict[str, list] = {}
 
 
-def _holder(path: Path) -> str:
-    try:
-        info = json.loads(path.read_text("utf-8") or "{}")
-        return (f"pid {int(info['pid'])} ({info.get('command', '?')}, started "
-                f"{info.get('started', '?')})")
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+def _holder(path: Path, patience: float = 1.0) -> str:
+    """Who holds the lock on ``path``, from what the holder wrote into it.  The holder writes
+    right after it takes the lock, so an empty or half-written file is read again for up to
+    ``patience`` seconds before giving up."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            info = json.loads(path.read_text("utf-8") or "{}")
+            return (f"pid {int(info['pid'])} ({info.get('command', '?')}, started "
+                    f"{info.get('started', '?')})")
+        except FileNotFoundError:
+            return "another process"            # it finished meanwhile
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "another process"
+            time.sleep(0.01)
 
 
 def _acquire(directory: Path, command: str) -> int:

@@ -3,12 +3,14 @@ of killed processes (real processes: a lock is only a lock between processes).""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ from conftest import make_idx_dataset, one_line_error, tiny_train_args
 
 import pbc
 from pbc.cli import main
-from pbc.lock import LOCK_FILE
+from pbc.lock import LOCK_FILE, Locked, locked
 
 REPO = pathlib.Path(pbc.__file__).parent.parent
 HOLD = """
@@ -109,3 +111,21 @@ def test_two_concurrent_trains_leave_one_complete_run_and_one_refusal(tmp_path):
     assert saved["seed"] == winner
     assert len(metrics) == ckpt["epoch"] == saved["epochs"] == 1
     assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+
+
+def test_a_writer_refused_before_the_holder_has_written_its_name_waits_for_it(tmp_path):
+    """The holder takes the lock, then writes who it is: a writer refused in between reads
+    the file again until the name is there, instead of naming "another process"."""
+    path = tmp_path / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # held, file still empty
+        writer = threading.Timer(0.2, os.pwrite, (fd, json.dumps(
+            {"pid": 4242, "command": "pbc train", "started": "now"}).encode(), 0))
+        writer.start()
+        with pytest.raises(Locked, match="in use by pid 4242 \\(pbc train, started now\\)"):
+            with locked(tmp_path, "pbc compress"):
+                pass
+        writer.join()
+    finally:
+        os.close(fd)
