@@ -23,6 +23,8 @@ from pbc.defaults import (
     DEFAULT_ERROR_BUDGET,
     EXPORT_FILES,
     EXPORT_FORMATS,
+    FINETUNE_EPOCHS,
+    FINETUNE_SCHEDULE,
     GAMMA_OTHER,
     GAMMA_ZERO,
     LR_SCHEDULE,
@@ -222,6 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
                          "--error-budget (under the budget rule); posterior: unit round-off "
                          "below the mean posterior variance (the paper's rule)")
     an.add_argument("--no-figures", action="store_true")
+    ft = _command(sub, "finetune", help="train an analysed BC run on without the groups its "
+                  "analysis pruned, into a new run directory (then analyse and compress it)")
+    ft.add_argument("run_dir", help="an analysed gnj or ghs run")
+    ft.add_argument("--out", type=_out_path, required=True, help="the new run directory")
+    ft.add_argument("--epochs", type=_int_at_least(1, 100_000), default=FINETUNE_EPOCHS,
+                    help="epochs of fine-tuning")
+    ft.add_argument("--lr", type=_positive_float, default=1e-3,
+                    help="the learning rate the schedule starts from")
+    ft.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=FINETUNE_SCHEDULE,
+                    help="as for train; cosine decays the rate to 0 over the fine-tuning")
+    ft.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:N]")
+    ft.add_argument("--threads", type=_threads, help="torch CPU threads")
+    ft.add_argument("--resume", action="store_true", help="continue the fine-tuning in --out")
+    ft.add_argument("--no-progress", action="store_true", help="no progress bars")
     co = _command(sub, "compress", help="prune, quantise and pack an analysed run")
     co.add_argument("run_dir")
     fr = _command(sub, "frontier", help="error against compression of a trained run: analyse "

@@ -23,6 +23,7 @@ from pbc.config import SettingError, TrainConfig
 from pbc.data import DataError, load_dataset
 from pbc.demo import run_demo
 from pbc.export import export
+from pbc.finetune import finetune_config, removed_counts
 from pbc.graph.rebuild import import_factory
 from pbc.io import ArtefactError, StageError, first_line
 from pbc.nets import classification_error, parse_layer_values
@@ -95,6 +96,19 @@ def _train(args) -> int:
     last = result.metrics[-1] if result.metrics else {}
     print(f"{result.out}: {len(result.metrics)} epochs, "
           f"test error {last.get('test_error', float('nan')):.4f}")
+    return 0
+
+
+def _finetune(args) -> int:
+    config = finetune_config(args.run_dir, args.out, args.epochs, args.lr, args.lr_schedule,
+                             device=args.device, threads=args.threads, resume=args.resume,
+                             progress=not args.no_progress)
+    result = train(config)
+    kept = ", ".join(f"{name} {k}/{n}" for name, (k, n) in removed_counts(result.net).items())
+    last = result.metrics[-1]
+    print(f"{result.out}: {len(result.metrics)} epochs on the kept groups ({kept}), "
+          f"validation error {last.get('val_error', float('nan')):.4f}, "
+          f"test error {last['test_error']:.4f}; next: pbc analyse {result.out}")
     return 0
 
 
@@ -295,7 +309,8 @@ def _demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "pretrain": _train, "analyse": _analyse, "compress": _compress,
+COMMANDS = {"train": _train, "pretrain": _train, "finetune": _finetune, "analyse": _analyse,
+            "compress": _compress,
             "frontier": _frontier,
             "evaluate": _evaluate, "export": _export, "bench": _bench, "report": _report,
             "sweep": _sweep, "demo": _demo}

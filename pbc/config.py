@@ -56,6 +56,9 @@ class TrainConfig:
     subset: int | None = None
     val: int | None = None   # validation examples held out of training; None: the data's default
     init_from: str | None = None
+    # an analysed run whose posterior, less the groups its analysis pruned, this run trains on
+    # (`pbc finetune`); None: a run of its own
+    finetune_from: str | None = None
     resume: bool = False
     tau0: float = 1e-5
     # bound on Var[w̃]: one for every layer, or {layer: bound} for those layers only ({}: none);

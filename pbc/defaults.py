@@ -26,6 +26,9 @@ COOLDOWN = 0.1   # the share of the run over which "cooldown" decays the rate to
 BATCH_SIZE = 128
 LR_SCHEDULE = "cooldown"
 SCALE_VAR_LR = 1.0   # learning-rate multiplier for the group scales' log-variances
+# `pbc finetune`: epochs on the kept groups, the rate decayed to 0 over them
+FINETUNE_EPOCHS = 10
+FINETUNE_SCHEDULE = "cosine"
 
 #: how :func:`pbc.analysis.stage.analyse` chooses the layers' pruning thresholds
 RULES: tuple[str, ...] = ("budget", "gap")

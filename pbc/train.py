@@ -30,6 +30,7 @@ from pbc import methods
 from pbc.bayes.elbo import MeanFieldELBO
 from pbc.config import TrainConfig, saved_setting
 from pbc.defaults import COOLDOWN
+from pbc.finetune import start_from_analysed
 from pbc.io import ArtefactError
 from pbc.methods import Method
 from pbc.nets import Architecture, classification_error, make_architecture
@@ -38,7 +39,7 @@ from pbc.rundir import CHECKPOINT, METRICS, RunDir, load_point_estimate, run_spl
 # the settings a resumed run must share with the run it continues
 RESUME_KEYS = ("model", "prior", "data", "batch_size", "seed", "subset", "val", "tau0", "lr",
                "lr_schedule", "scale_var_lr", "max_weight_var", "sws_tau", "sws_zero_rate",
-               "sws_rate", "dc_keep")
+               "sws_rate", "dc_keep", "finetune_from")
 
 
 class TrainingDiverged(RuntimeError):
@@ -163,7 +164,10 @@ def _train(config: TrainConfig, method: Method, run: RunDir) -> TrainResult:
     arch = make_architecture(config.model, data.input_shape, data.num_classes)
 
     net = method.build(config, arch)
-    if config.init_from and not config.resume:
+    optim_state = None
+    if config.finetune_from and not config.resume:
+        optim_state = start_from_analysed(config.finetune_from, net, arch)
+    elif config.init_from and not config.resume:
         state = load_point_estimate(config.init_from, arch)
         try:
             method.load_point_estimate(net, state)
@@ -175,6 +179,8 @@ def _train(config: TrainConfig, method: Method, run: RunDir) -> TrainResult:
     config = method.settle(config, net, saved)
     net.to(device)
     optim = torch.optim.Adam(method.param_groups(net, config), lr=config.lr)
+    if optim_state is not None:
+        optim.load_state_dict(optim_state)
     start, metrics = _start(config, run, saved, method.earlier_settings(config), net, optim)
     run.write_config(config, arch, {"name": data.name, "source": data.source,
                                     "train": int(train_x.shape[0]),

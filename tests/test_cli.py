@@ -75,11 +75,14 @@ def test_demo_runs_every_stage_on_generated_data(idx_dir, tmp_path, capsys):
     assert main(["demo", "--data-dir", str(idx_dir), "--epochs", "1", "--pretrain-epochs", "1",
                  "--threads", "1", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "[6/6]" in out and "max compression" in out and "speed-up" in out
-    run = tmp_path / "demo" / "lenet300-gnj"
-    for name in ("metrics.jsonl", "posterior.nc", "layers.csv", "compression.json",
-                 "model.pbcz", "bench.json"):
-        assert (run / name).is_file()
+    assert "[7/7]" in out and "max compression" in out and "speed-up" in out
+    for run in ("lenet300-gnj", "lenet300-gnj-finetuned"):
+        for name in ("metrics.jsonl", "posterior.nc", "layers.csv", "compression.json",
+                     "model.pbcz", "bench.json"):
+            assert (tmp_path / "demo" / run / name).is_file(), (run, name)
+    tuned = json.loads((tmp_path / "demo" / "lenet300-gnj-finetuned" / "config.json")
+                       .read_text())["config"]
+    assert tuned["finetune_from"] == str(tmp_path / "demo" / "lenet300-gnj")
     report = tmp_path / "demo" / "report.pdf"
     assert report.read_bytes().startswith(b"%PDF")
     assert (tmp_path / "demo" / "report.table2.csv").is_file()
@@ -103,7 +106,7 @@ print(len(commands), [m for m in heavy if m in sys.modules])
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "11 []"
+    assert proc.stdout.strip() == "12 []"
 
 
 def test_parser_choices_are_the_libraries_names():

@@ -188,8 +188,8 @@ def budget_thresholds(arch: Architecture, state: dict[str, torch.Tensor],
     pred0 = predict()
     e0 = (pred0 != y).sum().item() / n_val
     layers = [n for n in posts if n not in fixed]
-    rules = {n: _thresholds_for(posts[n].score) for n in layers}
-    sizes = {n: int(posts[n].score.size) for n in layers}
+    rules = {n: _thresholds_for(posts[n].open_scores) for n in layers}
+    sizes = {n: int(posts[n].open_scores.size) for n in layers}
     start = {**fixed, **{n: rules[n](0) for n in layers}}
     finer = 0
     if precision == "budget":

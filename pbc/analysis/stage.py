@@ -137,7 +137,7 @@ def _analyse(trained, draws, chains, thresholds, figures, seed, rule, error_budg
         elif fixed is not None:
             chosen[name] = Threshold(*fixed, math.nan)
         elif rule == "gap":
-            chosen[name] = find_threshold(post.score)
+            chosen[name] = find_threshold(post.open_scores)
     selection = {"rule": rule if fixed is None else fixed[1], "given": sorted(thresholds),
                  "precision": "posterior"}
     significand = {}

@@ -11,6 +11,12 @@ Generative process of one layer named ``L`` with ``G`` groups (paper eqs. 8–13
 and the guide ``q(z) q(w̃) q(b̃)`` with ``q(w̃) = N(μ, σ²)``, ``q(b̃) = N(μ_b, σ_b²)``.  Groups
 are the *input units* of a linear layer and the *output channels* of a convolution.
 
+A layer can lose groups for good (:meth:`BayesLayer.remove_groups`, what ``pbc finetune`` does
+with the groups an analysis pruned): the buffer ``kept_groups`` (``(G,)``, 1 kept, 0 removed)
+zeroes a removed input unit before the layer and a removed channel after it, and the
+posterior means of its weights.  The removed groups' sites stay (their KL, which no longer
+depends on the data, takes them back to the prior); ``kept_groups`` is in the state dict.
+
 ``forward(x)`` is the model half; ``guide()`` the guide half.  Under
 :class:`pbc.bayes.handlers.LocalReparameterization` the guide draws none of ``z``, ``w``, ``b``
 (only their distributions enter the KL) and the model's ``layer_output`` is drawn from the
@@ -91,6 +97,8 @@ class BayesLayer(nn.Module):
                                      - 2.0 * torch.log(torch.as_tensor(z0)))
         self.b_loc = nn.Parameter(torch.zeros(out_features))
         self.b_logvar = nn.Parameter(torch.empty(out_features).normal_(-9.0, 1e-2))
+        self.register_buffer("kept_groups", torch.ones(self.n_groups))
+        self._removed_any = False   # whether kept_groups holds a 0: masking costs a product
 
     # -- helpers ------------------------------------------------------------------------------
     @staticmethod
@@ -101,6 +109,33 @@ class BayesLayer(nn.Module):
 
     def functional(self, x, weight, bias):
         raise NotImplementedError
+
+    @torch.no_grad()
+    def remove_groups(self, keep) -> None:
+        """Remove the groups where ``keep`` (``(G,)``, bool) is false, for good: they stay
+        removed whatever ``keep`` a later call gives."""
+        keep = torch.as_tensor(keep, dtype=torch.bool, device=self.kept_groups.device)
+        if keep.shape != self.kept_groups.shape:
+            raise ValueError(f"{self.site}: keep mask of shape {tuple(keep.shape)} for "
+                             f"{self.n_groups} groups")
+        self.kept_groups.mul_(keep.to(self.kept_groups.dtype))
+        self._removed_any = bool((self.kept_groups == 0).any())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a state saved before layers could lose groups has every group
+        key = prefix + "kept_groups"
+        if key not in state_dict:
+            state_dict[key] = torch.ones_like(self.kept_groups)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._removed_any = bool((self.kept_groups == 0).any())
+
+    def _output(self, x, w, b):
+        """``layer_output`` with the removed groups' inputs (linear) or outputs (conv) at 0."""
+        if not self._removed_any:
+            return layer_output(self, x, w, b)
+        if self.groups_on_input:
+            return layer_output(self, x * self.kept_groups, w, b)
+        return layer_output(self, x, w, b) * self.kept_groups[:, None, None]
 
     def group_view(self, z: torch.Tensor) -> torch.Tensor:
         """Lay ``z`` (``(..., G)``) along the weight's group dimension."""
@@ -129,7 +164,7 @@ class BayesLayer(nn.Module):
         if self.q_scale is None:  # per-weight prior (Sparse VD): w ~ p(w), b ~ N(0, 1)
             w = pyro.sample(f"{self.site}.w", self.prior.weight_prior(w_like.shape, w_like))
             b = pyro.sample(f"{self.site}.b", self._standard_bias_prior(b_like))
-            return layer_output(self, x, w, b)
+            return self._output(x, w, b)
         z = self.prior.sample_scales(self.site, self.n_groups, w_like)
         w = pyro.sample(f"{self.site}.w",
                         GroupScaledNormal.standard_prior(w_like.shape, self.group_view(z), w_like))
@@ -138,7 +173,7 @@ class BayesLayer(nn.Module):
         else:
             b_prior = GroupScaledNormal.standard_prior(b_like.shape, z, b_like)
         b = pyro.sample(f"{self.site}.b", b_prior)
-        return layer_output(self, x, w, b)
+        return self._output(x, w, b)
 
     def guide(self) -> None:
         """Guide half: ``z ~ q(z)``, then ``w̃ ~ N(μ, σ²)``, ``b̃ ~ N(μ_b, σ_b²)``."""
@@ -167,11 +202,12 @@ class BayesLayer(nn.Module):
     # -- posterior summaries --------------------------------------------------------------------
     @torch.no_grad()
     def posterior_mean(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(E[w], E[b])``: ``E[z]·μ`` (eq. 9) and ``μ_b`` (``E[z]·μ_b`` for a conv)."""
+        """``(E[w], E[b])``: ``E[z]·μ`` (eq. 9) and ``μ_b`` (``E[z]·μ_b`` for a conv); 0 in
+        the removed groups."""
         w_loc, _, b_loc, _ = self.variational_moments()
         if self.q_scale is None:
             return w_loc.clone(), b_loc.clone()
-        z = self.q_scale.mean()
+        z = self.q_scale.mean() * self.kept_groups
         bias = b_loc if self.groups_on_input else z * b_loc
         return self.group_view(z) * w_loc, bias.clone()
 

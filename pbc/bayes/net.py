@@ -174,6 +174,15 @@ class BayesNet(nn.Module):
         for layer in self._bayes:
             layer.guide()
 
+    def remove_groups(self, keep: Mapping[str, object]) -> None:
+        """Remove for good, in each layer that ``keep`` names by site, the groups where its
+        mask (``(G,)``, bool) is false (:meth:`pbc.bayes.layers.BayesLayer.remove_groups`)."""
+        unknown = set(keep) - set(self._paths)
+        if unknown:
+            raise KeyError(f"no Bayesian layers {sorted(unknown)}; layers are {list(self._paths)}")
+        for site, mask in keep.items():
+            self._paths[site].remove_groups(mask)
+
     def clip_variances(self, max_var: float | Mapping[str, float] | None) -> None:
         """Bound each layer's weight variance ``σ²``: by ``max_var`` in every layer, or by
         ``max_var[site]`` in the layers it names (no-op for ``None``).

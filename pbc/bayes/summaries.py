@@ -25,6 +25,9 @@ class LayerPosterior:
 
     A per-weight posterior (Sparse VD, ``per_weight=True``) has no ``z``: its ``z_*``,
     ``e_log_z`` and ``log_mode`` are ``None`` and ``log_alpha`` has the weight's shape.
+    ``removed`` marks the groups the layer has lost for good
+    (:meth:`pbc.bayes.layers.BayesLayer.remove_groups`): pruned at any threshold, their
+    weights' moments 0.
     """
 
     name: str
@@ -38,10 +41,24 @@ class LayerPosterior:
     w_var: np.ndarray           # weight shape, Var[w]
     b_mean: np.ndarray          # (out,) E[b]
     per_weight: bool = False
+    removed: np.ndarray | None = None   # (G,) bool; None: every group is there
 
     @property
     def score(self) -> np.ndarray:
         return prune_score(self)
+
+    @property
+    def open_scores(self) -> np.ndarray:
+        """The scores of the groups (or weights) a threshold still decides on: all but the
+        removed groups', flattened."""
+        score = self.score
+        return score.ravel() if self.removed is None else score[~self.removed]
+
+    def kept_at(self, threshold: float) -> np.ndarray:
+        """The groups (weights, per-weight) a threshold keeps: score ``≤ threshold`` and not
+        removed."""
+        keep = self.score <= threshold
+        return keep if self.removed is None else keep & ~self.removed
 
 
 @torch.no_grad()
@@ -62,16 +79,19 @@ def layer_moments(layer) -> LayerPosterior:
             w_var=np_(w_var), b_mean=np_(b_mean), per_weight=True)
     z_mean, z_var = q.mean(), q.variance()
     e_log, v_log = q.log_z_moments()
+    kept = layer.group_view(layer.kept_groups)
     zm, zv = layer.group_view(z_mean), layer.group_view(z_var)
-    w_mean = zm * w_loc
-    w_var_total = zv * (w_loc.pow(2) + w_var) + zm.pow(2) * w_var
+    w_mean = kept * zm * w_loc
+    w_var_total = kept * (zv * (w_loc.pow(2) + w_var) + zm.pow(2) * w_var)
+    removed = layer.kept_groups == 0
     gnj = isinstance(q, NormalScaleGuide)
     log_mode = z_mean.abs().log() if gnj else e_log - v_log
     return LayerPosterior(
         name=layer.site, kind=kind,
         z_mean=np_(z_mean), z_var=np_(z_var), e_log_z=np_(e_log), log_mode=np_(log_mode),
         log_alpha=np_(q.log_alpha()),
-        w_mean=np_(w_mean), w_var=np_(w_var_total), b_mean=np_(b_mean))
+        w_mean=np_(w_mean), w_var=np_(w_var_total), b_mean=np_(b_mean),
+        removed=removed.cpu().numpy() if removed.any() else None)
 
 
 def prune_score(post: LayerPosterior) -> np.ndarray:

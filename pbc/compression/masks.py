@@ -1,7 +1,7 @@
 """Keep masks: from per-group decisions to consistent unit masks of every weighted layer.
 
 * :func:`structured_masks` — keep the groups whose prune score is at most the layer's
-  threshold, then :func:`propagate_masks`;
+  threshold, then :func:`propagate_masks`; :func:`kept_groups` — the same as group masks;
 * :func:`propagate_masks` — group masks → consistent ``(in_mask, out_mask)`` per layer: a
   layer's output unit goes when the next layer's input unit goes, and the other way round;
 * :func:`groups_of_weights` — the groups an unstructured (per-weight) mask empties;
@@ -90,19 +90,29 @@ def groups_of_weights(kind: str, weight_kept: np.ndarray, bias: np.ndarray) -> n
 def weight_masks(posts: dict[str, LayerPosterior], thresholds: dict[str, float]
                  ) -> dict[str, np.ndarray]:
     """Unstructured keep masks (weight shape) of per-weight posteriors: score ``≤`` threshold."""
-    return {n: p.score <= thresholds[n] for n, p in posts.items() if p.per_weight}
+    return {n: p.kept_at(thresholds[n]) for n, p in posts.items() if p.per_weight}
 
 
 def structured_masks(arch: Architecture, posts: dict[str, LayerPosterior],
                      thresholds: dict[str, float]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Keep the groups whose prune score is ``≤`` their layer's threshold, then propagate.
+    """Keep the groups whose prune score is ``≤`` their layer's threshold (and that the layer
+    has not removed), then propagate.
 
     For a per-weight posterior the groups are those that keep a weight
     (:func:`groups_of_weights`)."""
     w_masks = weight_masks(posts, thresholds)
     groups = {n: (groups_of_weights(p.kind, w_masks[n], p.b_mean) if p.per_weight
-                  else p.score <= thresholds[n]) for n, p in posts.items()}
+                  else p.kept_at(thresholds[n])) for n, p in posts.items()}
     return propagate_masks(arch, groups)
+
+
+def kept_groups(arch: Architecture, posts: dict[str, LayerPosterior],
+                thresholds: dict[str, float]) -> dict[str, np.ndarray]:
+    """Per layer, the groups (input units of a linear layer, output channels of a conv) that
+    the thresholds keep once the masks are propagated: what
+    :meth:`pbc.bayes.net.BayesNet.remove_groups` takes."""
+    masks = structured_masks(arch, posts, thresholds)
+    return {n: masks[n][0] if p.kind == "linear" else masks[n][1] for n, p in posts.items()}
 
 
 def kept_weight_mask(kind: str, shape: tuple[int, ...], in_mask, out_mask) -> np.ndarray:
