@@ -22,7 +22,8 @@ from pbc.compress import compress
 from pbc.compression.masks import kept_groups, structured_masks
 from pbc.finetune import finetune_config
 from pbc.io import load_torch
-from pbc.rundir import load_trained
+from pbc.reporting.tables import protocol
+from pbc.rundir import load_trained, read_run
 
 PRIORS = {"gnj": GroupNormalJeffreys, "ghs": GroupHorseshoe}
 # conv1's second channel feeds fc1's inputs 4–7, which go with it
@@ -149,6 +150,7 @@ def test_finetune_trains_the_kept_groups_into_a_run_that_analyses_and_compresses
     record = compress(new)
     units = {row["name"]: row["in_kept"] for row in record["layers"]}
     assert units == {n: int(k.sum()) for n, k in keep.items()}
+    assert protocol(read_run(new)).startswith("2 ep. fine-tuning src on its kept groups")
 
 
 def test_finetune_resumes_to_the_uninterrupted_run(trained_runs, tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ seeds that the sweep's summary files hold, with the standard deviation beside it
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import pandas as pd
 
@@ -167,13 +167,16 @@ def table2(runs: list[RunRecord]) -> pd.DataFrame:
 
 
 def protocol(run: RunRecord) -> str:
-    """How a run was made, in a few words: epochs, start, whether a validation split was held
-    out, the threshold rule of its analyse stage (``analysis.json`` ``selection``; runs
-    analysed before it existed used the method's fixed threshold, else the gap rule; budget
-    selections made before the rule bounded the error by one standard error say so by the
-    absence of "upper bound"), and whether the budget chose the bits too."""
+    """How a run was made, in a few words: epochs, start (or the run it fine-tunes), whether
+    a validation split was held out, the threshold rule of its analyse stage
+    (``analysis.json`` ``selection``; runs analysed before it existed used the method's fixed
+    threshold, else the gap rule; budget selections made before the rule bounded the error
+    by one standard error say so by the absence of "upper bound"), and whether the budget
+    chose the bits too."""
     config = run.config
     start = "from a plain net" if config.get("init_from") else "from scratch"
+    if config.get("finetune_from"):
+        start = f"fine-tuning {PurePath(config['finetune_from']).name} on its kept groups"
     words = [f"{config.get('epochs')} ep. {start}"]
     if not config.get("val"):
         words.append("no validation split")
