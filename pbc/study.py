@@ -5,7 +5,10 @@ A study script in ``studies/`` declares a :class:`Study` and calls :func:`main`.
     pretrain (plain net, <out>/pretrain) → train (<out>/run, from the pretrained weights,
     or from scratch when the study pretrains for 0 epochs)
       → analyse (Bayesian methods) → compress → frontier (Bayesian methods: analyse and
-      compress at each error budget, frontier.csv) → bench → report (<out>/report.pdf)
+      compress at each error budget, frontier.csv) → bench
+      [→ finetune (BC-GNJ, BC-GHS, with --finetune-epochs: <out>/finetuned, the run without
+        the groups its analysis pruned) → analyse → compress → frontier → bench]
+      → report (<out>/run/report.pdf)
 
 Each stage writes its artefacts, so a stopped study continues where it stopped: a run whose
 checkpoint has all its epochs is not retrained, a partial one resumes, and a stage whose
@@ -30,7 +33,8 @@ from pbc.bench import bench
 from pbc.compress import compress
 from pbc.config import PLAIN_KEYS, TrainConfig
 from pbc.data import write_synthetic_dataset
-from pbc.defaults import DEFAULT_BUDGETS, parse_budgets
+from pbc.defaults import DEFAULT_BUDGETS, FINETUNE_SCHEDULE, parse_budgets
+from pbc.finetune import finetune_config
 from pbc.reporting.pdf import build_report
 from pbc.rundir import ANALYSIS, BENCH, CHECKPOINT, COMPRESSION, FRONTIER, REPORT, RunDir
 from pbc.train import train
@@ -63,6 +67,7 @@ class Study:
     device: str = "cpu"
     train: dict = field(default_factory=dict)
     budgets: tuple[float, ...] = DEFAULT_BUDGETS   # the frontier's, in points
+    finetune_epochs: int = 0   # epochs of `pbc finetune` after the analysis (0: none)
 
 
 def parse_args(study: Study, argv=None) -> argparse.Namespace:
@@ -82,6 +87,9 @@ def parse_args(study: Study, argv=None) -> argparse.Namespace:
     p.add_argument("--budgets", type=_budgets, default=study.budgets,
                    help="the frontier's error budgets in points, comma-separated "
                         "(none: no frontier)")
+    p.add_argument("--finetune-epochs", type=int, default=study.finetune_epochs,
+                   help="gnj, ghs: train the analysed run on without the groups it pruned, "
+                        "for this many epochs, into OUT/finetuned (0: no fine-tuning)")
     p.add_argument("--redo", action="store_true", help="rerun analyse/compress/bench/report")
     p.add_argument("--smoke", action="store_true",
                    help="tiny generated data, one epoch: checks the pipeline in seconds")
@@ -154,7 +162,8 @@ def later_stages(run: Path, prior: str, *, analyse_kw: dict | None = None,
 
 
 def run_study(study: Study, args: argparse.Namespace) -> Path:
-    """Run (or continue) every stage; return the run directory."""
+    """Run (or continue) every stage; return the last run directory (the fine-tuned one
+    where the study fine-tunes)."""
     out = Path(args.out)
     data_dir, common = args.data_dir, {}
     if args.smoke:
@@ -166,7 +175,8 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
     model = SMOKE_MODELS.get(study.model, study.model) if args.smoke else study.model
     common.update(model=model, data=study.data, data_dir=data_dir, device=args.device,
                   threads=args.threads, seed=args.seed, progress=not args.smoke)
-    step = _Steps(7)
+    tunes = args.finetune_epochs > 0 and methods.get(study.prior).has_posterior
+    step = _Steps(12 if tunes else 7)
 
     pre = Path(args.pretrained) if args.pretrained else out / "pretrain"
     if args.pretrained:
@@ -188,17 +198,31 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
                                 init_from=str(pre) if pre else None,
                                 **{**study.train, **common}))
 
-    later_stages(run, study.prior, redo=args.redo, step=step, say=_say,
-                 budgets=args.budgets[:1] if args.smoke else args.budgets,
-                 analyse_kw={"draws": 40 if args.smoke else 1000, "figures": not args.smoke},
-                 bench_kw={"batch": args.bench_batch, "device": args.device,
-                           "threads": args.threads, "repeats": 2 if args.smoke else 20})
+    def after_training(path: Path) -> None:
+        later_stages(path, study.prior, redo=args.redo, step=step, say=_say,
+                     budgets=args.budgets[:1] if args.smoke else args.budgets,
+                     analyse_kw={"draws": 40 if args.smoke else 1000,
+                                 "figures": not args.smoke},
+                     bench_kw={"batch": args.bench_batch, "device": args.device,
+                               "threads": args.threads, "repeats": 2 if args.smoke else 20})
+
+    after_training(run)
+    runs = [run]
+    if tunes:
+        tuned = out / "finetuned"
+        epochs = 1 if args.smoke else args.finetune_epochs
+        step(f"fine-tune without the groups the analysis pruned ({epochs} epochs) → {tuned}")
+        train_or_resume(finetune_config(run, str(tuned), epochs, 1e-3, FINETUNE_SCHEDULE,
+                                        device=args.device, threads=args.threads,
+                                        progress=not args.smoke))
+        after_training(tuned)
+        runs.append(tuned)
     step(f"report → {run / REPORT}")
     if (run / REPORT).is_file() and not args.redo:
         _say(f"      {run / REPORT} exists (--redo reruns)")
     else:
-        build_report([run, pre] if pre else [run], run / REPORT)
-    return run
+        build_report(runs + [pre] if pre else runs, run / REPORT)
+    return runs[-1]
 
 
 class _Steps:

@@ -80,3 +80,25 @@ def test_study_smoke(path, tmp_path, capsys, pretrained):
     # a second call finds everything done and retrains nothing
     assert module.main(study, argv) == 0
     assert "already trained" in capsys.readouterr().out
+
+
+def test_study_smoke_with_fine_tuning(tmp_path, capsys):
+    """``--finetune-epochs``: the analysed run is fine-tuned into OUT/finetuned, which goes
+    through the same later stages; the report holds both; a second call retrains nothing."""
+    module = _load(Path(__file__).parent.parent / "studies" / "lenet300_ghs.py")
+    out = tmp_path / "study"
+    argv = ["--smoke", "--out", str(out), "--threads", "1", "--finetune-epochs", "3"]
+    assert module.main(module.STUDY, argv) == 0
+    printed = capsys.readouterr().out
+    assert "[12/12] report" in printed
+    tuned = out / "finetuned"
+    for artefact in ("analysis.json", "compression.json", "frontier.csv", "bench.json"):
+        assert (tuned / artefact).is_file(), artefact
+    config = json.loads((tuned / "config.json").read_text())["config"]
+    assert config["finetune_from"] == str(out / "run") and config["epochs"] == 1
+    rec = json.loads((tuned / "compression.json").read_text())
+    assert f"error full {rec['error']['full']:.4f}" in printed      # the study's last run
+    table = pd.read_csv(out / "run" / "report.table2.csv")
+    assert {"run", "finetuned"} <= set(table["run"])
+    assert module.main(module.STUDY, argv) == 0
+    assert capsys.readouterr().out.count("already trained") == 3   # plain, run, fine-tuned
