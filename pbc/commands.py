@@ -23,7 +23,7 @@ from pbc.config import SettingError, TrainConfig
 from pbc.data import DataError, load_dataset
 from pbc.demo import run_demo
 from pbc.export import export
-from pbc.finetune import finetune_config, removed_counts
+from pbc.finetune import finetune_config, kept_counts
 from pbc.graph.rebuild import import_factory
 from pbc.io import ArtefactError, StageError, first_line
 from pbc.nets import classification_error, parse_layer_values
@@ -104,7 +104,7 @@ def _finetune(args) -> int:
                              device=args.device, threads=args.threads, resume=args.resume,
                              progress=not args.no_progress)
     result = train(config)
-    kept = ", ".join(f"{name} {k}/{n}" for name, (k, n) in removed_counts(result.net).items())
+    kept = ", ".join(f"{name} {k}/{n}" for name, (k, n) in kept_counts(result.net).items())
     last = result.metrics[-1]
     print(f"{result.out}: {len(result.metrics)} epochs on the kept groups ({kept}), "
           f"validation error {last.get('val_error', float('nan')):.4f}, "

@@ -32,7 +32,8 @@ def finetune_config(source, out: str, epochs: int, lr: float, lr_schedule: str,
                     **settings) -> TrainConfig:
     """The :class:`TrainConfig` of a run that fine-tunes the analysed run ``source``: its
     settings, with ``out``, ``epochs``, ``lr``, ``lr_schedule`` and ``settings`` (``device``,
-    ``threads``, ``resume``, ``progress``) replaced, no KL warm-up, ``finetune_from=source``.
+    ``threads``, ``resume``, ``progress``) replaced, no KL warm-up, ``finetune_from=source``
+    (and a fresh start unless ``settings`` say ``resume=True``).
 
     StageError when ``source`` is not an analysed run of a method with group scales."""
     run = RunDir(source)
@@ -44,7 +45,7 @@ def finetune_config(source, out: str, epochs: int, lr: float, lr_schedule: str,
     run.thresholds([layer.site for layer in trained.net.bayes_layers()])  # analysed?
     return dataclasses.replace(trained.config, out=str(out), epochs=epochs, lr=lr,
                                lr_schedule=lr_schedule, kl_warmup=0, finetune_from=str(source),
-                               **settings)
+                               **{"resume": False, **settings})
 
 
 def start_from_analysed(source, net, arch: Architecture) -> dict:
@@ -60,8 +61,7 @@ def start_from_analysed(source, net, arch: Architecture) -> dict:
     return trained.checkpoint["optim"]
 
 
-def removed_counts(net: torch.nn.Module) -> dict[str, tuple[int, int]]:
+def kept_counts(net: torch.nn.Module) -> dict[str, tuple[int, int]]:
     """``{layer: (groups kept, groups)}`` of a Bayesian network."""
     return {layer.site: (int(layer.kept_groups.sum().item()), layer.n_groups)
             for layer in net.bayes_layers()}
-

@@ -123,6 +123,9 @@ def _analysed_source(trained_runs, dst, prior):
 def test_finetune_trains_the_kept_groups_into_a_run_that_analyses_and_compresses(
         trained_runs, tmp_path, capsys, prior):
     src, _, keep = _analysed_source(trained_runs, tmp_path / "src", prior)
+    record = json.loads((src / "config.json").read_text())
+    record["config"]["resume"] = True                 # as a run that was resumed records it
+    (src / "config.json").write_text(json.dumps(record))
     new = tmp_path / "ft"
     assert main(["finetune", str(src), "--out", str(new), "--epochs", "2", "--threads", "1",
                  "--no-progress"]) == 0
