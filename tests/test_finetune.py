@@ -126,6 +126,7 @@ def test_finetune_trains_the_kept_groups_into_a_run_that_analyses_and_compresses
     record = json.loads((src / "config.json").read_text())
     record["config"]["resume"] = True                 # as a run that was resumed records it
     (src / "config.json").write_text(json.dumps(record))
+    assert finetune_config(src, str(tmp_path / "x"), 1, 1e-3, "cosine").resume is False
     new = tmp_path / "ft"
     assert main(["finetune", str(src), "--out", str(new), "--epochs", "2", "--threads", "1",
                  "--no-progress"]) == 0
