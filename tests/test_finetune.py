@@ -151,6 +151,9 @@ def test_finetune_trains_the_kept_groups_into_a_run_that_analyses_and_compresses
 
     # thresholds above every score keep every group the fine-tuning kept, and no other
     analyse(new, draws=8, figures=False, thresholds={n: 1e9 for n in keep})
+    histograms = json.loads((new / "analysis.json").read_text())["histograms"]
+    assert {n: sum(h["counts"]) for n, h in histograms.items()} == \
+        {n: int(k.sum()) for n, k in keep.items()}          # the scores a threshold decides
     record = compress(new)
     units = {row["name"]: row["in_kept"] for row in record["layers"]}
     assert units == {n: int(k.sum()) for n, k in keep.items()}

@@ -209,7 +209,7 @@ def _analyse(trained, draws, chains, thresholds, figures, seed, rule, error_budg
             "draws": draws, "chains": chains, "prior": config.prior, "selection": selection,
             "thresholds": {n: r.row["threshold"] for n, r in result.items()},
             "significand_bits": {n: r.row["significand_bits"] for n, r in result.items()},
-            "histograms": {n: _histogram(r.post.score) for n, r in result.items()},
+            "histograms": {n: _histogram(r.post.open_scores) for n, r in result.items()},
             "figures": [f"{FIGURES}/{name}" for name in drawn],
             "sha256": {name: sha256_file(p) for name, p in staged.items()}})
     return result
@@ -296,7 +296,8 @@ def _figures(path_for, result: dict[str, LayerAnalysis], score_label: str,
              posterior: dict[str, np.ndarray]) -> list[str]:
     """Draw the figures, each to ``path_for(file name)``; returns the file names."""
     drawn = ["scores.png", "weights.png"]
-    figures.score_histograms({n: (r.post.score.ravel(), r.threshold.value)
+    figures.score_histograms({n: (r.post.open_scores, r.threshold.value,
+                                  r.post.score.size - r.post.open_scores.size)
                               for n, r in result.items()},
                              score_label, path_for("scores.png"))
     figures.weight_scatter({n: (r.post.w_mean, r.post.w_var, r.weights_kept_mask)

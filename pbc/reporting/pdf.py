@@ -97,8 +97,10 @@ def _paper_source(model: str) -> str:
     return "paper (CIFAR-10)" if model == "vgg16" else "paper (MNIST)"
 
 
-def _run_desc(run: RunRecord) -> str:
-    return f"{run.label} ({paper.method_name(run.prior)}, {paper.model_name(run.model)})"
+def _run_desc(run: RunRecord, sep: str = " ") -> str:
+    """The run's name, then ``sep`` and its method and network (``sep="\\n"`` in the titles
+    of panels three to a row, where a long name on one line runs into its neighbours')."""
+    return f"{run.label}{sep}({paper.method_name(run.prior)}, {paper.model_name(run.model)})"
 
 
 # ---------------------------------------------------------------------------------- pages
@@ -359,9 +361,9 @@ def _bench_page(benched, runs, what: str, missing: list[str]):
                            + [t for t in ideal if t == t]) * 1.45)
         ax.set_ylabel("ms per batch", fontsize=8.5)
         ax.tick_params(labelsize=8)
-        ax.set_title(f"{_run_desc(run)}\n{b.get('device_name', '?')} ({b.get('device', '?')}, "
-                     f"{b.get('threads', '?')} threads), batch {b.get('batch', '?')}",
-                     fontsize=8.5)
+        ax.set_title(_run_desc(run, "\n") + f"\n{b.get('device_name', '?')} "
+                     f"({b.get('device', '?')}, {b.get('threads', '?')} threads), batch "
+                     f"{b.get('batch', '?')}", fontsize=8.5)
         if measured[i]:
             energy = [v["energy_j"] for v in rows]
             ax2 = fig.add_subplot(gs[row * 2 + 1, col])
@@ -595,7 +597,7 @@ def _calibration_pages(runs, per_page: int = 3):
             handles = figures.reliability_diagram(ax, curves, [colour, "#222222"])
             ax.legend(handles=handles, fontsize=7.5, loc="upper center", frameon=False,
                       bbox_to_anchor=(0.5, -0.16))
-            ax.set_title(f"{_run_desc(run)}\n{p.get('split', '?')} split, "
+            ax.set_title(_run_desc(run, "\n") + f"\n{p.get('split', '?')} split, "
                          f"{p.get('examples', '?')} examples, epoch {p.get('epoch', '?')}",
                          fontsize=8.5)
         layout.notes(fig, ["Bars: the predictive, the Monte Carlo average of the class "
