@@ -39,7 +39,7 @@ def finetune_config(source, out: str, epochs: int, lr: float, lr_schedule: str,
     run = RunDir(source)
     trained = load_trained(run.path)
     method = trained.method
-    if not (method.has_posterior and method.prior(trained.config).groups):
+    if not method.has_groups:
         raise StageError(f"{run}: prior {trained.config.prior!r} has no group scales to "
                          f"remove; pbc finetune retrains BC-GNJ and BC-GHS runs")
     run.thresholds([layer.site for layer in trained.net.bayes_layers()])  # analysed?

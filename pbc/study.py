@@ -175,7 +175,7 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
     model = SMOKE_MODELS.get(study.model, study.model) if args.smoke else study.model
     common.update(model=model, data=study.data, data_dir=data_dir, device=args.device,
                   threads=args.threads, seed=args.seed, progress=not args.smoke)
-    tunes = args.finetune_epochs > 0 and methods.get(study.prior).has_posterior
+    tunes = args.finetune_epochs > 0 and methods.get(study.prior).has_groups
     step = _Steps(12 if tunes else 7)
 
     pre = Path(args.pretrained) if args.pretrained else out / "pretrain"

@@ -42,6 +42,8 @@ class Method:
     needs_init_from: bool = False
     #: has a variational posterior for the analyse stage
     has_posterior: bool = False
+    #: its posterior has group scales, whose groups ``pbc finetune`` can remove
+    has_groups: bool = False
     #: what the analyse stage's pruning thresholds act on (posterior methods)
     score_name: str = ""
     score_label: str = ""

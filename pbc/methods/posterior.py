@@ -51,6 +51,10 @@ class PosteriorMethod(ELBOMethod):
         """The keyword arguments of :attr:`prior_family` that ``config`` sets."""
         return {}
 
+    @property
+    def has_groups(self) -> bool:
+        return self.prior_family.groups
+
     def prior(self, config) -> GroupPrior:
         """The prior that this method trains under: ``prior_family(**prior_options(config))``."""
         return self.prior_family(**self.prior_options(config))
