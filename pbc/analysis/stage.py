@@ -292,13 +292,21 @@ def _save_arviz_plot(plot, path: Path, title: str) -> None:
         figures.save_axes(plot, path, title=title)
 
 
+def _score_panel(r: LayerAnalysis) -> tuple[np.ndarray, float, int, int]:
+    """A layer's score histogram: the scores its threshold decides on, the threshold, and
+    what it keeps of how many — weights of a per-weight posterior, else groups once the
+    masks are propagated."""
+    scores, t = r.post.open_scores, r.threshold.value
+    if r.post.per_weight:
+        return scores, t, int(np.sum(scores <= t)), scores.size
+    return scores, t, int(r.groups_kept_mask.sum()), r.groups_kept_mask.size
+
+
 def _figures(path_for, result: dict[str, LayerAnalysis], score_label: str,
              posterior: dict[str, np.ndarray]) -> list[str]:
     """Draw the figures, each to ``path_for(file name)``; returns the file names."""
     drawn = ["scores.png", "weights.png"]
-    figures.score_histograms({n: (r.post.open_scores, r.threshold.value,
-                                  r.post.score.size - r.post.open_scores.size)
-                              for n, r in result.items()},
+    figures.score_histograms({n: _score_panel(r) for n, r in result.items()},
                              score_label, path_for("scores.png"))
     figures.weight_scatter({n: (r.post.w_mean, r.post.w_var, r.weights_kept_mask)
                            for n, r in result.items()}, path_for("weights.png"))

@@ -67,19 +67,22 @@ def _grid(n: int, width: float = 3.4, height: float = 2.6):
     return fig, axes.ravel()
 
 
-def score_histograms(layers: dict[str, tuple[np.ndarray, float, int]], label: str, path: Path):
+def score_histograms(layers: dict[str, tuple[np.ndarray, float, int, int]], label: str,
+                     path: Path):
     """Per layer: histogram of the prune scores the threshold decides on, with the threshold
-    as a red line; ``(scores, threshold, removed)``: ``removed`` groups the layer lost
-    before (fine-tuning) are counted in the title, not drawn."""
+    as a red line; ``(scores, threshold, kept, total)``: the groups kept once the masks are
+    propagated, of ``total``; the groups the layer lost before (fine-tuning) are counted in
+    the title, not drawn."""
     fig, axes = _grid(len(layers))
-    for ax, (name, (scores, threshold, removed)) in zip(axes, layers.items(), strict=False):
+    for ax, (name, (scores, threshold, kept, total)) in zip(axes, layers.items(),
+                                                            strict=False):
         ax.hist(scores, bins=50, color="#4c72b0")
         if math.isfinite(threshold) and threshold <= np.max(scores) + 1:
             ax.axvline(threshold, color="#c44e52", lw=1.5, label=f"t = {threshold:.2f}")
             ax.legend(fontsize=7, frameon=False)
-        kept = int(np.sum(scores <= threshold))
+        removed = total - len(scores)
         gone = f", {removed} removed before" if removed else ""
-        ax.set_title(f"{name}: {kept}/{len(scores) + removed} groups kept{gone}", fontsize=9)
+        ax.set_title(f"{name}: {kept}/{total} groups kept{gone}", fontsize=9)
         ax.set_xlabel(label, fontsize=8)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
