@@ -24,6 +24,7 @@ from pbc.defaults import (
     EXPORT_FILES,
     EXPORT_FORMATS,
     FINETUNE_EPOCHS,
+    FINETUNE_LR,
     FINETUNE_SCHEDULE,
     GAMMA_OTHER,
     GAMMA_ZERO,
@@ -230,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", type=_out_path, required=True, help="the new run directory")
     ft.add_argument("--epochs", type=_int_at_least(1, 100_000), default=FINETUNE_EPOCHS,
                     help="epochs of fine-tuning")
-    ft.add_argument("--lr", type=_positive_float, default=1e-3,
+    ft.add_argument("--lr", type=_positive_float, default=FINETUNE_LR,
                     help="the learning rate the schedule starts from")
     ft.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=FINETUNE_SCHEDULE,
                     help="as for train; cosine decays the rate to 0 over the fine-tuning")

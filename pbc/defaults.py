@@ -26,8 +26,9 @@ COOLDOWN = 0.1   # the share of the run over which "cooldown" decays the rate to
 BATCH_SIZE = 128
 LR_SCHEDULE = "cooldown"
 SCALE_VAR_LR = 1.0   # learning-rate multiplier for the group scales' log-variances
-# `pbc finetune`: epochs on the kept groups, the rate decayed to 0 over them
+# `pbc finetune`: epochs on the kept groups, the rate decayed to 0 over them from FINETUNE_LR
 FINETUNE_EPOCHS = 10
+FINETUNE_LR = 1e-3
 FINETUNE_SCHEDULE = "cosine"
 
 #: how :func:`pbc.analysis.stage.analyse` chooses the layers' pruning thresholds

@@ -19,14 +19,13 @@ from pbc.analysis import analyse
 from pbc.bench import bench
 from pbc.compress import compress
 from pbc.config import TrainConfig
-from pbc.defaults import FINETUNE_SCHEDULE
 from pbc.finetune import finetune_config
 from pbc.reporting.pdf import build_report
 from pbc.train import train
 
 STAGES = 7
 MODEL = "lenet300"
-FINETUNE_EPOCHS = 2
+FINETUNE_EPOCHS = 2   # a few seconds here; `pbc finetune` runs 10 by default
 
 
 def _stage(i: int, text: str) -> None:
@@ -51,8 +50,7 @@ def run_demo(out: str = "runs/demo", data_dir: str | None = None, epochs: int = 
     tuned = out / f"{MODEL}-gnj-finetuned"
     _stage(4, f"fine-tune without the pruned groups ({FINETUNE_EPOCHS} epochs) → {tuned}, "
               f"and analyse it")
-    train(finetune_config(run, str(tuned), FINETUNE_EPOCHS, 1e-3, FINETUNE_SCHEDULE,
-                          threads=threads))
+    train(finetune_config(run, str(tuned), FINETUNE_EPOCHS, threads=threads))
     _show_analysis(analyse(tuned, draws=400))
     _stage(5, f"compress both → {run / 'model.pbcz'}, {tuned / 'model.pbcz'}")
     first, rec = compress(run), compress(tuned)

@@ -23,13 +23,14 @@ import torch
 from pbc.bayes.summaries import layer_moments
 from pbc.compression.masks import kept_groups
 from pbc.config import TrainConfig
+from pbc.defaults import FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_SCHEDULE
 from pbc.io import StageError
 from pbc.nets import Architecture
 from pbc.rundir import RunDir, load_trained
 
 
-def finetune_config(source, out: str, epochs: int, lr: float, lr_schedule: str,
-                    **settings) -> TrainConfig:
+def finetune_config(source, out: str, epochs: int = FINETUNE_EPOCHS, lr: float = FINETUNE_LR,
+                    lr_schedule: str = FINETUNE_SCHEDULE, **settings) -> TrainConfig:
     """The :class:`TrainConfig` of a run that fine-tunes the analysed run ``source``: its
     settings, with ``out``, ``epochs``, ``lr``, ``lr_schedule`` and ``settings`` (``device``,
     ``threads``, ``resume``, ``progress``) replaced, no KL warm-up, ``finetune_from=source``

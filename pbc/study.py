@@ -33,7 +33,7 @@ from pbc.bench import bench
 from pbc.compress import compress
 from pbc.config import PLAIN_KEYS, TrainConfig
 from pbc.data import write_synthetic_dataset
-from pbc.defaults import DEFAULT_BUDGETS, FINETUNE_SCHEDULE, parse_budgets
+from pbc.defaults import DEFAULT_BUDGETS, parse_budgets
 from pbc.finetune import finetune_config
 from pbc.reporting.pdf import build_report
 from pbc.rundir import ANALYSIS, BENCH, CHECKPOINT, COMPRESSION, FRONTIER, REPORT, RunDir
@@ -212,7 +212,7 @@ def run_study(study: Study, args: argparse.Namespace) -> Path:
         tuned = out / "finetuned"
         epochs = 1 if args.smoke else args.finetune_epochs
         step(f"fine-tune without the groups the analysis pruned ({epochs} epochs) → {tuned}")
-        train_or_resume(finetune_config(run, str(tuned), epochs, 1e-3, FINETUNE_SCHEDULE,
+        train_or_resume(finetune_config(run, str(tuned), epochs,
                                         device=args.device, threads=args.threads,
                                         progress=not args.smoke))
         after_training(tuned)
