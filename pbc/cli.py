@@ -28,6 +28,8 @@ from pbc.defaults import (
     FINETUNE_SCHEDULE,
     GAMMA_OTHER,
     GAMMA_ZERO,
+    GROUP_SCRATCH_LR,
+    LR,
     LR_SCHEDULE,
     LR_SCHEDULES,
     MODELS,
@@ -154,7 +156,9 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--download", action="store_true", help="download missing data (online)")
     p.add_argument("--epochs", type=_int_at_least(1, 100_000), default=30)
     p.add_argument("--batch-size", type=_int_at_least(1, 1_000_000), default=BATCH_SIZE)
-    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--lr", type=_positive_float,
+                   help=f"Adam's learning rate; unset: {LR:g}, and {GROUP_SCRATCH_LR:g} for gnj "
+                        f"and ghs from scratch")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=LR_SCHEDULE,
                    help="cooldown: constant, then a linear decay to 0 over the last tenth of "
                         "the epochs; constant (as Louizos et al.'s code); cosine: decay the "

@@ -48,7 +48,7 @@ class TrainConfig:
     download: bool = False
     epochs: int = 30
     batch_size: int = BATCH_SIZE
-    lr: float = 1e-3
+    lr: float | None = None   # None: the method's default, which training writes into config.json
     lr_schedule: str = LR_SCHEDULE
     scale_var_lr: float = SCALE_VAR_LR   # multiplier of lr for the group scales' log-variances
     seed: int = 0
@@ -88,7 +88,7 @@ class TrainConfig:
             raise ValueError(f"kl_warmup must be ≥ 0, got {self.kl_warmup}")
         for field in ("lr", "scale_var_lr"):
             value = getattr(self, field)
-            if not (value > 0 and math.isfinite(value)):
+            if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{field} must be a positive number, got {value}")
         if self.subset is not None and self.subset < 1:
             raise ValueError(f"subset must be at least 1, got {self.subset}")

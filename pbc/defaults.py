@@ -22,8 +22,13 @@ LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant", "cooldown")
 COOLDOWN = 0.1   # the share of the run over which "cooldown" decays the rate to 0
 # training defaults: those of Louizos et al.'s reference code (Adam at 10⁻³, minibatches of
 # 128, one learning rate for every parameter), with the rate decayed to 0 over the last tenth
-# of the run (their code keeps it constant)
+# of the run (their code keeps it constant) and BC from scratch at a larger rate
 BATCH_SIZE = 128
+LR = 1e-3   # Adam's learning rate
+# BC-GNJ and BC-GHS from scratch: their weights' and scales' log-variances start at −9 and Adam
+# moves a parameter by about the rate per step, so the rate sets how soon noise reaches the
+# weights and groups can leave
+GROUP_SCRATCH_LR = 5e-3
 LR_SCHEDULE = "cooldown"
 SCALE_VAR_LR = 1.0   # learning-rate multiplier for the group scales' log-variances
 # `pbc finetune`: epochs on the kept groups, the rate decayed to 0 over them from FINETUNE_LR

@@ -325,6 +325,45 @@ def test_default_variance_bound_and_scale_start_follow_the_starting_point():
     assert fc1[1].q_scale.mean().mean().item() == pytest.approx(784 ** -0.5, rel=0.05)
 
 
+def test_the_learning_rate_a_run_names_none_for_is_its_methods():
+    """BC-GNJ and BC-GHS from scratch train at GROUP_SCRATCH_LR; from a plain net, Sparse VD and
+    the plain methods at LR; a rate that is named stays; a resumed run keeps its saved rate."""
+    from pbc import methods
+    from pbc.defaults import GROUP_SCRATCH_LR, LR
+    from pbc.nets import make_architecture
+
+    arch = make_architecture("lenet300", (1, 28, 28), 10)
+
+    def rate(prior, init_from=None, saved=None, **kw):
+        config = TrainConfig(out="x", prior=prior, init_from=init_from, **kw)
+        method = methods.get(prior)
+        return method.settle(config, method.build(config, arch), saved).lr
+
+    assert GROUP_SCRATCH_LR != LR
+    assert rate("gnj") == rate("ghs") == GROUP_SCRATCH_LR
+    assert rate("gnj", "run") == rate("ghs", "run") == rate("svd") == rate("svd", "run") == LR
+    assert rate("none") == rate("sws", "run") == rate("dc", "run") == LR
+    assert rate("gnj", lr=2e-4) == rate("none", lr=2e-4) == 2e-4
+    assert rate("gnj", saved={"lr": 0.001}) == 0.001 == rate("none", saved={"lr": 0.001})
+
+
+def test_a_run_records_the_rate_it_trained_at_and_resumes_at_it(trained_runs, tiny_data,
+                                                                  tmp_path):
+    """config.json holds the method's rate, which Adam used; resuming without ``--lr`` keeps
+    it, and another rate is refused."""
+    from pbc.defaults import GROUP_SCRATCH_LR
+
+    run = trained_runs.copy(tmp_path / "r", lr_schedule="constant")
+    assert json.loads((run / "config.json").read_text())["config"]["lr"] == GROUP_SCRATCH_LR
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert {g["lr"] for g in ckpt["optim"]["param_groups"]} == {GROUP_SCRATCH_LR}
+    with pytest.raises(ArtefactError, match="lr was 0.005, now 0.001"):
+        train(tiny_config(run, tiny_data, epochs=2, lr=1e-3, lr_schedule="constant",
+                          resume=True))
+    res = train(tiny_config(run, tiny_data, epochs=2, lr_schedule="constant", resume=True))
+    assert len(res.metrics) == 2 and load_trained(run).config.lr == GROUP_SCRATCH_LR
+
+
 def test_a_run_records_its_bound_and_one_saved_without_it_resumes_with_every_layer_bound(
         trained_runs, tiny_data, tmp_path):
     """config.json names the bound a run trained with; a run whose config.json holds

@@ -17,6 +17,7 @@ The defaults describe a plain network trained by maximum likelihood.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -26,7 +27,8 @@ from torch import nn
 
 from pbc.bayes.elbo import MeanFieldELBO
 from pbc.compression.plan import CompressionPlan
-from pbc.config import TrainConfig
+from pbc.config import TrainConfig, saved_setting
+from pbc.defaults import LR
 from pbc.io import StageError
 from pbc.nets import Architecture, build_network
 
@@ -62,8 +64,17 @@ class Method:
     def settle(self, config: TrainConfig, net: nn.Module,
                saved: dict | None = None) -> TrainConfig:
         """``config`` with the settings it leaves to the method filled in, as training records
-        them in ``config.json``; ``saved``: the saved config of the run being resumed."""
-        return config
+        them in ``config.json``; ``saved``: the saved config of the run being resumed.  A run
+        without ``--lr`` takes :meth:`default_lr` when it starts and its saved rate when it
+        resumes."""
+        if config.lr is not None:
+            return config
+        lr = self.default_lr(config) if saved is None else saved_setting(saved, "lr")
+        return dataclasses.replace(config, lr=lr)
+
+    def default_lr(self, config: TrainConfig) -> float:
+        """Adam's learning rate for a run that names none."""
+        return LR
 
     def earlier_settings(self, config: TrainConfig) -> dict:
         """What a setting saved as ``None`` meant before pbc recorded the method's choice

@@ -24,8 +24,9 @@ e.g. ``dc_keep = {fc1 = 0.15}``).  ``seed`` is an axis like any other::
 
 Keys (:data:`KEYS`): the :class:`~pbc.config.TrainConfig` fields that describe the
 experiment; ``pretrain_epochs`` (a plain net trained first and used as ``init_from``;
-0: from scratch) and ``pretrain_lr``; the analyse stage's ``draws``, ``threshold_rule``,
-``error_budget``, ``precision``, ``thresholds``, ``figures``; the bench stage's ``bench_batch``,
+0: from scratch) and ``pretrain_lr`` (unset: the plain method's default rate); the analyse
+stage's ``draws``, ``threshold_rule``, ``error_budget``, ``precision``, ``thresholds``,
+``figures``; the bench stage's ``bench_batch``,
 ``bench_repeats``, ``bench_warmup``; ``label`` (a name for the block's configurations).
 Where the run happens (``data_dir``, ``device``, ``threads``) is not part of a spec: the
 command line gives it.
@@ -72,7 +73,7 @@ ANALYSE_KEYS = {"draws": "draws", "threshold_rule": "rule", "error_budget": "err
 BENCH_KEYS = {"bench_batch": "batch", "bench_repeats": "repeats", "bench_warmup": "warmup"}
 #: what an analyse setting was before it existed: bits came from the posterior alone
 LEGACY_ANALYSE = {"precision": "posterior"}
-STAGE_DEFAULTS = {"pretrain_epochs": 0, "pretrain_lr": 1e-3, "draws": 1000,
+STAGE_DEFAULTS = {"pretrain_epochs": 0, "pretrain_lr": None, "draws": 1000,
                   "threshold_rule": "budget", "error_budget": 0.5, "precision": "budget",
                   "thresholds": {},
                   "figures": True, "bench_batch": 8192, "bench_repeats": 20, "bench_warmup": 3}
