@@ -189,9 +189,9 @@ def test_paper_rows_name_their_sources():
     assert gnj.architecture == (8, 13, 88, 13) and gnj.max_compression == 573
 
 
-def test_protocol_states_epochs_start_threshold_rule_and_bits():
-    """Each run row of Table 2 says how the run was made: epochs, start, threshold rule, bits
-    chosen by the budget."""
+def test_protocol_states_epochs_start_rate_threshold_rule_and_bits():
+    """Each run row of Table 2 says how the run was made: epochs, start, rate and schedule,
+    threshold rule, bits chosen by the budget."""
     from pbc.reporting.tables import protocol
     from pbc.rundir import RunRecord
 
@@ -216,6 +216,9 @@ def test_protocol_states_epochs_start_threshold_rule_and_bits():
     bits = record(analysis={"selection": {**bounded["selection"], "precision": "budget"}})
     assert protocol(bits) == "30 ep. from scratch, error budget 0.5 pts (val., upper bound), " \
         "bits by budget"
+    rated = record(analysis=budget)
+    rated.config.update(lr=0.005, lr_schedule="cooldown")
+    assert protocol(rated) == "30 ep. from scratch, lr 0.005 cooldown, error budget 0.5 pts (val.)"
 
 
 def test_a_sweep_row_prints_its_spread():

@@ -167,17 +167,19 @@ def table2(runs: list[RunRecord]) -> pd.DataFrame:
 
 
 def protocol(run: RunRecord) -> str:
-    """How a run was made, in a few words: epochs, start (or the run it fine-tunes), whether
-    a validation split was held out, the threshold rule of its analyse stage
-    (``analysis.json`` ``selection``; runs analysed before it existed used the method's fixed
-    threshold, else the gap rule; budget selections made before the rule bounded the error
-    by one standard error say so by the absence of "upper bound"), and whether the budget
-    chose the bits too."""
+    """How a run was made, in a few words: epochs, start (or the run it fine-tunes), Adam's
+    rate and its schedule, whether a validation split was held out, the threshold rule of
+    its analyse stage (``analysis.json`` ``selection``; runs analysed before it existed used
+    the method's fixed threshold, else the gap rule; budget selections made before the rule
+    bounded the error by one standard error say so by the absence of "upper bound"), and
+    whether the budget chose the bits too."""
     config = run.config
     start = "from a plain net" if config.get("init_from") else "from scratch"
     if config.get("finetune_from"):
         start = f"fine-tuning {PurePath(config['finetune_from']).name} on its kept groups"
     words = [f"{config.get('epochs')} ep. {start}"]
+    if config.get("lr") is not None:
+        words.append(" ".join(filter(None, [f"lr {config['lr']:g}", config.get("lr_schedule")])))
     if not config.get("val"):
         words.append("no validation split")
     if run.analysis is not None:
