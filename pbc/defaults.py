@@ -25,10 +25,7 @@ COOLDOWN = 0.1   # the share of the run over which "cooldown" decays the rate to
 # of the run (their code keeps it constant) and BC from scratch at a larger rate
 BATCH_SIZE = 128
 LR = 1e-3   # Adam's learning rate
-# BC-GNJ and BC-GHS from scratch: their weights' and scales' log-variances start at −9 and Adam
-# moves a parameter by about the rate per step, so the rate sets how soon noise reaches the
-# weights and groups can leave
-GROUP_SCRATCH_LR = 5e-3
+GROUP_SCRATCH_LR = 5e-3   # BC-GNJ and BC-GHS from scratch (PosteriorMethod.default_lr: why)
 LR_SCHEDULE = "cooldown"
 SCALE_VAR_LR = 1.0   # learning-rate multiplier for the group scales' log-variances
 # `pbc finetune`: epochs on the kept groups, the rate decayed to 0 over them from FINETUNE_LR

@@ -67,7 +67,7 @@ class PosteriorMethod(ELBOMethod):
     def default_lr(self, config):
         """:data:`~pbc.defaults.GROUP_SCRATCH_LR` for group posteriors trained from scratch:
         every log-variance starts at −9 and Adam moves a parameter by about the rate per step,
-        so at 10⁻³ a log-variance climbs at most ~0.4 per epoch of 430 steps, and the weights'
+        so at 10⁻³ a log-variance climbs at most ~0.5 per epoch of 430 steps, and the weights'
         noise and the groups' dropout rates lag far behind what the ELBO asks for.  From a
         plain net (``--init-from``), and for Sparse VD, Adam's usual 10⁻³."""
         return GROUP_SCRATCH_LR if self.has_groups and not config.init_from else LR
