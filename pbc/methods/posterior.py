@@ -19,7 +19,7 @@ from pbc.compression.masks import structured_masks, surviving_weights, weight_ma
 from pbc.compression.plan import CompressionPlan
 from pbc.compression.quantise import Quantised, posterior_fixed_point
 from pbc.config import SettingError, saved_setting
-from pbc.defaults import GROUP_SCRATCH_LR, LR
+from pbc.defaults import GROUP_SCRATCH_LR
 from pbc.methods.base import ELBOMethod
 from pbc.nets import plain_network
 
@@ -70,7 +70,9 @@ class PosteriorMethod(ELBOMethod):
         so at 10⁻³ a log-variance climbs at most ~0.5 per epoch of 430 steps, and the weights'
         noise and the groups' dropout rates lag far behind what the ELBO asks for.  From a
         plain net (``--init-from``), and for Sparse VD, Adam's usual 10⁻³."""
-        return GROUP_SCRATCH_LR if self.has_groups and not config.init_from else LR
+        if self.has_groups and not config.init_from:
+            return GROUP_SCRATCH_LR
+        return super().default_lr(config)
 
     def settle(self, config, net, saved=None):
         """A run without ``--max-weight-var`` takes :meth:`default_weight_var` when it starts
