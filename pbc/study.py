@@ -50,10 +50,6 @@ SMOKE_MODELS = {"vgg16": "vgg16-narrow", "pbc.zoo:resnet8": "pbc.zoo:resnet8_nar
 EARLIER_DEFAULTS = {"lr_schedule": "cosine", "batch_size": 100, "scale_var_lr": 10.0,
                     "lr": 1e-3}
 EARLIER_BC = {**EARLIER_DEFAULTS, "max_weight_var": 0.04}
-# the defaults before the cooldown and before BC from scratch had its own rate (the constant
-# 10⁻³ of Louizos et al.'s code); the committed runs of the studies that name it were trained
-# with it
-CONSTANT_RATE = {"lr_schedule": "constant", "lr": 1e-3}
 
 
 @dataclass(frozen=True)

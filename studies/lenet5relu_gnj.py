@@ -1,15 +1,16 @@
 """Study lenet5-relu × gnj: gnj on LeNet-5-Caffe with a ReLU after each convolution, fashion-mnist.
 
-Claim: on the authors' LeNet-5 layers and with their training settings, BC-GNJ prunes more
-filters and fc1 inputs than on Caffe's LeNet-5 (no ReLU after the convolutions), at lower
-error.
+Claim: on the authors' LeNet-5 layers, 30 epochs from scratch at pbc's defaults compress
+past the authors' published result for these layers (5.8x pruning, 36x fast prediction at
+11.2% error), and BC-GHS compresses at least as much as BC-GNJ at equal error.
 
-Protocol: 30 epochs from scratch with the settings of the authors' reference code: constant
-learning rate 10⁻³ (pbc's default before the cooldown; the committed runs used it), batch
-128, one learning rate for every parameter, the weight-variance bound (0.04) on the largest
-layer, fc1, only, and the convolutions' weight means drawn as ``nn.Conv2d`` draws them (the
-runs committed before ``lenet5relu-gnj-uconv-*`` drew N(0, 1/fan_in)).  Thresholds and bits
-by the error budget (0.5 points) on the validation split; the frontier at 0.5 … 3 points.
+Protocol: 30 epochs from scratch at pbc's defaults (for BC from scratch: Adam at 5·10⁻³,
+decayed to 0 over the last tenth of the run, batch 128, one learning rate for every
+parameter, the weight-variance bound (0.04) on the largest layer, fc1, only; the
+convolutions' weight means drawn as ``nn.Conv2d`` draws them).  The runs committed before
+``lenet5relu-gnj-30-lr5e-3-*`` were trained at the constant 10⁻³ of the authors' code
+(``pbc train --lr 1e-3 --lr-schedule constant``).  Thresholds and bits by the error budget
+(0.5 points) on the validation split; the frontier at 0.5, 1 and 2 points.
 Command (``--seed S`` for another seed)::
 
     python studies/lenet5relu_gnj.py
@@ -24,11 +25,11 @@ pruned to 8-13-88-13 (original 20-50-800-500) with bit precisions 18-10-7-9; err
 
 import sys
 
-from pbc.study import CONSTANT_RATE, Study, main
+from pbc.study import Study, main
 
 STUDY = Study(name="lenet5relu-gnj", model="lenet5-relu", prior="gnj", data="fashion-mnist",
-              epochs=30, pretrain_epochs=0, device="cpu", train=CONSTANT_RATE,
-              budgets=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0))
+              epochs=30, pretrain_epochs=0, device="cpu",
+              budgets=(0.5, 1.0, 2.0))
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))
