@@ -28,6 +28,7 @@ from pbc.io import ArtefactError
 from pbc.reporting.pdf import build_report
 from pbc.sweep import SpecError, SweepError, expand, load_spec, run_sweep
 from pbc.sweep.pipeline import attempts, log_path
+from pbc.sweep.spec import PlannedRun
 from pbc.sweep.summary import read_summary, select
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -362,7 +363,6 @@ def test_a_run_recorded_before_budgeted_bits_reads_back_with_the_posteriors_bits
     """``sweep.json`` written before the analyse stage had ``precision``: its runs were
     analysed with the posterior's bits, so that is what they read back with, and a rerun at
     today's default would change them (refused, naming the setting)."""
-    from pbc.sweep.spec import PlannedRun
 
     run = expand({"data": "fashion-mnist", "grid": [
         {"model": "lenet300", "prior": "gnj", "epochs": 1}]}).by_id()["lenet300-gnj/seed0"]
@@ -373,3 +373,46 @@ def test_a_run_recorded_before_budgeted_bits_reads_back_with_the_posteriors_bits
     assert back.analyse["precision"] == "posterior"
     assert back.analyse != run.analyse
     assert PlannedRun.from_dict(run.to_dict()).analyse == run.analyse
+
+
+def test_a_run_that_fine_tunes_is_read_from_its_fine_tuned_run(data, tmp_path, capsys):
+    """``finetune_epochs``: the analysed run trains on without its pruned groups into
+    ``seed<k>-finetuned``, which gives the summary's numbers; a rerun trains nothing; a prior
+    without group scales is refused; a run recorded before the setting reads back as none."""
+    with pytest.raises(SpecError, match="finetune_epochs"):
+        expand({**TINY, "model": "lenet300", "prior": "svd", "finetune_epochs": 1})
+    spec = {**TINY, "model": "lenet300", "prior": "gnj", "finetune_epochs": [0, 1]}
+    plan = expand(spec)
+    runs = plan.by_id()
+    assert set(runs) == {"lenet300-gnj-finetune_epochs0/seed0",
+                         "lenet300-gnj-finetune_epochs1/seed0"}
+    tuning = runs["lenet300-gnj-finetune_epochs1/seed0"]
+    assert tuning.result_path == "runs/lenet300-gnj-finetune_epochs1/seed0-finetuned"
+    assert PlannedRun.from_dict(tuning.to_dict()) == tuning
+    plain = runs["lenet300-gnj-finetune_epochs0/seed0"]
+    assert "finetune" not in plain.settings() and plain.result_path == plain.path
+    assert set(plan.only({"finetune_epochs": [1]}).by_id()) == {tuning.id}
+
+    root = tmp_path / "out"
+    result = run_sweep(plan.only({"finetune_epochs": [1]}), root, engine="local",
+                       data_dir=str(data), say=_lines([]))
+    assert result.done == [tuning.id] and not result.failed
+    tuned = root / tuning.result_path
+    config = json.loads((tuned / "config.json").read_text())["config"]
+    assert config["finetune_from"] == str(root / tuning.path) and config["epochs"] == 1
+    row = pd.read_csv(root / "runs.csv").iloc[0]
+    comp = json.loads((tuned / "compression.json").read_text())
+    assert row.run_dir == tuning.result_path
+    assert row.error_packed == comp["error"]["packed"]
+    assert (tuned / "bench.json").is_file() and (root / tuning.path / "analysis.json").is_file()
+    seconds = [json.loads(line)["seconds"] for d in (tuned, root / tuning.path)
+               for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert row.train_seconds > sum(seconds)     # both runs' epochs, and their evaluations
+    again = run_sweep(plan.only({"finetune_epochs": [1]}), root, engine="local",
+                      say=_lines([]))
+    assert again.done == [] and again.skipped == [tuning.id]
+    assert cli.main(["sweep", str(_spec(tmp_path, 'model = "lenet300"\nprior = "ghs"\n'
+                                        'epochs = 3\nfinetune_epochs = 2\n')),
+                     "--out", "unused", "--list"]) == 0
+    assert "lenet300-ghs/seed0: lenet300 ghs, from scratch, 3 epochs + 2 fine-tuning" in \
+        capsys.readouterr().out

@@ -67,7 +67,7 @@ def run_sweep(plan: SweepPlan, out, *, engine: str = "auto", address: str | None
         for run in plan.runs:
             if is_finished(root, run):
                 result.skipped.append(run.id)
-                before = outcome(root / run.path)
+                before = outcome(root / run.result_path)
                 seconds = logged_seconds(root, run.id)
                 if seconds is not None:
                     before["seconds"] = seconds

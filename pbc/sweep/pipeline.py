@@ -2,11 +2,12 @@
 
 :func:`run_one` is what a Ray task (or the local engine) executes: train or resume
 (:func:`pbc.study.train_or_resume`), then analyse → compress → bench
-(:func:`pbc.study.later_stages`), each stage skipped when its artefact is there, all under
-the run directory's write lock.  A task that dies and is started again therefore continues
-from the last checkpoint and the last finished stage.  Each attempt appends ``start`` and
-``end`` events (host, pid, epochs the checkpoint held at the start, seconds) to
-``<sweep>/log/<configuration>/seed<k>.jsonl``.
+(:func:`pbc.study.later_stages`), and for a run that fine-tunes, the same steps again on its
+fine-tuned run (:func:`pbc.finetune.finetune_config`); each stage is skipped when its
+artefact is there, all under the run directory's write lock.  A task that dies and is
+started again therefore continues from the last checkpoint and the last finished stage.
+Each attempt appends ``start`` and ``end`` events (host, pid, epochs the checkpoint held at
+the start, seconds) to ``<sweep>/log/<configuration>/seed<k>.jsonl``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import time
 from pathlib import Path
 
+from pbc.finetune import finetune_config
 from pbc.io import read_json, read_jsonl, write_jsonl
 from pbc.rundir import BENCH, CHECKPOINT, COMPRESSION, METRICS, RunDir
 from pbc.study import later_stages, train_or_resume
@@ -48,11 +50,13 @@ def _log(root, run_id: str, event: dict) -> None:
 
 def is_finished(root, run: PlannedRun) -> bool:
     """Whether every stage of the run has its artefact: a plain net's checkpoint holds all
-    its epochs; a method run has ``bench.json``, which the last stage writes."""
-    d = RunDir(Path(root) / run.path)
+    its epochs; a method run (its fine-tuned run, where it fine-tunes) has ``bench.json``,
+    which the last stage writes."""
     if run.plain:
+        d = RunDir(Path(root) / run.path)
         return d.has(CHECKPOINT) and d.has(METRICS) and \
             int(d.checkpoint()["epoch"]) >= run.train["epochs"]
+    d = RunDir(Path(root) / run.result_path)
     return d.has(COMPRESSION) and d.has(BENCH)
 
 
@@ -76,12 +80,22 @@ def run_one(run: dict, root: str, *, data_dir: str | None = None, device: str = 
     with d.writing(f"pbc sweep (run {planned.id})"):
         train_or_resume(config, say=_quiet)
         if not planned.plain:
-            later_stages(out, planned.train["prior"], analyse_kw=planned.analyse,
-                         bench_kw={**planned.bench, "device": device, "threads": threads},
-                         step=_quiet, say=_quiet)
+            def after_training(path: Path) -> None:
+                later_stages(path, planned.train["prior"], analyse_kw=planned.analyse,
+                             bench_kw={**planned.bench, "device": device, "threads": threads},
+                             step=_quiet, say=_quiet)
+
+            after_training(out)
+            if planned.finetune:
+                tuned = root / planned.result_path
+                train_or_resume(finetune_config(out, str(tuned), planned.finetune,
+                                                device=device, threads=threads,
+                                                progress=False), say=_quiet)
+                after_training(tuned)
     seconds = time.perf_counter() - t0
     _log(root, planned.id, {"event": "end", "seconds": seconds, "time": _now()})
-    return {**outcome(out), "id": planned.id, "seconds": seconds, "epochs_at_start": held}
+    return {**outcome(root / planned.result_path), "id": planned.id, "seconds": seconds,
+            "epochs_at_start": held}
 
 
 def outcome(run_dir) -> dict:

@@ -24,7 +24,10 @@ e.g. ``dc_keep = {fc1 = 0.15}``).  ``seed`` is an axis like any other::
 
 Keys (:data:`KEYS`): the :class:`~pbc.config.TrainConfig` fields that describe the
 experiment; ``pretrain_epochs`` (a plain net trained first and used as ``init_from``;
-0: from scratch) and ``pretrain_lr`` (unset: the plain method's default rate); the analyse
+0: from scratch) and ``pretrain_lr`` (unset: the plain method's default rate);
+``finetune_epochs`` (BC-GNJ and BC-GHS: after its analysis, the run is trained on without the
+groups it pruned, :mod:`pbc.finetune`, into ``runs/<configuration>/seed<k>-finetuned``, which
+is then analysed, compressed and benched and gives the run's numbers; 0: none); the analyse
 stage's ``draws``, ``threshold_rule``, ``error_budget``, ``precision``, ``thresholds``,
 ``figures``; the bench stage's ``bench_batch``,
 ``bench_repeats``, ``bench_warmup``; ``label`` (a name for the block's configurations).
@@ -73,14 +76,16 @@ ANALYSE_KEYS = {"draws": "draws", "threshold_rule": "rule", "error_budget": "err
 BENCH_KEYS = {"bench_batch": "batch", "bench_repeats": "repeats", "bench_warmup": "warmup"}
 #: what an analyse setting was before it existed: bits came from the posterior alone
 LEGACY_ANALYSE = {"precision": "posterior"}
-STAGE_DEFAULTS = {"pretrain_epochs": 0, "pretrain_lr": None, "draws": 1000,
+STAGE_DEFAULTS = {"pretrain_epochs": 0, "pretrain_lr": None, "finetune_epochs": 0,
+                  "draws": 1000,
                   "threshold_rule": "budget", "error_budget": 0.5, "precision": "budget",
                   "thresholds": {},
                   "figures": True, "bench_batch": 8192, "bench_repeats": 20, "bench_warmup": 3}
 KEYS = (*TRAIN_KEYS, *STAGE_DEFAULTS, "label")
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
           "dict": (dict,)}
-_STAGE_TYPES = {"pretrain_epochs": "int", "pretrain_lr": "float", "draws": "int",
+_STAGE_TYPES = {"pretrain_epochs": "int", "pretrain_lr": "float", "finetune_epochs": "int",
+                "draws": "int",
                 "threshold_rule": "str", "error_budget": "float", "precision": "str",
                 "thresholds": "dict",
                 "figures": "bool", "bench_batch": "int", "bench_repeats": "int",
@@ -96,7 +101,8 @@ class PlannedRun:
     :func:`pbc.analysis.analyse` (empty for a method without a posterior or a plain net);
     ``bench`` those of :func:`pbc.bench.bench` (empty for a plain net, which is only
     trained); ``pretrain`` the id of the plain run it starts from; ``block`` the spec's
-    ``[[grid]]`` block (``None`` for a plain net made only to start others from).
+    ``[[grid]]`` block (``None`` for a plain net made only to start others from);
+    ``finetune`` the epochs of fine-tuning after the analysis (0: none).
     """
 
     configuration: str
@@ -106,6 +112,7 @@ class PlannedRun:
     bench: dict = field(default_factory=dict)
     pretrain: str | None = None
     block: int | None = None
+    finetune: int = 0
 
     @property
     def id(self) -> str:
@@ -117,13 +124,21 @@ class PlannedRun:
         return f"runs/{self.id}"
 
     @property
+    def result_path(self) -> str:
+        """The directory whose artefacts give the run's numbers: the fine-tuned run where
+        there is one (``<path>-finetuned``), else :attr:`path`."""
+        return f"{self.path}-finetuned" if self.finetune else self.path
+
+    @property
     def plain(self) -> bool:
         return self.train["prior"] == "none"
 
     def settings(self) -> dict:
-        """What the run is (recorded in ``sweep.json``; a rerun must not change it)."""
+        """What the run is (recorded in ``sweep.json``; a rerun must not change it).  A run
+        without fine-tuning records none, as runs did before it existed."""
         return {"train": self.train, "analyse": self.analyse, "bench": self.bench,
-                "pretrain": self.pretrain}
+                "pretrain": self.pretrain, **({"finetune": self.finetune} if self.finetune
+                                              else {})}
 
     def to_dict(self) -> dict:
         return {"id": self.id, "configuration": self.configuration, "seed": self.seed,
@@ -139,7 +154,7 @@ class PlannedRun:
         train = {**before, **d["train"]} if d["train"] else {}
         analyse = {**LEGACY_ANALYSE, **d["analyse"]} if d.get("analyse") else {}
         return cls(d["configuration"], d["seed"], train, analyse,
-                   d.get("bench", {}), d.get("pretrain"), d.get("block"))
+                   d.get("bench", {}), d.get("pretrain"), d.get("block"), d.get("finetune", 0))
 
     def train_config(self, out: str, *, init_from: str | None = None, data_dir=None,
                      device: str = "cpu", threads: int | None = None) -> TrainConfig:
@@ -165,17 +180,19 @@ class SweepPlan:
     def only(self, filters: dict[str, list]) -> SweepPlan:
         """The runs whose settings take one of the listed values for every key of
         ``filters`` (``configuration``, ``seed``, a training setting, an analyse or bench
-        setting), and the plain nets they start from."""
+        setting, ``finetune_epochs``), and the plain nets they start from."""
         def value(run: PlannedRun, key: str):
             if key in ("configuration", "seed"):
                 return getattr(run, key)
+            if key == "finetune_epochs":
+                return run.finetune
             if key in TRAIN_KEYS:
                 return run.train[key]
             if key in ANALYSE_KEYS:
                 return run.analyse.get(ANALYSE_KEYS[key])
             return run.bench.get(BENCH_KEYS[key])
 
-        allowed = ("configuration", *TRAIN_KEYS, *ANALYSE_KEYS, *BENCH_KEYS)
+        allowed = ("configuration", *TRAIN_KEYS, *ANALYSE_KEYS, *BENCH_KEYS, "finetune_epochs")
         for key in filters:
             if key not in allowed:
                 raise SpecError(f"--only: cannot filter on {key!r}; keys are "
@@ -283,7 +300,7 @@ def _plan(name: str, rows: list[tuple[int, dict]], select: dict | None) -> Sweep
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
                 if f.name in TRAIN_KEYS}
     plain: dict[str, dict] = {}              # identity → train settings of a plain net
-    entries = []                             # (block, train, analyse, bench, plain key, label)
+    entries = []             # (block, train, analyse, bench, plain key, label, fine-tuning)
     for b, row in rows:
         where = f"[[grid]] block {b + 1}"
         row = {k: _typed(k, v, where) for k, v in row.items()}
@@ -296,7 +313,7 @@ def _plan(name: str, rows: list[tuple[int, dict]], select: dict | None) -> Sweep
             train = _plain_train(train, train["epochs"], train["lr"], defaults)
             key = json.dumps(train, sort_keys=True)
             plain[key] = train
-            entries.append((b, train, {}, {}, None, row.get("label")))
+            entries.append((b, train, {}, {}, None, row.get("label"), 0))
             continue
         pre_key = None
         if stage["pretrain_epochs"]:
@@ -304,10 +321,15 @@ def _plan(name: str, rows: list[tuple[int, dict]], select: dict | None) -> Sweep
             pre_key = json.dumps(pre, sort_keys=True)
             plain.setdefault(pre_key, pre)
         method = methods.get(train["prior"])
+        finetune = stage["finetune_epochs"]
         try:
             draws = stage["draws"]
             if draws % 4:
                 raise ValueError(f"draws must be a multiple of 4 (4 chains), got {draws}")
+            if finetune < 0 or (finetune and not method.has_groups):
+                raise ValueError(f"finetune_epochs must be ≥ 0, and 0 for a prior without "
+                                 f"group scales (fine-tuning retrains BC-GNJ and BC-GHS), "
+                                 f"got {finetune}")
             check_config(TrainConfig(out="-", init_from="-" if pre_key else None,
                                      **train))
         except ValueError as e:
@@ -317,25 +339,25 @@ def _plan(name: str, rows: list[tuple[int, dict]], select: dict | None) -> Sweep
         if analyse:
             analyse["seed"] = train["seed"]
         bench = {BENCH_KEYS[k]: stage[k] for k in BENCH_KEYS}
-        entries.append((b, train, analyse, bench, pre_key, row.get("label")))
+        entries.append((b, train, analyse, bench, pre_key, row.get("label"), finetune))
 
     names = _configuration_names(
-        [(t, a, be, p, label) for _, t, a, be, p, label in entries]
-        + [(t, {}, {}, None, None) for t in plain.values()])
+        [(t, a, be, p, label, f) for _, t, a, be, p, label, f in entries]
+        + [(t, {}, {}, None, None, 0) for t in plain.values()])
     plain_ids = {}
     runs: dict[str, PlannedRun] = {}
-    blocks_of_plain = {json.dumps(t, sort_keys=True): b for b, t, _, _, _, _ in entries
+    blocks_of_plain = {json.dumps(t, sort_keys=True): b for b, t, *_ in entries
                        if t["prior"] == "none"}
     for key, t in plain.items():
-        conf = names[_config_key(t, {}, {}, None, None)]
+        conf = names[_config_key(t, {}, {}, None, None, 0)]
         run = PlannedRun(conf, t["seed"], t, block=blocks_of_plain.get(key))
         plain_ids[key] = run.id
         runs[run.id] = run
-    for b, t, a, be, pre_key, label in entries:
+    for b, t, a, be, pre_key, label, finetune in entries:
         if t["prior"] == "none":
             continue
-        conf = names[_config_key(t, a, be, pre_key, label)]
-        run = PlannedRun(conf, t["seed"], t, a, be, plain_ids.get(pre_key), b)
+        conf = names[_config_key(t, a, be, pre_key, label, finetune)]
+        run = PlannedRun(conf, t["seed"], t, a, be, plain_ids.get(pre_key), b, finetune)
         if run.id in runs and runs[run.id] != run:
             raise SpecError(f"two runs are named {run.id} with different settings: give "
                             f"their [[grid]] blocks distinct labels")
@@ -349,28 +371,29 @@ def _plain_train(train: dict, epochs: int, lr: float, defaults: dict) -> dict:
             "epochs": epochs, "lr": lr}
 
 
-def _config_key(train, analyse, bench, pre_key, label) -> str:
+def _config_key(train, analyse, bench, pre_key, label, finetune) -> str:
     """A configuration's identity: its settings less the seed (and its plain net's seed)."""
     pre = json.loads(pre_key) if pre_key else None
     if pre:
         pre = {k: v for k, v in pre.items() if k != "seed"}
     a = {k: v for k, v in analyse.items() if k != "seed"}
     return json.dumps({"train": {k: v for k, v in train.items() if k != "seed"},
-                       "analyse": a, "bench": bench, "pretrain": pre, "label": label},
-                      sort_keys=True)
+                       "analyse": a, "bench": bench, "pretrain": pre, "label": label,
+                       "finetune": finetune}, sort_keys=True)
 
 
 def _configuration_names(entries) -> dict[str, str]:
     """Configuration identity → name: ``<model>-<prior>``, the block's label if any, then the
     settings in which the configurations of that model, prior and label differ."""
     configs: dict[str, dict] = {}
-    for train, analyse, bench, pre_key, label in entries:
-        key = _config_key(train, analyse, bench, pre_key, label)
+    for train, analyse, bench, pre_key, label, finetune in entries:
+        key = _config_key(train, analyse, bench, pre_key, label, finetune)
         pre = json.loads(pre_key) if pre_key else {}
         flat = {**{k: v for k, v in train.items() if k != "seed"},
                 **{k: v for k, v in analyse.items() if k != "seed"},
                 **{f"bench_{k}": v for k, v in bench.items()},
-                "pretrain_epochs": pre.get("epochs", 0), "pretrain_lr": pre.get("lr")}
+                "pretrain_epochs": pre.get("epochs", 0), "pretrain_lr": pre.get("lr"),
+                "finetune_epochs": finetune}
         configs[key] = {"base": f"{train['model']}-{train['prior']}", "label": label,
                         "flat": flat}
     groups: dict[tuple, list[str]] = {}

@@ -17,7 +17,8 @@ in the spec's order, so the same runs always give the same bytes):
 The mean is the arithmetic mean over the finished seeds and the sd the sample standard
 deviation (``ddof = 1``), empty for a single seed.  ``nonzero_pct`` is
 ``100 · rates.nonzero_fraction``; ``train_seconds`` is the sum of the epochs' ``seconds`` and
-``eval_seconds``.
+``eval_seconds`` (the training's and the fine-tuning's).  A run that fine-tunes is read from
+its fine-tuned run (``run_dir``: ``…/seed<k>-finetuned``).
 
 Selection (``[select]`` in the spec): among the configurations of one ``[[grid]]`` block, the
 one with the highest mean of ``maximise`` (default ``max_compression``) among those whose mean
@@ -37,7 +38,7 @@ import pandas as pd
 
 from pbc.io import ArtefactError, atomic_write, read_json
 from pbc.reporting.paper import method_name
-from pbc.rundir import read_run
+from pbc.rundir import RunDir, read_run
 from pbc.sweep.spec import PlannedRun
 
 SWEEP_FILE = "sweep.json"
@@ -58,15 +59,16 @@ def is_sweep_dir(path) -> bool:
 
 def run_row(root, run: PlannedRun) -> tuple[dict, list[dict], list[dict]]:
     """One finished run's row of ``runs.csv``, its layer rows and its bench rows."""
-    rec = read_run(Path(root) / run.path)
+    rec = read_run(Path(root) / run.result_path)
     metrics = rec.metrics
     last = metrics[-1] if metrics else {}
-    row = {"configuration": run.configuration, "seed": run.seed, "run_dir": run.path,
+    epochs = metrics + (RunDir(Path(root) / run.path).metrics() if run.finetune else [])
+    row = {"configuration": run.configuration, "seed": run.seed, "run_dir": run.result_path,
            "model": rec.model, "prior": rec.prior,
            "test_error_last_epoch": last.get("test_error"),
            "val_error_last_epoch": last.get("val_error"),
            "train_seconds": sum(m.get("seconds", 0.0) + m.get("eval_seconds", 0.0)
-                                for m in metrics)}
+                                for m in epochs)}
     layers, bench = [], []
     comp = rec.compression
     if comp is not None:
