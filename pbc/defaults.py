@@ -26,6 +26,9 @@ COOLDOWN = 0.1   # the share of the run over which "cooldown" decays the rate to
 BATCH_SIZE = 128
 LR = 1e-3   # Adam's learning rate
 GROUP_SCRATCH_LR = 5e-3   # BC-GNJ and BC-GHS from scratch (PosteriorMethod.default_lr: why)
+CLIP_VAR = 0.04   # Louizos et al.'s bound on Var[w̃] (clip_var), on their LeNet-300-100's fc1
+# BC-GNJ and BC-GHS from scratch: the bound on the largest layer (pbc.methods.posterior: why)
+GROUP_SCRATCH_WEIGHT_VAR = 0.01
 LR_SCHEDULE = "cooldown"
 SCALE_VAR_LR = 1.0   # learning-rate multiplier for the group scales' log-variances
 # `pbc finetune`: epochs on the kept groups, the rate decayed to 0 over them from FINETUNE_LR

@@ -298,10 +298,12 @@ def test_plain_training_learns_the_toy_task(tiny_data, tmp_path):
 
 
 def test_default_variance_bound_and_scale_start_follow_the_starting_point():
-    """Louizos et al.'s clip_var (0.04) bounds the layer with the most weights under GNJ, and
-    under GHS from scratch; GHS from a pretrained net has no bound and starts its scale at the
-    weight scale.  A run saved when ``None`` meant 0.04 on every layer resumes with that."""
+    """A bound on the layer with the most weights: GROUP_SCRATCH_WEIGHT_VAR under GNJ and GHS
+    from scratch, Louizos et al.'s clip_var (0.04) under GNJ from a pretrained net; GHS from a
+    pretrained net has no bound and starts its scale at the weight scale.  A run saved when
+    ``None`` meant 0.04 on every layer resumes with that."""
     from pbc import methods
+    from pbc.defaults import CLIP_VAR, GROUP_SCRATCH_WEIGHT_VAR
     from pbc.nets import make_architecture
 
     lenet300, lenet5 = (make_architecture(m, (1, 28, 28), 10) for m in ("lenet300", "lenet5"))
@@ -311,8 +313,10 @@ def test_default_variance_bound_and_scale_start_follow_the_starting_point():
         method = methods.get(prior)
         return method.settle(config, method.build(config, arch), saved).max_weight_var
 
-    assert bound("gnj") == bound("gnj", "run") == bound("ghs") == {"fc1": 0.04}
-    assert bound("gnj", arch=lenet5) == {"fc1": 0.04}     # 400,000 of its 431,080 weights
+    assert CLIP_VAR == 0.04 and GROUP_SCRATCH_WEIGHT_VAR < CLIP_VAR
+    assert bound("gnj") == bound("ghs") == {"fc1": GROUP_SCRATCH_WEIGHT_VAR}
+    assert bound("gnj", "run") == {"fc1": CLIP_VAR}
+    assert bound("gnj", arch=lenet5) == {"fc1": GROUP_SCRATCH_WEIGHT_VAR}   # 400,000 of 431,080
     assert bound("ghs", "run") == {} and bound("svd") is None
     assert bound("ghs", "run", max_weight_var=0.5) == 0.5
     # resuming: the bound the run recorded; None there is the earlier default
@@ -369,9 +373,11 @@ def test_a_run_records_its_bound_and_one_saved_without_it_resumes_with_every_lay
     """config.json names the bound a run trained with; a run whose config.json holds
     ``null`` (saved when that meant 0.04 on every layer) resumes bounding every layer and is
     refused under another bound.  (A constant rate, so that the run can be extended.)"""
+    from pbc.defaults import GROUP_SCRATCH_WEIGHT_VAR
+
     run = trained_runs.copy(tmp_path / "r", lr_schedule="constant")
     saved = json.loads((run / "config.json").read_text())
-    assert saved["config"]["max_weight_var"] == {"fc1": 0.04}
+    assert saved["config"]["max_weight_var"] == {"fc1": GROUP_SCRATCH_WEIGHT_VAR}
     saved["config"]["max_weight_var"] = None
     (run / "config.json").write_text(json.dumps(saved))
     ckpt = torch.load(run / "checkpoint.pt", weights_only=False)

@@ -5,7 +5,8 @@ half-Cauchy factor.  A group is pruned when the dropout rate of its log-normal s
 ``log α_g = log(e^{Var[log z_g]} − 1)``, is above its layer's threshold.
 
 Two starting points: from scratch the global scale starts at 1 (``w̃ = w``) and the weights'
-variance is bounded by Louizos et al.'s ``clip_var`` in the layer with the most weights; from
+variance is bounded in the layer with the most weights
+(:func:`pbc.methods.posterior.largest_layer_bound`); from
 a pretrained net (``--init-from``) it starts at the weight scale ``1/√fan_in``, so that
 ``w̃ = O(1)`` against its ``N(0, 1)`` prior, and there is no bound: a group prunes when ``w̃``
 returns to its prior and ``z`` shrinks, which a bound far below 1 forbids.
@@ -14,7 +15,8 @@ returns to its prior and ``z`` shrinks, which a bound far below 1 forbids.
 from __future__ import annotations
 
 from pbc.bayes.priors import GroupHorseshoe
-from pbc.methods.posterior import CLIP_VAR, PosteriorMethod, largest_layer_bound
+from pbc.defaults import CLIP_VAR
+from pbc.methods.posterior import PosteriorMethod, largest_layer_bound
 
 
 class GHS(PosteriorMethod):
@@ -27,7 +29,7 @@ class GHS(PosteriorMethod):
         return {"tau0": config.tau0}
 
     def default_weight_var(self, config, net):
-        return {} if config.init_from else largest_layer_bound(net)
+        return {} if config.init_from else largest_layer_bound(net, config)
 
     def earlier_settings(self, config):
         return {"max_weight_var": {} if config.init_from else CLIP_VAR}   # every layer

@@ -2,14 +2,16 @@
 
 ``p(z_g) ∝ 1/|z_g|``, ``w | z ~ N(0, z²)``; ``q(z_g) = N(μ_g, σ_g²)``.  A group is pruned when
 its dropout rate ``log α_g = log σ_g² − log μ_g²`` is above its layer's threshold.  The
-weights' variance is bounded by Louizos et al.'s ``clip_var`` in the layer with the most
-weights unless ``--max-weight-var`` says otherwise.
+weights' variance is bounded in the layer with the most weights (as Louizos et al.'s
+``clip_var``; :func:`pbc.methods.posterior.largest_layer_bound`) unless
+``--max-weight-var`` says otherwise.
 """
 
 from __future__ import annotations
 
 from pbc.bayes.priors import GroupNormalJeffreys
-from pbc.methods.posterior import CLIP_VAR, PosteriorMethod, largest_layer_bound
+from pbc.defaults import CLIP_VAR
+from pbc.methods.posterior import PosteriorMethod, largest_layer_bound
 
 
 class GNJ(PosteriorMethod):
@@ -19,7 +21,7 @@ class GNJ(PosteriorMethod):
     prior_family = GroupNormalJeffreys
 
     def default_weight_var(self, config, net):
-        return largest_layer_bound(net)
+        return largest_layer_bound(net, config)
 
     def earlier_settings(self, config):
         return {"max_weight_var": CLIP_VAR}   # every layer

@@ -19,20 +19,23 @@ from pbc.compression.masks import structured_masks, surviving_weights, weight_ma
 from pbc.compression.plan import CompressionPlan
 from pbc.compression.quantise import Quantised, posterior_fixed_point
 from pbc.config import SettingError, saved_setting
-from pbc.defaults import GROUP_SCRATCH_LR
+from pbc.defaults import CLIP_VAR, GROUP_SCRATCH_LR, GROUP_SCRATCH_WEIGHT_VAR
 from pbc.methods.base import ELBOMethod
 from pbc.nets import plain_network
 
-# Bound on Var[w̃] (Louizos et al.'s clip_var): it keeps the KL term ½(σ² − 1 − log σ²) from
-# drowning the weights in noise where w̃ = w (a scale that starts at 1).
-CLIP_VAR = 0.04
 
+def largest_layer_bound(net, config) -> dict[str, float]:
+    """A bound on ``Var[w̃]`` on the layer with the most weights (the first of equals), none on
+    the others: where Louizos et al.'s code puts its ``clip_var`` (LeNet-300-100's fc1).
 
-def largest_layer_bound(net) -> dict[str, float]:
-    """:data:`CLIP_VAR` on the layer with the most weights (the first of equals), none on the
-    others: where Louizos et al.'s code puts it (LeNet-300-100's fc1)."""
+    The bound keeps the KL term ½(σ² − 1 − log σ²) from drowning the weights in noise where
+    ``w̃`` carries the weight's scale.  From a plain net (``--init-from``) it is theirs,
+    :data:`~pbc.defaults.CLIP_VAR` (0.04); from scratch
+    :data:`~pbc.defaults.GROUP_SCRATCH_WEIGHT_VAR` (0.01): at the scratch rate
+    (:meth:`PosteriorMethod.default_lr`) the log-variances reach the bound within the first
+    epochs and stay there, so the bound sets the weights' noise for the whole run."""
     largest = max(net.bayes_layers(), key=lambda layer: layer.w_loc.numel())
-    return {largest.site: CLIP_VAR}
+    return {largest.site: CLIP_VAR if config.init_from else GROUP_SCRATCH_WEIGHT_VAR}
 
 
 class PosteriorMethod(ELBOMethod):
