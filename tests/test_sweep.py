@@ -79,6 +79,7 @@ def test_spec_expands_axes_seeds_and_shares_plain_nets():
     ({"data_dir": "/data"}, "--data-dir"),
     ({"prior": "sws"}, "--init-from"),
     ({"epochs": "30"}, "epochs must be an int"),
+    ({"max_weight_var": "fc1"}, "max_weight_var must be a float or a dict"),
     ({"prior": "gnj", "seed": []}, "gives no runs"),
     ({"grid": [{"prior": "gnj", "lr": 0.001}, {"prior": "gnj", "lr": 0.0010000001}]},
      "distinct labels"),        # both would be lenet300-gnj-lr0.001
@@ -97,6 +98,8 @@ def test_committed_fashion_mnist_spec_expands_to_the_study(capsys):
         seeds.setdefault(r.configuration, set()).add(r.seed)
         priors.add(r.train["prior"])
         assert r.train["data"] == "fashion-mnist" and r.train["val"] is None   # 5,000 held out
+        if r.train["model"] == "lenet5-relu":   # the committed runs' bound, not today's default
+            assert r.train["max_weight_var"] == {"fc1": 0.04}
     lenet300 = {c: s for c, s in seeds.items() if c.startswith("lenet300-")}
     lenet5 = {c: s for c, s in seeds.items() if c.startswith("lenet5-")}
     assert priors == {"none", "gnj", "ghs", "svd", "sws", "dc"}

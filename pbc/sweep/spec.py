@@ -277,21 +277,20 @@ def _check_select(select) -> dict:
     return out
 
 
-def _expected_type(key: str) -> str:
+def _expected_types(key: str) -> list[str]:
+    """The kinds a key's value may take (``max_weight_var``: a float or a table)."""
     if key in _STAGE_TYPES:
-        return _STAGE_TYPES[key]
+        return [_STAGE_TYPES[key]]
     ann = str(TrainConfig.__dataclass_fields__[key].type)
-    kinds = [a.strip() for a in ann.split("|") if a.strip() != "None"]
-    return kinds[0].split("[")[0]
+    return [a.strip().split("[")[0] for a in ann.split("|") if a.strip() != "None"]
 
 
 def _typed(key: str, value, where: str):
-    kind = _expected_type(key)
-    ok = isinstance(value, _TYPES[kind]) and not (kind != "bool" and isinstance(value, bool))
-    if not ok:
-        raise SpecError(f"{where}: {key} must be {'a ' + kind if kind != 'int' else 'an int'}, "
-                        f"got {value!r}")
-    return float(value) if kind == "float" else value
+    for kind in _expected_types(key):
+        if isinstance(value, _TYPES[kind]) and not (kind != "bool" and isinstance(value, bool)):
+            return float(value) if kind == "float" else value
+    kinds = " or ".join("an int" if k == "int" else f"a {k}" for k in _expected_types(key))
+    raise SpecError(f"{where}: {key} must be {kinds}, got {value!r}")
 
 
 def _plan(name: str, rows: list[tuple[int, dict]], select: dict | None) -> SweepPlan:
