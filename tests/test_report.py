@@ -191,7 +191,7 @@ def test_paper_rows_name_their_sources():
 
 def test_protocol_states_epochs_start_rate_threshold_rule_and_bits():
     """Each run row of Table 2 says how the run was made: epochs, start, rate and schedule,
-    threshold rule, bits chosen by the budget."""
+    the weights' variance bound, threshold rule, bits chosen by the budget."""
     from pbc.reporting.tables import protocol
     from pbc.rundir import RunRecord
 
@@ -219,6 +219,13 @@ def test_protocol_states_epochs_start_rate_threshold_rule_and_bits():
     rated = record(analysis=budget)
     rated.config.update(lr=0.005, lr_schedule="cooldown")
     assert protocol(rated) == "30 ep. from scratch, lr 0.005 cooldown, error budget 0.5 pts (val.)"
+    rated.config.update(max_weight_var={"fc1": 0.01})
+    assert protocol(rated) == "30 ep. from scratch, lr 0.005 cooldown, Var[w̃] ≤ fc1 0.01, " \
+        "error budget 0.5 pts (val.)"
+    rated.config.update(max_weight_var=0.04)
+    assert "Var[w̃] ≤ 0.04," in protocol(rated)
+    rated.config.update(max_weight_var={})       # BC-GHS from a plain net: no bound
+    assert "Var" not in protocol(rated)
 
 
 def test_a_sweep_row_prints_its_spread():

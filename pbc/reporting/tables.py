@@ -168,7 +168,8 @@ def table2(runs: list[RunRecord]) -> pd.DataFrame:
 
 def protocol(run: RunRecord) -> str:
     """How a run was made, in a few words: epochs, start (or the run it fine-tunes), Adam's
-    rate and its schedule, whether a validation split was held out, the threshold rule of
+    rate and its schedule, the bound on the weights' variance where there is one, whether a
+    validation split was held out, the threshold rule of
     its analyse stage (``analysis.json`` ``selection``; runs analysed before it existed used
     the method's fixed threshold, else the gap rule; budget selections made before the rule
     bounded the error by one standard error say so by the absence of "upper bound"), and
@@ -180,6 +181,10 @@ def protocol(run: RunRecord) -> str:
     words = [f"{config.get('epochs')} ep. {start}"]
     if config.get("lr") is not None:
         words.append(" ".join(filter(None, [f"lr {config['lr']:g}", config.get("lr_schedule")])))
+    bound = config.get("max_weight_var")
+    if bound:
+        words.append("Var[w̃] ≤ " + (" ".join(f"{k} {v:g}" for k, v in bound.items())
+                                    if isinstance(bound, dict) else f"{bound:g}"))
     if not config.get("val"):
         words.append("no validation split")
     if run.analysis is not None:
