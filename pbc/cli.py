@@ -181,11 +181,11 @@ def _add_train_args(p: argparse.ArgumentParser, with_prior: bool) -> None:
     p.add_argument("--max-weight-var", metavar="V|LAYER=V,...|none",
                    help="upper bound on the posterior variance of w̃ (Louizos et al.'s "
                         "clip_var) in every layer, or in the named layers only "
-                        f"(fc1=0.04: the others unbounded); default: on the layer with the "
-                        f"most weights only (where the authors' code bounds LeNet-300-100's "
+                        "(fc1=0.04: the others unbounded); default: on the layer with the "
+                        "most weights only (where the authors' code bounds LeNet-300-100's "
                         f"fc1), {GROUP_SCRATCH_WEIGHT_VAR:g} for gnj and ghs from scratch, "
                         f"{CLIP_VAR:g} (the authors') for gnj with --init-from; none for ghs "
-                        f"with --init-from")
+                        "with --init-from")
     p.add_argument("--kl-warmup", type=_int_at_least(0, 100_000), default=0,
                    help="epochs of linear KL annealing (0: none)")
     p.add_argument("--sws-tau", type=_positive_float, default=SWS_DEFAULT_TAU,
