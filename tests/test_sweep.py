@@ -394,6 +394,7 @@ def test_a_run_that_fine_tunes_is_read_from_its_fine_tuned_run(data, tmp_path, c
     assert PlannedRun.from_dict(tuning.to_dict()) == tuning
     plain = runs["lenet300-gnj-finetune_epochs0/seed0"]
     assert "finetune" not in plain.settings() and plain.result_path == plain.path
+    assert PlannedRun.from_dict(plain.to_dict()).finetune == 0   # as sweep.json held it before
     assert set(plan.only({"finetune_epochs": [1]}).by_id()) == {tuning.id}
 
     root = tmp_path / "out"
