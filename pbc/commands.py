@@ -289,7 +289,8 @@ def _sweep(args) -> int:
         for r in plan.runs:
             what = "plain net" if r.plain else \
                 f"{r.train['prior']}, from {r.pretrain or 'scratch'}"
-            tuned = f" + {r.finetune} fine-tuning" if r.finetune else ""
+            rounds = f"{r.finetune_rounds} × " if r.finetune_rounds > 1 else ""
+            tuned = f" + {rounds}{r.finetune} fine-tuning" if r.finetune else ""
             print(f"{r.id}: {r.train['model']} {what}, {r.train['epochs']} epochs{tuned}")
         print(f"{len(plan.runs)} runs in {len(plan.configurations())} configurations")
         return 0

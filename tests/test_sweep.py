@@ -7,6 +7,7 @@ data."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -420,3 +421,48 @@ def test_a_run_that_fine_tunes_is_read_from_its_fine_tuned_run(data, tmp_path, c
                      "--out", "unused", "--list"]) == 0
     assert "lenet300-ghs/seed0: lenet300 ghs, from scratch, 3 epochs + 2 fine-tuning" in \
         capsys.readouterr().out
+
+
+def test_rounds_of_fine_tuning_prune_at_their_budget_and_the_last_gives_the_numbers(
+        data, tmp_path, capsys):
+    """``finetune_rounds = 2``, ``finetune_budget = 1``: the run and its first fine-tuned run
+    are analysed at 1 point, each round starts from the one before, the last is analysed at
+    the run's own budget and gives the summary's row; a run of one round records neither
+    setting; the settings are refused without ``finetune_epochs`` or out of range."""
+    for bad in ({"finetune_rounds": 2}, {"finetune_budget": 1.0},
+                {"finetune_epochs": 1, "finetune_rounds": 0},
+                {"finetune_epochs": 1, "finetune_budget": -1.0}):
+        with pytest.raises(SpecError, match="finetune_rounds"):
+            expand({**TINY, "model": "lenet300", "prior": "gnj", **bad})
+    one = expand({**TINY, "model": "lenet300", "prior": "gnj", "finetune_epochs": 1}).runs[0]
+    assert one.settings()["finetune"] == 1 and "finetune_rounds" not in one.settings()
+    plan = expand({**TINY, "model": "lenet300", "prior": "gnj", "finetune_epochs": 1,
+                   "finetune_rounds": 2, "finetune_budget": 1})
+    (run,) = plan.runs
+    assert run.tuned_paths == [f"{run.path}-finetuned", f"{run.path}-finetuned2"]
+    assert run.result_path == run.tuned_paths[-1]
+    assert PlannedRun.from_dict(run.to_dict()) == run
+    assert plan.only({"finetune_rounds": [2]}).runs == [run]
+
+    root = tmp_path / "out"
+    result = run_sweep(plan, root, engine="local", data_dir=str(data), say=_lines([]))
+    assert result.done == [run.id] and not result.failed
+    chain = [root / p for p in (run.path, *run.tuned_paths)]
+    for source, tuned in itertools.pairwise(chain):
+        config = json.loads((tuned / "config.json").read_text())["config"]
+        assert config["finetune_from"] == str(source)
+    budgets = [json.loads((d / "analysis.json").read_text())["selection"]["error_budget_points"]
+               for d in chain]
+    assert budgets == [1.0, 1.0, 0.5]
+    row = pd.read_csv(root / "runs.csv").iloc[0]
+    assert row.run_dir == run.result_path
+    assert row.error_packed == json.loads((chain[-1] / "compression.json").read_text()
+                                          )["error"]["packed"]
+    seconds = [json.loads(line)["seconds"] for d in chain
+               for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert len(seconds) == 3 and row.train_seconds > sum(seconds)
+    assert cli.main(["sweep", str(_spec(tmp_path, 'model = "lenet300"\nprior = "ghs"\n'
+                                        'epochs = 3\nfinetune_epochs = 2\n'
+                                        'finetune_rounds = 3\n')),
+                     "--out", "unused", "--list"]) == 0
+    assert "3 epochs + 3 × 2 fine-tuning" in capsys.readouterr().out

@@ -3,7 +3,8 @@
 :func:`run_one` is what a Ray task (or the local engine) executes: train or resume
 (:func:`pbc.study.train_or_resume`), then analyse → compress → bench
 (:func:`pbc.study.later_stages`), and for a run that fine-tunes, the same steps again on its
-fine-tuned run (:func:`pbc.finetune.finetune_config`); each stage is skipped when its
+fine-tuned run (:func:`pbc.finetune.finetune_config`), round after round, the runs a round
+starts from analysed at the spec's ``finetune_budget``; each stage is skipped when its
 artefact is there, all under the run directory's write lock.  A task that dies and is
 started again therefore continues from the last checkpoint and the last finished stage.
 Each attempt appends ``start`` and ``end`` events (host, pid, epochs the checkpoint held at
@@ -80,18 +81,19 @@ def run_one(run: dict, root: str, *, data_dir: str | None = None, device: str = 
     with d.writing(f"pbc sweep (run {planned.id})"):
         train_or_resume(config, say=_quiet)
         if not planned.plain:
-            def after_training(path: Path) -> None:
-                later_stages(path, planned.train["prior"], analyse_kw=planned.analyse,
+            def after_training(path: Path, analyse: dict) -> None:
+                later_stages(path, planned.train["prior"], analyse_kw=analyse,
                              bench_kw={**planned.bench, "device": device, "threads": threads},
                              step=_quiet, say=_quiet)
 
-            after_training(out)
-            if planned.finetune:
-                tuned = root / planned.result_path
-                train_or_resume(finetune_config(out, str(tuned), planned.finetune,
+            source = out
+            for tuned in planned.tuned_paths:    # each round prunes its source, trains on
+                after_training(source, planned.prune_analyse)
+                train_or_resume(finetune_config(source, str(root / tuned), planned.finetune,
                                                 device=device, threads=threads,
                                                 progress=False), say=_quiet)
-                after_training(tuned)
+                source = root / tuned
+            after_training(source, planned.analyse)
     seconds = time.perf_counter() - t0
     _log(root, planned.id, {"event": "end", "seconds": seconds, "time": _now()})
     return {**outcome(root / planned.result_path), "id": planned.id, "seconds": seconds,

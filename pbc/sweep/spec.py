@@ -27,7 +27,11 @@ experiment; ``pretrain_epochs`` (a plain net trained first and used as ``init_fr
 0: from scratch) and ``pretrain_lr`` (unset: the plain method's default rate);
 ``finetune_epochs`` (BC-GNJ and BC-GHS: after its analysis, the run is trained on without the
 groups it pruned, :mod:`pbc.finetune`, into ``runs/<configuration>/seed<k>-finetuned``, which
-is then analysed, compressed and benched and gives the run's numbers; 0: none); the analyse
+is then analysed, compressed and benched and gives the run's numbers; 0: none),
+``finetune_rounds`` (prune and fine-tune again, each round from the last: round ``r > 1``
+into ``seed<k>-finetuned<r>``; the last round gives the numbers; 1 unless set) and
+``finetune_budget`` (the error budget, in points, of the analyses that choose what each round
+removes; unset: the run's ``error_budget``; the last round is analysed at the run's); the analyse
 stage's ``draws``, ``threshold_rule``, ``error_budget``, ``precision``, ``thresholds``,
 ``figures``; the bench stage's ``bench_batch``,
 ``bench_repeats``, ``bench_warmup``; ``label`` (a name for the block's configurations).
@@ -74,9 +78,13 @@ TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not
 ANALYSE_KEYS = {"draws": "draws", "threshold_rule": "rule", "error_budget": "error_budget",
                 "precision": "precision", "thresholds": "thresholds", "figures": "figures"}
 BENCH_KEYS = {"bench_batch": "batch", "bench_repeats": "repeats", "bench_warmup": "warmup"}
+#: the spec's fine-tuning keys → the :class:`PlannedRun` fields that hold them
+TUNING_KEYS = {"finetune_epochs": "finetune", "finetune_rounds": "finetune_rounds",
+               "finetune_budget": "finetune_budget"}
 #: what an analyse setting was before it existed: bits came from the posterior alone
 LEGACY_ANALYSE = {"precision": "posterior"}
 STAGE_DEFAULTS = {"pretrain_epochs": 0, "pretrain_lr": None, "finetune_epochs": 0,
+                  "finetune_rounds": 1, "finetune_budget": None,
                   "draws": 1000,
                   "threshold_rule": "budget", "error_budget": 0.5, "precision": "budget",
                   "thresholds": {},
@@ -85,6 +93,7 @@ KEYS = (*TRAIN_KEYS, *STAGE_DEFAULTS, "label")
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
           "dict": (dict,)}
 _STAGE_TYPES = {"pretrain_epochs": "int", "pretrain_lr": "float", "finetune_epochs": "int",
+                "finetune_rounds": "int", "finetune_budget": "float",
                 "draws": "int",
                 "threshold_rule": "str", "error_budget": "float", "precision": "str",
                 "thresholds": "dict",
@@ -102,7 +111,9 @@ class PlannedRun:
     ``bench`` those of :func:`pbc.bench.bench` (empty for a plain net, which is only
     trained); ``pretrain`` the id of the plain run it starts from; ``block`` the spec's
     ``[[grid]]`` block (``None`` for a plain net made only to start others from);
-    ``finetune`` the epochs of fine-tuning after the analysis (0: none).
+    ``finetune`` the epochs of each round of fine-tuning after an analysis (0: none),
+    ``finetune_rounds`` the rounds, ``finetune_budget`` the error budget of the analyses a
+    round starts from (``None``: the run's).
     """
 
     configuration: str
@@ -113,6 +124,8 @@ class PlannedRun:
     pretrain: str | None = None
     block: int | None = None
     finetune: int = 0
+    finetune_rounds: int = 1
+    finetune_budget: float | None = None
 
     @property
     def id(self) -> str:
@@ -124,10 +137,36 @@ class PlannedRun:
         return f"runs/{self.id}"
 
     @property
+    def tuned_paths(self) -> list[str]:
+        """The fine-tuned runs, round by round: ``<path>-finetuned``, ``<path>-finetuned2``, …
+        (none where the run does not fine-tune)."""
+        rounds = self.finetune_rounds if self.finetune else 0
+        return [f"{self.path}-finetuned{r if r > 1 else ''}" for r in range(1, rounds + 1)]
+
+    @property
     def result_path(self) -> str:
-        """The directory whose artefacts give the run's numbers: the fine-tuned run where
-        there is one (``<path>-finetuned``), else :attr:`path`."""
-        return f"{self.path}-finetuned" if self.finetune else self.path
+        """The directory whose artefacts give the run's numbers: the last fine-tuned run
+        where there is one, else :attr:`path`."""
+        return (self.tuned_paths or [self.path])[-1]
+
+    @property
+    def prune_analyse(self) -> dict:
+        """The analyse settings of a run that a round of fine-tuning starts from: the run's
+        own, at ``finetune_budget`` where one is set."""
+        if self.finetune_budget is None:
+            return self.analyse
+        return {**self.analyse, "error_budget": self.finetune_budget}
+
+    def tuning(self) -> dict:
+        """The fine-tuning settings as ``sweep.json`` records them: none for a run without,
+        and only those that differ from their defaults (as runs did before they existed)."""
+        if not self.finetune:
+            return {}
+        return {"finetune": self.finetune,
+                **({"finetune_rounds": self.finetune_rounds} if self.finetune_rounds != 1
+                   else {}),
+                **({"finetune_budget": self.finetune_budget}
+                   if self.finetune_budget is not None else {})}
 
     @property
     def plain(self) -> bool:
@@ -137,8 +176,7 @@ class PlannedRun:
         """What the run is (recorded in ``sweep.json``; a rerun must not change it).  A run
         without fine-tuning records none, as runs did before it existed."""
         return {"train": self.train, "analyse": self.analyse, "bench": self.bench,
-                "pretrain": self.pretrain, **({"finetune": self.finetune} if self.finetune
-                                              else {})}
+                "pretrain": self.pretrain, **self.tuning()}
 
     def to_dict(self) -> dict:
         return {"id": self.id, "configuration": self.configuration, "seed": self.seed,
@@ -154,7 +192,8 @@ class PlannedRun:
         train = {**before, **d["train"]} if d["train"] else {}
         analyse = {**LEGACY_ANALYSE, **d["analyse"]} if d.get("analyse") else {}
         return cls(d["configuration"], d["seed"], train, analyse,
-                   d.get("bench", {}), d.get("pretrain"), d.get("block"), d.get("finetune", 0))
+                   d.get("bench", {}), d.get("pretrain"), d.get("block"), d.get("finetune", 0),
+                   d.get("finetune_rounds", 1), d.get("finetune_budget"))
 
     def train_config(self, out: str, *, init_from: str | None = None, data_dir=None,
                      device: str = "cpu", threads: int | None = None) -> TrainConfig:
@@ -180,19 +219,20 @@ class SweepPlan:
     def only(self, filters: dict[str, list]) -> SweepPlan:
         """The runs whose settings take one of the listed values for every key of
         ``filters`` (``configuration``, ``seed``, a training setting, an analyse or bench
-        setting, ``finetune_epochs``), and the plain nets they start from."""
+        setting, ``finetune_epochs``, ``finetune_rounds``, ``finetune_budget``), and the
+        plain nets they start from."""
         def value(run: PlannedRun, key: str):
             if key in ("configuration", "seed"):
                 return getattr(run, key)
-            if key == "finetune_epochs":
-                return run.finetune
+            if key in TUNING_KEYS:
+                return getattr(run, TUNING_KEYS[key])
             if key in TRAIN_KEYS:
                 return run.train[key]
             if key in ANALYSE_KEYS:
                 return run.analyse.get(ANALYSE_KEYS[key])
             return run.bench.get(BENCH_KEYS[key])
 
-        allowed = ("configuration", *TRAIN_KEYS, *ANALYSE_KEYS, *BENCH_KEYS, "finetune_epochs")
+        allowed = ("configuration", *TRAIN_KEYS, *ANALYSE_KEYS, *BENCH_KEYS, *TUNING_KEYS)
         for key in filters:
             if key not in allowed:
                 raise SpecError(f"--only: cannot filter on {key!r}; keys are "
@@ -312,7 +352,7 @@ def _plan(name: str, rows: list[tuple[int, dict]], select: dict | None) -> Sweep
             train = _plain_train(train, train["epochs"], train["lr"], defaults)
             key = json.dumps(train, sort_keys=True)
             plain[key] = train
-            entries.append((b, train, {}, {}, None, row.get("label"), 0))
+            entries.append((b, train, {}, {}, None, row.get("label"), {}))
             continue
         pre_key = None
         if stage["pretrain_epochs"]:
@@ -320,7 +360,7 @@ def _plan(name: str, rows: list[tuple[int, dict]], select: dict | None) -> Sweep
             pre_key = json.dumps(pre, sort_keys=True)
             plain.setdefault(pre_key, pre)
         method = methods.get(train["prior"])
-        finetune = stage["finetune_epochs"]
+        finetune, rounds, prune_budget = (stage[k] for k in TUNING_KEYS)
         try:
             draws = stage["draws"]
             if draws % 4:
@@ -329,6 +369,11 @@ def _plan(name: str, rows: list[tuple[int, dict]], select: dict | None) -> Sweep
                 raise ValueError(f"finetune_epochs must be ≥ 0, and 0 for a prior without "
                                  f"group scales (fine-tuning retrains BC-GNJ and BC-GHS), "
                                  f"got {finetune}")
+            if rounds < 1 or (prune_budget is not None and prune_budget < 0):
+                raise ValueError(f"finetune_rounds must be ≥ 1 and finetune_budget ≥ 0 "
+                                 f"points, got {rounds} and {prune_budget}")
+            if not finetune and (rounds != 1 or prune_budget is not None):
+                raise ValueError("finetune_rounds and finetune_budget need finetune_epochs")
             check_config(TrainConfig(out="-", init_from="-" if pre_key else None,
                                      **train))
         except ValueError as e:
@@ -338,25 +383,27 @@ def _plan(name: str, rows: list[tuple[int, dict]], select: dict | None) -> Sweep
         if analyse:
             analyse["seed"] = train["seed"]
         bench = {BENCH_KEYS[k]: stage[k] for k in BENCH_KEYS}
-        entries.append((b, train, analyse, bench, pre_key, row.get("label"), finetune))
+        tune = {"finetune": finetune, "finetune_rounds": rounds,
+                "finetune_budget": prune_budget} if finetune else {}
+        entries.append((b, train, analyse, bench, pre_key, row.get("label"), tune))
 
     names = _configuration_names(
         [(t, a, be, p, label, f) for _, t, a, be, p, label, f in entries]
-        + [(t, {}, {}, None, None, 0) for t in plain.values()])
+        + [(t, {}, {}, None, None, {}) for t in plain.values()])
     plain_ids = {}
     runs: dict[str, PlannedRun] = {}
     blocks_of_plain = {json.dumps(t, sort_keys=True): b for b, t, *_ in entries
                        if t["prior"] == "none"}
     for key, t in plain.items():
-        conf = names[_config_key(t, {}, {}, None, None, 0)]
+        conf = names[_config_key(t, {}, {}, None, None, {})]
         run = PlannedRun(conf, t["seed"], t, block=blocks_of_plain.get(key))
         plain_ids[key] = run.id
         runs[run.id] = run
-    for b, t, a, be, pre_key, label, finetune in entries:
+    for b, t, a, be, pre_key, label, tune in entries:
         if t["prior"] == "none":
             continue
-        conf = names[_config_key(t, a, be, pre_key, label, finetune)]
-        run = PlannedRun(conf, t["seed"], t, a, be, plain_ids.get(pre_key), b, finetune)
+        conf = names[_config_key(t, a, be, pre_key, label, tune)]
+        run = PlannedRun(conf, t["seed"], t, a, be, plain_ids.get(pre_key), b, **tune)
         if run.id in runs and runs[run.id] != run:
             raise SpecError(f"two runs are named {run.id} with different settings: give "
                             f"their [[grid]] blocks distinct labels")
@@ -370,7 +417,7 @@ def _plain_train(train: dict, epochs: int, lr: float, defaults: dict) -> dict:
             "epochs": epochs, "lr": lr}
 
 
-def _config_key(train, analyse, bench, pre_key, label, finetune) -> str:
+def _config_key(train, analyse, bench, pre_key, label, tune) -> str:
     """A configuration's identity: its settings less the seed (and its plain net's seed)."""
     pre = json.loads(pre_key) if pre_key else None
     if pre:
@@ -378,21 +425,23 @@ def _config_key(train, analyse, bench, pre_key, label, finetune) -> str:
     a = {k: v for k, v in analyse.items() if k != "seed"}
     return json.dumps({"train": {k: v for k, v in train.items() if k != "seed"},
                        "analyse": a, "bench": bench, "pretrain": pre, "label": label,
-                       "finetune": finetune}, sort_keys=True)
+                       "tune": tune}, sort_keys=True)
 
 
 def _configuration_names(entries) -> dict[str, str]:
     """Configuration identity → name: ``<model>-<prior>``, the block's label if any, then the
     settings in which the configurations of that model, prior and label differ."""
     configs: dict[str, dict] = {}
-    for train, analyse, bench, pre_key, label, finetune in entries:
-        key = _config_key(train, analyse, bench, pre_key, label, finetune)
+    for train, analyse, bench, pre_key, label, tune in entries:
+        key = _config_key(train, analyse, bench, pre_key, label, tune)
         pre = json.loads(pre_key) if pre_key else {}
         flat = {**{k: v for k, v in train.items() if k != "seed"},
                 **{k: v for k, v in analyse.items() if k != "seed"},
                 **{f"bench_{k}": v for k, v in bench.items()},
                 "pretrain_epochs": pre.get("epochs", 0), "pretrain_lr": pre.get("lr"),
-                "finetune_epochs": finetune}
+                "finetune_epochs": tune.get("finetune", 0),
+                "finetune_rounds": tune.get("finetune_rounds", 1),
+                "finetune_budget": tune.get("finetune_budget")}
         configs[key] = {"base": f"{train['model']}-{train['prior']}", "label": label,
                         "flat": flat}
     groups: dict[tuple, list[str]] = {}

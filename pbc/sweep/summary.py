@@ -17,8 +17,9 @@ in the spec's order, so the same runs always give the same bytes):
 The mean is the arithmetic mean over the finished seeds and the sd the sample standard
 deviation (``ddof = 1``), empty for a single seed.  ``nonzero_pct`` is
 ``100 · rates.nonzero_fraction``; ``train_seconds`` is the sum of the epochs' ``seconds`` and
-``eval_seconds`` (the training's and the fine-tuning's).  A run that fine-tunes is read from
-its fine-tuned run (``run_dir``: ``…/seed<k>-finetuned``).
+``eval_seconds`` (the training's and every round of fine-tuning's).  A run that fine-tunes is
+read from its last fine-tuned run (``run_dir``: ``…/seed<k>-finetuned``, or
+``…-finetuned<r>`` after ``r`` rounds).
 
 Selection (``[select]`` in the spec): among the configurations of one ``[[grid]]`` block, the
 one with the highest mean of ``maximise`` (default ``max_compression``) among those whose mean
@@ -62,7 +63,8 @@ def run_row(root, run: PlannedRun) -> tuple[dict, list[dict], list[dict]]:
     rec = read_run(Path(root) / run.result_path)
     metrics = rec.metrics
     last = metrics[-1] if metrics else {}
-    epochs = metrics + (RunDir(Path(root) / run.path).metrics() if run.finetune else [])
+    epochs = [m for path in (run.path, *run.tuned_paths)
+              for m in RunDir(Path(root) / path).metrics()]
     row = {"configuration": run.configuration, "seed": run.seed, "run_dir": run.result_path,
            "model": rec.model, "prior": rec.prior,
            "test_error_last_epoch": last.get("test_error"),
