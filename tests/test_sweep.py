@@ -114,6 +114,17 @@ def test_committed_fashion_mnist_spec_expands_to_the_study(capsys):
     assert not Path("unused").exists()
 
 
+def test_committed_rounds_spec_is_the_readme_recipe():
+    plan = load_spec(ROOT / "studies" / "lenet300-ghs-rounds.toml")
+    assert [r.seed for r in plan.runs] == [0, 1, 2]
+    for r in plan.runs:
+        assert (r.train["model"], r.train["prior"], r.train["epochs"], r.train["lr"]) == \
+            ("lenet300", "ghs", 200, 1e-3)
+        assert r.train["max_weight_var"] == {"fc1": 0.01} and r.train["val"] is None
+        assert (r.finetune, r.finetune_rounds, r.finetune_budget) == (10, 3, 1.0)
+        assert r.prune_analyse["error_budget"] == 1.0 and r.analyse["error_budget"] == 0.5
+
+
 def test_selection_reads_validation_error_never_test_error():
     # B is within 0.5 points of A on validation and compresses more: B is chosen, although
     # its test error is far worse; a tighter budget chooses A
