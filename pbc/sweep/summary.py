@@ -63,8 +63,8 @@ def run_row(root, run: PlannedRun) -> tuple[dict, list[dict], list[dict]]:
     rec = read_run(Path(root) / run.result_path)
     metrics = rec.metrics
     last = metrics[-1] if metrics else {}
-    epochs = [m for path in (run.path, *run.tuned_paths)
-              for m in RunDir(Path(root) / path).metrics()]
+    earlier = [run.path, *run.tuned_paths][:-1]   # the runs before the one read above
+    epochs = metrics + [m for path in earlier for m in RunDir(Path(root) / path).metrics()]
     row = {"configuration": run.configuration, "seed": run.seed, "run_dir": run.result_path,
            "model": rec.model, "prior": rec.prior,
            "test_error_last_epoch": last.get("test_error"),
